@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Sums the test cases of every test.xml under a bazel-testlogs tree.
+"""Sums the test cases of the test targets that one `bazel test` ran.
+
+Arguments: the bazel-testlogs directory and the build event (BEP) JSON file of the
+run, which names the test targets of that run (stale logs of others are ignored).
 
 Prints each failed case, then one line: "N passed, N failed[, N skipped]".
 Exits non-zero when a case failed or when no test ran at all.
 """
+import json
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -21,14 +25,34 @@ def cases(path):
             yield case, "passed"
 
 
+def targets_of_run(bep_path):
+    """Yields the test-log directory (relative) of each test target in the run."""
+    seen = set()
+    with open(bep_path) as f:
+        for line in f:
+            event = json.loads(line)
+            summary = event.get("id", {}).get("testSummary")
+            if not summary:
+                continue
+            label = summary["label"]
+            if label in seen:
+                continue
+            seen.add(label)
+            package, _, name = label.lstrip("@").lstrip("/").partition(":")
+            yield os.path.join(package, name)
+
+
 def main():
-    testlogs = sys.argv[1]
+    testlogs, bep = sys.argv[1], sys.argv[2]
     counts = {"passed": 0, "failed": 0, "skipped": 0}
-    for dirpath, _, files in os.walk(testlogs, followlinks=True):
+    for target in targets_of_run(bep):
+        dirpath = os.path.join(testlogs, target)
+        files = os.listdir(dirpath) if os.path.isdir(dirpath) else []
         if "test.xml" not in files:
+            print(f"FAILED {target}: no test.xml (did not run)")
+            counts["failed"] += 1
             continue
         xml = os.path.join(dirpath, "test.xml")
-        target = os.path.relpath(dirpath, testlogs)
         try:
             found = list(cases(xml))
         except ET.ParseError:
