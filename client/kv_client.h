@@ -1,0 +1,163 @@
+// KvClient: a worker's session with the kvservice.
+//
+// Owns the session (closed on destruction), the worker's UCX-registered regions (an
+// offload region and 2 staging slots per layer), the gRPC channel, one Recall stream
+// with its reader thread, and a heartbeat thread that keeps the lease alive.
+//
+// Recall is asynchronous: Recall() claims a free staging slot of the layer, sends the
+// request and returns a ticket at once; Wait() blocks until the kvservice reports that
+// every byte landed; Release() hands the slot back once the caller has read it. A slot
+// is never reused before it is released (SlotTracker).
+//
+// Thread-safe: any thread may call any method. Typical use is one decode thread.
+#ifndef FREEKV_CLIENT_KV_CLIENT_H_
+#define FREEKV_CLIENT_KV_CLIENT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "client/slot_tracker.h"
+#include "client/ucx_regions.h"
+#include "common/geometry.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/freekv/v1/kvservice.grpc.pb.h"
+
+namespace freekv {
+
+struct KvClientOptions {
+  // gRPC target: "unix:/run/freekv/kvservice.sock" or "HOST:PORT".
+  std::string target;
+  Geometry geometry;
+  // Bytes of one staging slot; 0 picks room for `slot_slices` slices.
+  uint64_t slot_bytes = 0;
+  uint32_t slot_slices = 512;
+  // Bytes of the offload region; 0 picks room for `offload_blocks` blocks.
+  uint64_t offload_bytes = 0;
+  uint32_t offload_blocks = 64;
+  absl::Duration lease = absl::Seconds(10);
+  // Heartbeats every lease / 3. False leaves the lease to other calls (tests).
+  bool heartbeat = true;
+  std::string client_name;
+  // Deadline of each unary call and of connecting.
+  absl::Duration rpc_timeout = absl::Seconds(10);
+};
+
+// A full page waiting in the offload region, to be stored as (sequence, layer, page).
+struct OffloadPageRef {
+  uint64_t sequence_id = 0;
+  uint32_t layer = 0;
+  uint32_t page = 0;
+  uint64_t offload_offset = 0;
+};
+
+// A (sequence, kv_head, page) slice to recall to `slot_offset` within the slot.
+struct RecallSliceRef {
+  uint64_t sequence_id = 0;
+  uint32_t kv_head = 0;
+  uint32_t page = 0;
+  uint64_t slot_offset = 0;
+};
+
+// Decode statistics since the last report (see ReportWorkerStatsRequest).
+struct DecodeStatsDelta {
+  uint64_t decode_steps = 0;
+  uint64_t correction_checks = 0;
+  uint64_t corrections = 0;
+  uint64_t speculation_needed_blocks = 0;
+  uint64_t speculation_hit_blocks = 0;
+  double stall_seconds = 0;
+  double decode_seconds = 0;
+};
+
+class KvClient {
+ public:
+  // Connects, registers the regions with UCX and opens the session.
+  static absl::StatusOr<std::unique_ptr<KvClient>> Open(const KvClientOptions& options);
+  ~KvClient();
+
+  KvClient(const KvClient&) = delete;
+  KvClient& operator=(const KvClient&) = delete;
+
+  uint64_t session_id() const { return session_id_; }
+  const Geometry& geometry() const { return options_.geometry; }
+  uint64_t slot_bytes() const { return slot_bytes_; }
+  absl::Duration lease() const { return lease_; }
+
+  // The offload region: the caller writes full HND blocks here, then calls Offload.
+  absl::Span<std::byte> offload_region();
+  // The bytes of staging slot `slot` (0 or 1) of `layer`.
+  absl::Span<std::byte> staging_slot(uint32_t layer, uint32_t slot);
+
+  // Stores pages from the offload region; returns their integrity tags in order.
+  absl::StatusOr<std::vector<uint64_t>> Offload(absl::Span<const OffloadPageRef> pages);
+
+  // Claims a staging slot of `layer` for `step` and sends the request; returns at once.
+  absl::StatusOr<RecallTicket> Recall(uint64_t step, uint32_t layer,
+                                      absl::Span<const RecallSliceRef> slices,
+                                      bool verify_integrity = false);
+  // Blocks until the recall completed (its bytes are in the slot) or the deadline.
+  absl::Status Wait(const RecallTicket& ticket, absl::Time deadline);
+  // Waits for every recall claimed for (step, layer).
+  absl::Status WaitStep(uint64_t step, uint32_t layer, absl::Time deadline);
+  // The caller is done reading the slot.
+  absl::Status Release(const RecallTicket& ticket);
+
+  // Frees the sequence's pages in the service; returns the pages freed.
+  absl::StatusOr<uint32_t> FreeSequence(uint64_t sequence_id);
+  absl::Status ReportStats(const DecodeStatsDelta& delta);
+  absl::StatusOr<v1::GetStatsResponse> ServiceStats();
+  absl::Status Heartbeat();
+
+  // Closes the session (idempotent). The destructor calls it.
+  absl::Status Close();
+  // Stops heartbeats and drops the session without closing it, as a dying worker
+  // would; the service reclaims it when the lease lapses.
+  void Abandon();
+
+  // Recall replies seen so far, and bytes they reported.
+  uint64_t recalls_completed() const { return recalls_completed_.load(); }
+  uint64_t recall_bytes() const { return recall_bytes_.load(); }
+
+ private:
+  KvClient(KvClientOptions options, std::unique_ptr<UcxRegions> regions,
+           std::shared_ptr<grpc::Channel> channel);
+  absl::Status OpenSession();
+  void ReadReplies();
+  void HeartbeatLoop();
+  void StopThreads();
+  std::unique_ptr<grpc::ClientContext> NewContext() const;
+
+  const KvClientOptions options_;
+  uint64_t slot_bytes_ = 0;
+  std::unique_ptr<UcxRegions> regions_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::KvService::Stub> stub_;
+  uint64_t session_id_ = 0;
+  absl::Duration lease_;
+  SlotTracker tracker_;
+
+  grpc::ClientContext stream_context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::RecallRequest, v1::RecallReply>> stream_;
+  absl::Mutex write_mu_;  // one writer at a time on the stream
+  bool stream_closed_ ABSL_GUARDED_BY(write_mu_) = false;
+  std::thread reader_;
+  std::thread heartbeat_;
+  absl::Notification stop_heartbeat_;
+  std::atomic<bool> closed_{false};
+  std::atomic<uint64_t> recalls_completed_{0};
+  std::atomic<uint64_t> recall_bytes_{0};
+};
+
+}  // namespace freekv
+
+#endif  // FREEKV_CLIENT_KV_CLIENT_H_

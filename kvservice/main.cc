@@ -1,0 +1,215 @@
+// kvservice: the node-local KV-cache tier. Owns the HND page store in host memory and
+// the recall pipeline; workers talk to it over gRPC (unix socket, TCP optional) and
+// receive pages over UCX into memory they registered.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/byte_size.h"
+#include "common/log.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "kvservice/block_allocator.h"
+#include "kvservice/kv_service.h"
+#include "kvservice/metrics.h"
+#include "kvservice/session_registry.h"
+#include "kvservice/ucx_transport.h"
+
+ABSL_FLAG(std::string, socket, "/run/freekv/kvservice.sock",
+          "Unix domain socket the gRPC API listens on (created with mode 0660; its "
+          "directory is created if missing). Empty disables it.");
+ABSL_FLAG(std::string, listen, "",
+          "Optional TCP address for the gRPC API, HOST:PORT (e.g. 127.0.0.1:50051).");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
+          "HOST:PORT of the Prometheus exposer (path /metrics). Empty disables it.");
+ABSL_FLAG(freekv::ByteSize, capacity, freekv::ByteSize{uint64_t{4} << 30},
+          "Page store capacity in bytes; suffixes K, M, G, T (binary), e.g. 64G.");
+ABSL_FLAG(freekv::ByteSize, chunk_bytes, freekv::ByteSize{uint64_t{64} << 20},
+          "Bytes per host-memory chunk of the store (memory is taken chunk by chunk).");
+ABSL_FLAG(int32_t, default_lease_ms, 10000,
+          "Lease given to sessions that ask for none; a session that neither "
+          "heartbeats nor calls within it is reclaimed and its pages freed.");
+ABSL_FLAG(int32_t, max_lease_ms, 600000, "Longest lease a session may ask for.");
+ABSL_FLAG(int32_t, reap_interval_ms, 500, "How often expired leases are reclaimed.");
+ABSL_FLAG(int32_t, max_sessions, 1024, "Sessions open at once, at most.");
+ABSL_FLAG(int32_t, max_request_blocks, 65536,
+          "Pages (offload) or slices (recall) one request may name, at most.");
+ABSL_FLAG(double, link_ceiling_bytes_per_second, 0,
+          "The recall link's measured ceiling, exported for dashboards (0: unknown).");
+ABSL_FLAG(int32_t, shutdown_grace_ms, 5000,
+          "On SIGTERM: how long in-flight calls may finish before they are cancelled.");
+
+namespace freekv {
+namespace {
+
+absl::Status CheckFlags() {
+  for (const auto& [name, value] :
+       {std::pair<const char*, int32_t>{"default_lease_ms",
+                                        absl::GetFlag(FLAGS_default_lease_ms)},
+        {"max_lease_ms", absl::GetFlag(FLAGS_max_lease_ms)},
+        {"reap_interval_ms", absl::GetFlag(FLAGS_reap_interval_ms)},
+        {"max_sessions", absl::GetFlag(FLAGS_max_sessions)},
+        {"max_request_blocks", absl::GetFlag(FLAGS_max_request_blocks)}}) {
+    if (value <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " is ", value, "; it must be positive"));
+    }
+  }
+  if (absl::GetFlag(FLAGS_socket).empty() && absl::GetFlag(FLAGS_listen).empty()) {
+    return absl::InvalidArgumentError("give --socket, --listen, or both");
+  }
+  return absl::OkStatus();
+}
+
+// Removes a stale socket file and creates its directory.
+absl::Status PrepareSocketPath(const std::string& path) {
+  std::error_code error;
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (!dir.empty()) std::filesystem::create_directories(dir, error);
+  if (error) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create the socket directory ", dir.string(), ": ",
+                     error.message()));
+  }
+  if (std::filesystem::is_socket(path, error)) std::filesystem::remove(path, error);
+  return absl::OkStatus();
+}
+
+// Blocks SIGTERM and SIGINT in every thread (call before starting any) and waits for
+// them on a thread of its own, which notifies `stop`.
+std::thread WatchSignals(absl::Notification* stop) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return std::thread([set, stop] {
+    int signal = 0;
+    sigwait(&set, &signal);
+    Log(LogLevel::kInfo, "signal %d: draining", signal);
+    stop->Notify();
+  });
+}
+
+int Run() {
+  if (absl::Status s = CheckFlags(); !s.ok()) {
+    Log(LogLevel::kError, "%s", s.ToString());
+    return 2;
+  }
+  absl::Notification stop;
+  std::thread signals = WatchSignals(&stop);
+  signals.detach();
+
+  ServiceMetrics::Options metrics_options;
+  metrics_options.address = absl::GetFlag(FLAGS_metrics_address);
+  metrics_options.link_ceiling_bytes_per_second =
+      absl::GetFlag(FLAGS_link_ceiling_bytes_per_second);
+  absl::StatusOr<std::unique_ptr<ServiceMetrics>> metrics =
+      ServiceMetrics::Create(metrics_options);
+  if (!metrics.ok()) {
+    Log(LogLevel::kError, "metrics: %s", metrics.status().ToString());
+    return 1;
+  }
+
+  absl::StatusOr<std::unique_ptr<UcxTransportFactory>> transports =
+      UcxTransportFactory::Create();
+  if (!transports.ok()) {
+    Log(LogLevel::kError, "UCX: %s", transports.status().ToString());
+    return 1;
+  }
+  BlockAllocator::Options store_options;
+  store_options.capacity_bytes = absl::GetFlag(FLAGS_capacity).bytes;
+  store_options.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes).bytes;
+  absl::StatusOr<std::unique_ptr<BlockAllocator>> store = BlockAllocator::Create(
+      store_options, (*transports)->WrapChunkAllocator(
+                         std::make_unique<HostChunkAllocator>()));
+  if (!store.ok()) {
+    Log(LogLevel::kError, "store: %s", store.status().ToString());
+    return 2;
+  }
+
+  SessionRegistry registry(store->get(),
+                           static_cast<uint32_t>(absl::GetFlag(FLAGS_max_sessions)));
+  KvServiceOptions options;
+  options.default_lease = absl::Milliseconds(absl::GetFlag(FLAGS_default_lease_ms));
+  options.max_lease = absl::Milliseconds(absl::GetFlag(FLAGS_max_lease_ms));
+  options.max_request_blocks =
+      static_cast<uint32_t>(absl::GetFlag(FLAGS_max_request_blocks));
+  KvServiceImpl service(options, &registry, store->get(), transports->get(),
+                        metrics->get());
+  service.UpdateStoreMetrics();
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string socket = absl::GetFlag(FLAGS_socket);
+  if (!socket.empty()) {
+    if (absl::Status s = PrepareSocketPath(socket); !s.ok()) {
+      Log(LogLevel::kError, "%s", s.ToString());
+      return 1;
+    }
+    builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
+  }
+  if (!absl::GetFlag(FLAGS_listen).empty()) {
+    builder.AddListeningPort(absl::GetFlag(FLAGS_listen),
+                             grpc::InsecureServerCredentials());
+  }
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) {
+    Log(LogLevel::kError, "could not listen on --socket=%s --listen=%s", socket,
+        absl::GetFlag(FLAGS_listen));
+    return 1;
+  }
+  if (!socket.empty() && chmod(socket.c_str(), 0660) != 0) {
+    Log(LogLevel::kWarning, "chmod 0660 %s failed", socket);
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+  Log(LogLevel::kInfo, "kvservice ready: socket %s, tcp %s, metrics %s, capacity %s",
+      socket.empty() ? "-" : socket,
+      absl::GetFlag(FLAGS_listen).empty() ? "-" : absl::GetFlag(FLAGS_listen),
+      absl::GetFlag(FLAGS_metrics_address).empty() ? "-"
+                                                   : absl::GetFlag(FLAGS_metrics_address),
+      FormatByteSize(store_options.capacity_bytes));
+
+  const absl::Duration reap_interval =
+      absl::Milliseconds(absl::GetFlag(FLAGS_reap_interval_ms));
+  while (!stop.WaitForNotificationWithTimeout(reap_interval)) {
+    service.ReapExpiredSessions(absl::Now());
+  }
+
+  // Drain: refuse new sessions, report NOT_SERVING, let in-flight calls finish.
+  registry.StopAccepting();
+  server->GetHealthCheckService()->SetServingStatus(false);
+  server->Shutdown(absl::ToChronoTime(
+      absl::Now() + absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms))));
+  const size_t closed = registry.CloseAll();
+  if (!socket.empty()) unlink(socket.c_str());
+  Log(LogLevel::kInfo, "kvservice stopped; %d sessions closed", closed);
+  return 0;
+}
+
+}  // namespace
+}  // namespace freekv
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "The freekv kvservice: a node-local KV-cache tier (page store + recall over "
+      "UCX). Usage: kvservice [--socket=PATH] [--listen=HOST:PORT] "
+      "[--metrics_address=HOST:PORT] [--capacity=64G] ...");
+  absl::ParseCommandLine(argc, argv);
+  return freekv::Run();
+}

@@ -1,0 +1,72 @@
+// The seam between the recall pipeline and how bytes reach the worker: UCX RMA today
+// (kvservice/ucx_transport.h), CUDA IPC copy engines on a GPU node.
+//
+// A TransportFactory lives as long as the service; it connects one SessionTransport
+// per session at OpenSession. Callers validate and merge runs before calling; a
+// transport still refuses runs outside the worker's regions.
+#ifndef FREEKV_KVSERVICE_TRANSPORT_H_
+#define FREEKV_KVSERVICE_TRANSPORT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace freekv {
+
+// One contiguous copy between store memory (`local`) and a worker region, at
+// `remote_offset` from the region's start.
+struct CopyRun {
+  std::byte* local = nullptr;
+  uint64_t remote_offset = 0;
+  size_t bytes = 0;
+};
+
+// A region of the worker's memory as the worker described it at OpenSession.
+struct RemoteRegion {
+  uint64_t address = 0;  // base in the worker's address space
+  uint64_t length = 0;   // bytes
+  std::string rkey;      // packed remote key (UCX)
+};
+
+// The worker's side of a session.
+struct SessionPeer {
+  std::string worker_address;  // ucp_worker_get_address bytes (UCX)
+  RemoteRegion staging;        // recall destination: 2 slots per layer
+  RemoteRegion offload;        // offload source
+};
+
+// The worker's side of one session. Thread-safe: Pull and Push may be called from any
+// thread. Destroying it disconnects; the caller makes sure nothing is in flight.
+class SessionTransport {
+ public:
+  virtual ~SessionTransport() = default;
+
+  // Copies runs from the worker's offload region into store memory; returns once
+  // every byte is in the store.
+  virtual absl::Status Pull(absl::Span<const CopyRun> runs) = 0;
+
+  // Copies runs from the store into the worker's staging region; calls `done` exactly
+  // once, after every byte has landed (flushed) or with the error. Pushes of one
+  // session complete in the order they were made. `done` runs on the transport's own
+  // thread and must be cheap.
+  virtual void Push(std::vector<CopyRun> runs,
+                    absl::AnyInvocable<void(absl::Status) &&> done) = 0;
+};
+
+class TransportFactory {
+ public:
+  virtual ~TransportFactory() = default;
+  virtual absl::StatusOr<std::unique_ptr<SessionTransport>> Connect(
+      const SessionPeer& peer) = 0;
+};
+
+}  // namespace freekv
+
+#endif  // FREEKV_KVSERVICE_TRANSPORT_H_
