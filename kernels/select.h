@@ -1,0 +1,76 @@
+// Group-consistent page selection and the diff with the resident set.
+//
+// 1. GroupSoftmax: per query head, softmax of its scores over the sequence's
+//    candidates; per KV head, the mean of those probabilities over the group's query
+//    heads -> group_scores [num_seqs][num_kv_heads][max_candidates] (float32; entries
+//    j >= count[b] are set to 0).
+// 2. TopKPages: per (sequence, KV head), the k candidates with the highest group
+//    score, as logical page ids (begin[b] + j) in ascending order, in
+//    selected [num_seqs][num_kv_heads][k]; ties go to the lower page; when a sequence
+//    has fewer than k candidates all are selected and the rest of the row is -1.
+// 3. ResidentDiff: resident [num_seqs][num_kv_heads][capacity] (capacity >= k) holds
+//    the logical page in each resident slot, or -1 for an empty slot. Pages selected
+//    but not resident must be recalled; each goes into a victim slot: empty slots
+//    first (lowest slot first), then slots whose page was not selected, lowest
+//    current group score first (a page outside the candidates scores -inf), ties to
+//    the lower slot. Output per (sequence, KV head): num_recall, and recall_pages /
+//    recall_slots [.][.][k] (missing pages ascending, their slots; the rest -1).
+//    The caller commits resident[slot] = page once the recall has landed.
+// head_mask (optional, [num_seqs][num_kv_heads]): when given, only KV heads with a
+// non-zero byte are processed and the other heads' outputs are left untouched, so
+// correction re-selects flagged heads with no host round trip.
+//
+// Thread safety: stateless; concurrent calls on disjoint outputs are safe.
+#ifndef FREEKV_KERNELS_SELECT_H_
+#define FREEKV_KERNELS_SELECT_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "kernels/cuda_fwd.h"
+#include "kernels/score.h"
+
+namespace freekv {
+namespace kernels {
+
+struct ResidentDiff {
+  absl::Span<int32_t> recall_pages;  // [num_seqs][num_kv_heads][k]
+  absl::Span<int32_t> recall_slots;  // [num_seqs][num_kv_heads][k]
+  absl::Span<int32_t> num_recall;    // [num_seqs][num_kv_heads]
+};
+
+// CPU references.
+absl::Status GroupSoftmaxRef(absl::Span<const float> scores, int32_t num_q_heads,
+                             int32_t num_kv_heads, const Candidates& candidates,
+                             absl::Span<const uint8_t> head_mask,
+                             absl::Span<float> group_scores);
+
+absl::Status TopKPagesRef(absl::Span<const float> group_scores, int32_t num_kv_heads,
+                          const Candidates& candidates, int32_t k,
+                          absl::Span<const uint8_t> head_mask,
+                          absl::Span<int32_t> selected);
+
+absl::Status ResidentDiffRef(absl::Span<const int32_t> selected,
+                             absl::Span<const int32_t> resident, int32_t capacity,
+                             absl::Span<const float> group_scores, int32_t num_kv_heads,
+                             const Candidates& candidates, int32_t k,
+                             absl::Span<const uint8_t> head_mask,
+                             const ResidentDiff& diff);
+
+// CUDA (select.cu): the three steps fused in one launch (one block per sequence and
+// KV head), device memory, asynchronous on `stream`. max_candidates <= 16384,
+// k <= 1024, capacity <= 1024. With an empty `resident` the diff is skipped (and
+// `capacity` and `diff` are ignored).
+absl::Status GroupSelectCuda(absl::Span<const float> scores, int32_t num_q_heads,
+                             int32_t num_kv_heads, const Candidates& candidates,
+                             int32_t k, absl::Span<const int32_t> resident,
+                             int32_t capacity, absl::Span<const uint8_t> head_mask,
+                             absl::Span<float> group_scores,
+                             absl::Span<int32_t> selected, const ResidentDiff& diff,
+                             cudaStream_t stream);
+
+}  // namespace kernels
+}  // namespace freekv
+
+#endif  // FREEKV_KERNELS_SELECT_H_

@@ -1,0 +1,81 @@
+// CUDA kernel of similarity.h: a single CTA (the work is B * H_kv rows of a few
+// hundred bytes); a warp per (sequence, KV head) row, a block sum for the count, so
+// num_flagged needs no prior memset.
+#include <type_traits>
+
+#include "kernels/cuda_check.cuh"
+#include "kernels/device_util.cuh"
+#include "kernels/shape.h"
+#include "kernels/similarity.h"
+
+namespace freekv {
+namespace kernels {
+
+namespace {
+
+constexpr int kThreads = 1024;
+
+template <typename DT>
+__global__ void __launch_bounds__(kThreads)
+    SimilarityKernel(const DT* q, const DT* q_prev, int32_t rows, int32_t group,
+                     int32_t head_dim, float tau, float* similarity, uint8_t* flags,
+                     int32_t* num_flagged) {
+  __shared__ float scratch[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float flagged = 0.0f;
+  for (int row = warp; row < rows; row += kThreads / 32) {
+    float sum_cos = 0.0f;
+    for (int i = 0; i < group; ++i) {
+      const int64_t off = (int64_t{row} * group + i) * head_dim;
+      float dot = 0.0f, na = 0.0f, nb = 0.0f;
+      for (int c = lane; c < head_dim; c += 32) {
+        const float a = ToF(q[off + c]), b = ToF(q_prev[off + c]);
+        dot += a * b;
+        na += a * a;
+        nb += b * b;
+      }
+      dot = WarpSum(dot);
+      na = WarpSum(na);
+      nb = WarpSum(nb);
+      const float denom = sqrtf(na * nb);
+      sum_cos += denom > 0.0f ? dot / denom : 0.0f;
+    }
+    const float sim = sum_cos / group;
+    if (lane == 0) {
+      similarity[row] = sim;
+      flags[row] = sim < tau ? 1 : 0;
+      flagged += sim < tau ? 1.0f : 0.0f;
+    }
+  }
+  flagged = BlockSum(flagged, scratch);  // exact: small integers in float
+  if (threadIdx.x == 0) num_flagged[0] = static_cast<int32_t>(flagged);
+}
+
+}  // namespace
+
+template <typename T>
+absl::Status QuerySimilarityCuda(absl::Span<const T> q, absl::Span<const T> q_prev,
+                                 int32_t num_q_heads, int32_t num_kv_heads,
+                                 int32_t head_dim, float tau,
+                                 const SimilarityOutputs& outputs, cudaStream_t stream) {
+  FREEKV_RETURN_IF_ERROR(CheckSimilarityShapes(q.size(), q_prev.size(), num_q_heads,
+                                               num_kv_heads, head_dim, outputs));
+  const size_t rows = outputs.flags.size();
+  using DT = std::remove_const_t<typename DeviceType<const T>::type>;
+  SimilarityKernel<DT><<<1, kThreads, 0, stream>>>(
+      Dev(q.data()), Dev(q_prev.data()), static_cast<int32_t>(rows),
+      num_q_heads / num_kv_heads, head_dim, tau, outputs.similarity.data(),
+      outputs.flags.data(), outputs.num_flagged.data());
+  return LaunchStatus("SimilarityKernel");
+}
+
+#define FREEKV_INSTANTIATE(T)                                                          \
+  template absl::Status QuerySimilarityCuda<T>(absl::Span<const T>, absl::Span<const T>, \
+                                               int32_t, int32_t, int32_t, float,        \
+                                               const SimilarityOutputs&, cudaStream_t);
+FREEKV_INSTANTIATE(float)
+FREEKV_INSTANTIATE(BFloat16)
+#undef FREEKV_INSTANTIATE
+
+}  // namespace kernels
+}  // namespace freekv

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Builds every GPU test and GPU benchmark (targets tagged `gpu`) with --config=cuda
+# on this machine (no GPU needed) and stages them in .gpu/ for tools/gpu_remote.sh:
+#   .gpu/bin/<package>_<name>   the binaries (stripped of host debug symbols)
+#   .gpu/lib/                   the shared libraries they need that a bare GPU
+#                               machine lacks (gRPC, protobuf, Abseil, UCX,
+#                               prometheus-cpp, xxhash, cudart, gtest, ...), from ldd
+#   .gpu/manifest.tsv           one line per binary: kind (test|bench) TAB target TAB path
+# New GPU tests and benchmarks join automatically: tag them `gpu` (tools/cuda.bzl's
+# cuda_test and cuda_binary do). Usage:
+#   tools/gpu_build.sh [bazel target pattern ...]      (default: //...)
+# FREEKV_BAZEL_OUTPUT_BASE selects a Bazel output base (shared machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bazel_cmd=(bazel)
+if [[ -n ${FREEKV_BAZEL_OUTPUT_BASE:-} ]]; then
+  bazel_cmd+=(--output_base="$FREEKV_BAZEL_OUTPUT_BASE")
+fi
+patterns=("$@")
+((${#patterns[@]})) || patterns=(//...)
+universe=$(IFS=+; echo "${patterns[*]}")
+
+# Query: labels of gpu-tagged tests and binaries. --keep_going tolerates packages
+# that other work has left broken; exit code 3 means "partial results".
+query() {
+  "${bazel_cmd[@]}" query --keep_going --noshow_progress "$1" 2>/dev/null || [[ $? -eq 3 ]]
+}
+mapfile -t tests < <(query "attr(tags, '\\bgpu\\b', kind(cc_test, $universe))")
+mapfile -t benches < <(query "attr(tags, '\\bgpu\\b', kind(cc_binary, $universe))")
+if ((${#tests[@]} + ${#benches[@]} == 0)); then
+  echo "gpu_build: no targets tagged gpu under ${patterns[*]}" >&2
+  exit 1
+fi
+echo "gpu_build: ${#tests[@]} tests, ${#benches[@]} benchmarks" >&2
+"${bazel_cmd[@]}" build --config=cuda "${tests[@]}" "${benches[@]}"
+bin_dir=$("${bazel_cmd[@]}" info --config=cuda bazel-bin 2>/dev/null)
+
+rm -rf .gpu
+mkdir -p .gpu/bin .gpu/lib
+# Libraries every Linux machine has (glibc, the GCC runtime) and the driver's own.
+system_lib='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|libcuda|libnvidia)[.-]'
+stage() {  # kind label
+  local kind=$1 label=$2 pkg name file dest
+  pkg=${label#//}
+  pkg=${pkg%%:*}
+  name=${label##*:}
+  file="$bin_dir/$pkg/$name"
+  dest="bin/${pkg//\//_}_$name"
+  cp "$file" ".gpu/$dest"
+  chmod u+w ".gpu/$dest"
+  strip --strip-debug ".gpu/$dest"
+  printf '%s\t%s\t%s\n' "$kind" "$label" "$dest" >>.gpu/manifest.tsv
+  ldd "$file" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' |
+    while read -r soname path; do
+      if [[ ! $soname =~ $system_lib && ! -e .gpu/lib/$soname ]]; then
+        cp -L "$path" ".gpu/lib/$soname"
+      fi
+    done
+}
+printf '# kind\ttarget\tpath (relative to .gpu/)\n' >.gpu/manifest.tsv
+for t in "${tests[@]}"; do stage test "$t"; done
+for b in "${benches[@]}"; do stage bench "$b"; done
+if ldd .gpu/bin/* | grep -q 'not found'; then
+  echo "gpu_build: a binary has unresolved libraries:" >&2
+  ldd .gpu/bin/* | grep 'not found' >&2
+  exit 1
+fi
+du -sh .gpu/bin .gpu/lib >&2
+echo "gpu_build: staged $(($(wc -l <.gpu/manifest.tsv) - 1)) binaries in .gpu/ (carry .gpu)" >&2
+
+# Binaries that GPU tests and benchmarks start as child processes (their `data`), staged
+# where tests/integration/kvservice_process.cc finds them once tools/gpu_remote.sh sets
+# TEST_SRCDIR=.gpu/runfiles (the CUDA IPC test and bench/gpu_recall_bench start the
+# kvservice built with CUDA).
+for support in kvservice/kvservice; do
+  [[ -x $bin_dir/$support ]] || continue
+  mkdir -p ".gpu/runfiles/freekv/$(dirname "$support")"
+  cp "$bin_dir/$support" ".gpu/runfiles/freekv/$support"
+  chmod u+w ".gpu/runfiles/freekv/$support"
+  strip --strip-debug ".gpu/runfiles/freekv/$support"
+  ldd "$bin_dir/$support" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' |
+    while read -r soname path; do
+      if [[ ! $soname =~ $system_lib && ! -e .gpu/lib/$soname ]]; then
+        cp -L "$path" ".gpu/lib/$soname"
+      fi
+    done
+  echo "gpu_build: staged $support for child processes (.gpu/runfiles)" >&2
+done
