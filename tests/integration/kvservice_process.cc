@@ -81,8 +81,9 @@ absl::StatusOr<double> MetricValue(const std::string& exposition,
 absl::StatusOr<std::unique_ptr<KvServiceProcess>> KvServiceProcess::Start(
     std::vector<std::string> extra_flags) {
   std::unique_ptr<KvServiceProcess> process(new KvServiceProcess());
-  const char* tmp = getenv("TEST_TMPDIR");
-  std::string dir_template = absl::StrCat(tmp ? tmp : "/tmp", "/kvsXXXXXX");
+  // Not TEST_TMPDIR: a unix socket path must stay under 108 bytes, and Bazel's
+  // sandbox paths are longer than that.
+  std::string dir_template = "/tmp/freekv-test-XXXXXX";
   if (mkdtemp(dir_template.data()) == nullptr) {
     return absl::InternalError("mkdtemp failed");
   }

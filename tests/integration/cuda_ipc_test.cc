@@ -1,0 +1,279 @@
+// End to end on a GPU through the real kvservice process (built with CUDA): a worker
+// in this process offloads random pages from device memory over CUDA IPC and recalls
+// scattered (page, head) slices into both staging slots; the slots, copied back, must
+// hold exactly the offloaded bytes. The stream-side events are held to their promise:
+// the kvservice neither writes a slot before the worker marked it free nor reads the
+// offload region before the worker's stream wrote it, even when that takes 100 ms.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "client/cuda_kv_client.h"
+#include "common/integrity.h"
+#include "gtest/gtest.h"
+#include "tests/integration/cuda_test_util.h"
+#include "tests/integration/kvservice_process.h"
+
+namespace freekv {
+namespace {
+
+using testing::KvServiceProcess;
+using testing::TestStream;
+using PageKey = std::tuple<uint64_t, uint32_t, uint32_t>;  // sequence, layer, page
+
+constexpr absl::Duration kBusy = absl::Milliseconds(100);
+
+Geometry SmallGeometry() {
+  Geometry g;
+  g.num_layers = 4;
+  g.num_kv_heads = 4;
+  g.head_dim = 64;
+  g.page_tokens = 16;
+  g.dtype = DType::kBFloat16;
+  return g;
+}
+
+std::vector<std::byte> RandomBytes(size_t bytes, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::byte> out(bytes);
+  for (size_t i = 0; i + 8 <= bytes; i += 8) {
+    const uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, 8);
+  }
+  return out;
+}
+
+class CudaIpcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
+        KvServiceProcess::Start({"--capacity=256M", "--chunk_bytes=4M"});
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = *std::move(service);
+    client_ = OpenClient("cuda_ipc_test");
+    ASSERT_NE(client_, nullptr);
+    absl::StatusOr<std::unique_ptr<TestStream>> stream = TestStream::Create();
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    stream_ = *std::move(stream);
+  }
+
+  std::unique_ptr<CudaKvClient> OpenClient(const std::string& name) {
+    KvClientOptions options;
+    options.target = service_->target();
+    options.geometry = SmallGeometry();
+    options.slot_slices = 48;
+    options.offload_blocks = 64;
+    options.client_name = name;
+    absl::StatusOr<std::unique_ptr<CudaKvClient>> client =
+        CudaKvClient::Open(options, /*device=*/0);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+
+  // Offloads `pages` random pages per layer of `sequence` through `client`'s offload
+  // region, checks the service's tags, then scribbles over the region.
+  void Offload(CudaKvClient& client, uint64_t sequence, uint32_t pages) {
+    const Geometry& g = client.client().geometry();
+    const size_t block = g.block_bytes();
+    std::vector<OffloadPageRef> refs;
+    std::vector<std::byte> host;
+    for (uint32_t layer = 0; layer < g.num_layers; ++layer) {
+      for (uint32_t page = 0; page < pages; ++page) {
+        std::vector<std::byte> bytes = RandomBytes(block, sequence * 7919 + layer * 131 + page);
+        refs.push_back(OffloadPageRef{sequence, layer, page, host.size()});
+        host.insert(host.end(), bytes.begin(), bytes.end());
+        expected_[{sequence, layer, page}] = std::move(bytes);
+      }
+    }
+    ASSERT_LE(host.size(), client.regions().offload_bytes());
+    ASSERT_TRUE(testing::CopyBytes(client.regions().offload(), host.data(), host.size()).ok());
+    ASSERT_TRUE(client.regions().MarkOffloadWritten(stream_->get()).ok());
+    absl::StatusOr<std::vector<uint64_t>> tags = client.client().Offload(refs);
+    ASSERT_TRUE(tags.ok()) << tags.status();
+    ASSERT_EQ(tags->size(), refs.size());
+    for (size_t i = 0; i < refs.size(); ++i) {
+      EXPECT_EQ((*tags)[i], IntegrityTag(absl::MakeConstSpan(
+                                host.data() + refs[i].offload_offset, block)))
+          << "page " << i;
+    }
+    std::vector<std::byte> junk = RandomBytes(client.regions().offload_bytes(), ~sequence);
+    ASSERT_TRUE(testing::CopyBytes(client.regions().offload(), junk.data(), junk.size()).ok());
+  }
+
+  // `count` distinct random slices of `sequence` (pages < `pages`), packed in a
+  // shuffled order into the slot.
+  std::vector<RecallSliceRef> RandomSlices(uint64_t sequence, uint32_t pages,
+                                           size_t count, std::mt19937& rng) {
+    const Geometry g = SmallGeometry();
+    std::vector<RecallSliceRef> all;
+    for (uint32_t page = 0; page < pages; ++page) {
+      for (uint32_t head = 0; head < g.num_kv_heads; ++head) {
+        all.push_back({sequence, head, page, 0});
+      }
+    }
+    std::shuffle(all.begin(), all.end(), rng);
+    all.resize(std::min(count, all.size()));
+    for (size_t i = 0; i < all.size(); ++i) all[i].slot_offset = i * g.head_slice_bytes();
+    return all;
+  }
+
+  // Waits for the recall on the host, then (as a worker would) makes the stream wait
+  // for the slot's ready event and copies the slot back on that stream.
+  std::vector<std::byte> WaitAndRead(CudaKvClient& client, const RecallTicket& ticket) {
+    EXPECT_TRUE(client.client().Wait(ticket, absl::Now() + absl::Seconds(10)).ok());
+    const CudaRegions& regions = client.regions();
+    std::vector<std::byte> slot(regions.slot_bytes());
+    EXPECT_TRUE(regions.WaitSlotReady(ticket.layer, ticket.slot, stream_->get()).ok());
+    EXPECT_TRUE(stream_
+                    ->CopyAsync(slot.data(), regions.staging_slot(ticket.layer, ticket.slot),
+                                slot.size())
+                    .ok());
+    EXPECT_TRUE(stream_->Synchronize().ok());
+    return slot;
+  }
+
+  // Every named slice is bit-identical; every other byte still holds `poison`.
+  void ExpectSlot(const std::vector<std::byte>& slot, uint32_t layer,
+                  const std::vector<RecallSliceRef>& slices, std::byte poison) {
+    const size_t slice = SmallGeometry().head_slice_bytes();
+    std::vector<bool> written(slot.size() / slice, false);
+    for (const RecallSliceRef& s : slices) {
+      const std::vector<std::byte>& block = expected_.at({s.sequence_id, layer, s.page});
+      ASSERT_EQ(std::memcmp(slot.data() + s.slot_offset, block.data() + s.kv_head * slice,
+                            slice),
+                0)
+          << "sequence " << s.sequence_id << " layer " << layer << " page " << s.page
+          << " head " << s.kv_head << " at slot offset " << s.slot_offset;
+      written[s.slot_offset / slice] = true;
+    }
+    for (size_t i = 0; i < written.size(); ++i) {
+      if (written[i]) continue;
+      for (size_t b = 0; b < slice; ++b) {
+        ASSERT_EQ(slot[i * slice + b], poison) << "stray write at slot byte " << i * slice + b;
+      }
+    }
+  }
+
+  void Poison(CudaKvClient& client, std::byte value) {
+    ASSERT_TRUE(testing::FillBytes(client.regions().staging(), static_cast<uint8_t>(value),
+                                   client.regions().staging_bytes())
+                    .ok());
+  }
+
+  std::unique_ptr<KvServiceProcess> service_;
+  std::unique_ptr<CudaKvClient> client_;
+  std::unique_ptr<TestStream> stream_;
+  std::map<PageKey, std::vector<std::byte>> expected_;
+};
+
+TEST_F(CudaIpcTest, ScatteredSlicesLandBitIdenticalInBothSlots) {
+  Offload(*client_, /*sequence=*/11, /*pages=*/6);
+  Offload(*client_, /*sequence=*/12, /*pages=*/6);
+  std::mt19937 rng(2024);
+  const std::byte poison{0xA5};
+  for (uint32_t layer : {0u, 3u, 1u}) {
+    Poison(*client_, poison);
+    const std::vector<RecallSliceRef> first = RandomSlices(11, 6, 40, rng);
+    std::vector<RecallSliceRef> second = RandomSlices(12, 6, 17, rng);
+    second.push_back({11, 2, 5, second.size() * SmallGeometry().head_slice_bytes()});
+    absl::StatusOr<RecallTicket> a = client_->client().Recall(layer, layer, first, true);
+    absl::StatusOr<RecallTicket> b = client_->client().Recall(layer + 1, layer, second);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_NE(a->slot, b->slot);
+    ExpectSlot(WaitAndRead(*client_, *a), layer, first, poison);
+    ExpectSlot(WaitAndRead(*client_, *b), layer, second, poison);
+    for (const RecallTicket& t : {*a, *b}) {
+      ASSERT_TRUE(client_->regions().MarkSlotFree(t.layer, t.slot, stream_->get()).ok());
+      ASSERT_TRUE(client_->client().Release(t).ok());
+    }
+  }
+}
+
+TEST_F(CudaIpcTest, SlotIsWrittenOnlyAfterTheWorkerMarksItFree) {
+  Offload(*client_, 3, 6);
+  std::mt19937 rng(7);
+  const uint32_t layer = 2;
+  const std::vector<RecallSliceRef> first = RandomSlices(3, 6, 24, rng);
+  absl::StatusOr<RecallTicket> a = client_->client().Recall(0, layer, first);
+  ASSERT_TRUE(a.ok()) << a.status();
+  WaitAndRead(*client_, *a);
+  // The worker's stream is still "reading" the slot for 100 ms, then overwrites it,
+  // and only then marks it free; the host releases at once.
+  const CudaRegions& regions = client_->regions();
+  ASSERT_TRUE(stream_->Busy(kBusy).ok());
+  ASSERT_TRUE(stream_->FillAsync(regions.staging_slot(layer, a->slot), 0x5A,
+                                 regions.slot_bytes()).ok());
+  ASSERT_TRUE(regions.MarkSlotFree(layer, a->slot, stream_->get()).ok());
+  ASSERT_TRUE(client_->client().Release(*a).ok());
+  const absl::Time start = absl::Now();
+  const std::vector<RecallSliceRef> second = RandomSlices(3, 6, 30, rng);
+  absl::StatusOr<RecallTicket> b = client_->client().Recall(1, layer, second);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->slot, a->slot);
+  ASSERT_TRUE(client_->client().Wait(*b, absl::Now() + absl::Seconds(10)).ok());
+  EXPECT_GE(absl::Now() - start, kBusy / 2) << "the recall did not wait for the free event";
+  ExpectSlot(WaitAndRead(*client_, *b), layer, second, std::byte{0x5A});
+}
+
+TEST_F(CudaIpcTest, OffloadReadsWhatTheWorkerStreamWrote) {
+  const Geometry g = SmallGeometry();
+  const uint32_t pages = 8;
+  std::vector<std::byte> host;
+  std::vector<OffloadPageRef> refs;
+  for (uint32_t page = 0; page < pages; ++page) {
+    std::vector<std::byte> bytes = RandomBytes(g.block_bytes(), 500 + page);
+    refs.push_back({21, 1, page, host.size()});
+    host.insert(host.end(), bytes.begin(), bytes.end());
+    expected_[{21, 1, page}] = std::move(bytes);
+  }
+  absl::StatusOr<std::unique_ptr<testing::TestDeviceBuffer>> scratch =
+      testing::TestDeviceBuffer::Create(host.size());
+  ASSERT_TRUE(scratch.ok()) << scratch.status();
+  ASSERT_TRUE(testing::CopyBytes((*scratch)->data(), host.data(), host.size()).ok());
+  // The worker's stream writes the region 100 ms from now; Offload is sent at once.
+  const CudaRegions& regions = client_->regions();
+  ASSERT_TRUE(stream_->Busy(kBusy).ok());
+  ASSERT_TRUE(stream_->CopyAsync(regions.offload(), (*scratch)->data(), host.size()).ok());
+  ASSERT_TRUE(regions.MarkOffloadWritten(stream_->get()).ok());
+  absl::StatusOr<std::vector<uint64_t>> tags = client_->client().Offload(refs);
+  ASSERT_TRUE(tags.ok()) << tags.status();
+  for (uint32_t page = 0; page < pages; ++page) {
+    EXPECT_EQ((*tags)[page], IntegrityTag(expected_[{21, 1, page}])) << "page " << page;
+  }
+  std::mt19937 rng(99);
+  const std::vector<RecallSliceRef> slices = RandomSlices(21, pages, 32, rng);
+  Poison(*client_, std::byte{0});
+  absl::StatusOr<RecallTicket> t = client_->client().Recall(0, 1, slices, true);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ExpectSlot(WaitAndRead(*client_, *t), 1, slices, std::byte{0});
+}
+
+TEST_F(CudaIpcTest, TwoWorkersOnOneGpuShareTheServiceAndStayApart) {
+  std::unique_ptr<CudaKvClient> other = OpenClient("cuda_ipc_test other");
+  ASSERT_NE(other, nullptr);
+  Offload(*client_, 1, 4);
+  Offload(*other, 2, 4);
+  std::mt19937 rng(5);
+  const std::byte poison{0xEE};
+  Poison(*client_, poison);
+  Poison(*other, poison);
+  const std::vector<RecallSliceRef> mine = RandomSlices(1, 4, 16, rng);
+  const std::vector<RecallSliceRef> theirs = RandomSlices(2, 4, 16, rng);
+  absl::StatusOr<RecallTicket> a = client_->client().Recall(0, 0, mine);
+  absl::StatusOr<RecallTicket> b = other->client().Recall(0, 0, theirs);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ExpectSlot(WaitAndRead(*client_, *a), 0, mine, poison);
+  ExpectSlot(WaitAndRead(*other, *b), 0, theirs, poison);
+  // A session sees only its own pages.
+  absl::StatusOr<RecallTicket> c = client_->client().Recall(1, 1, {{{2, 0, 0, 0}}});
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(client_->client().Wait(*c, absl::Now() + absl::Seconds(10)).code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace freekv
