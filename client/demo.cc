@@ -3,9 +3,13 @@
 // step and layer recalls a random selection of (sequence, head, page) slices into the
 // layer's staging slots, waits, checks every byte against what was offloaded, and
 // releases the slot.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
+#include <set>
+#include <tuple>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,6 +32,9 @@ ABSL_FLAG(int32_t, layers, 4, "Model layers.");
 ABSL_FLAG(int32_t, kv_heads, 8, "KV heads.");
 ABSL_FLAG(int32_t, head_dim, 128, "Head dimension.");
 ABSL_FLAG(int32_t, page_tokens, 32, "Tokens per page.");
+ABSL_FLAG(double, drift, 0.1,
+          "Share of a layer's selection that changes from one step to the next; what "
+          "the speculative recall misses is recalled at once, as a correction.");
 ABSL_FLAG(int32_t, lease_ms, 10000, "Session lease asked for.");
 ABSL_FLAG(int32_t, hold_ms, 0, "Keep the sessions open this long at the end.");
 ABSL_FLAG(bool, abandon, false,
@@ -40,6 +47,7 @@ namespace {
 struct Totals {
   uint64_t offloaded_pages = 0, offload_bytes = 0, recall_requests = 0;
   uint64_t recalled_blocks = 0, recall_bytes = 0, verified_blocks = 0, mismatches = 0;
+  uint64_t speculation_needed = 0, speculation_hits = 0;
   absl::Duration recall_time;
 };
 
@@ -94,37 +102,109 @@ absl::Status RunSession(int index, Totals& totals) {
     totals.offload_bytes += refs.size() * block;
   }
 
+  // FreeKV's access pattern: the selection of step t+1 is speculated from step t's and
+  // recalled a step ahead, into the layer's other slot; at step t+1 the true selection
+  // has drifted (--drift), and what the speculation missed is recalled at once (a
+  // correction) before the slots are read.
   const uint32_t per_request = std::min<uint32_t>(
       client.slot_bytes() / slice, uint32_t(sequences * pages * g.num_kv_heads) / 2 + 1);
-  for (int step = 0; step < absl::GetFlag(FLAGS_steps); ++step) {
+  const int steps = absl::GetFlag(FLAGS_steps);
+  const double drift = absl::GetFlag(FLAGS_drift);
+  auto key = [](const RecallSliceRef& s) {
+    return std::make_tuple(s.sequence_id, s.kv_head, s.page);
+  };
+  auto random_slice = [&] {
+    return RecallSliceRef{rng() % sequences, uint32_t(rng() % g.num_kv_heads),
+                          uint32_t(rng() % pages), 0};
+  };
+  // Recalls `slices` packed from offset 0 for (step, layer); returns the ticket. They
+  // are laid out in store order (sequence, page, head), so that the heads of one page
+  // land side by side and the service can move them as one run.
+  auto recall = [&](uint64_t step, uint32_t layer, std::vector<RecallSliceRef>& slices) {
+    std::sort(slices.begin(), slices.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.sequence_id, a.page, a.kv_head) <
+             std::tie(b.sequence_id, b.page, b.kv_head);
+    });
+    for (size_t i = 0; i < slices.size(); ++i) slices[i].slot_offset = i * slice;
+    ++totals.recall_requests;
+    totals.recalled_blocks += slices.size();
+    totals.recall_bytes += slices.size() * slice;
+    return client.Recall(step, layer, slices);
+  };
+  // Waits for a recall, checks every slice it brought, and releases its slot.
+  auto wait_check_release = [&](const RecallTicket& ticket, uint32_t layer,
+                                const std::vector<RecallSliceRef>& slices) {
+    const absl::Time start = absl::Now();
+    absl::Status s = client.Wait(ticket, absl::Now() + absl::Seconds(30));
+    totals.recall_time += absl::Now() - start;
+    if (!s.ok()) return s;
+    absl::Span<std::byte> slot = client.staging_slot(layer, ticket.slot);
+    for (const RecallSliceRef& r : slices) {
+      const bool same =
+          std::memcmp(slot.data() + r.slot_offset,
+                      original(r.sequence_id, layer, r.page) + r.kv_head * slice,
+                      slice) == 0;
+      totals.verified_blocks += same;
+      totals.mismatches += !same;
+    }
+    return client.Release(ticket);
+  };
+
+  std::vector<std::vector<RecallSliceRef>> speculated(g.num_layers);
+  std::vector<std::optional<RecallTicket>> in_flight(g.num_layers);
+  DecodeStatsDelta stats;
+  const absl::Time decode_start = absl::Now();
+  for (int step = 0; step < steps; ++step) {
     for (uint32_t layer = 0; layer < g.num_layers; ++layer) {
-      std::vector<RecallSliceRef> slices;
-      for (uint32_t i = 0; i < per_request; ++i) {
-        slices.push_back(RecallSliceRef{rng() % sequences, uint32_t(rng() % g.num_kv_heads),
-                                        uint32_t(rng() % pages), i * slice});
+      // This step's true selection: the speculated one, a share of it replaced.
+      std::set<std::tuple<uint64_t, uint32_t, uint32_t>> chosen, speculated_keys;
+      for (const RecallSliceRef& r : speculated[layer]) speculated_keys.insert(key(r));
+      std::vector<RecallSliceRef> wanted;
+      for (const RecallSliceRef& r : speculated[layer]) {
+        const bool drifts = std::uniform_real_distribution<>(0, 1)(rng) < drift;
+        RecallSliceRef pick = drifts ? random_slice() : r;
+        if (chosen.insert(key(pick)).second) wanted.push_back(pick);
       }
-      const absl::Time start = absl::Now();
-      absl::StatusOr<RecallTicket> ticket = client.Recall(step, layer, slices);
-      if (!ticket.ok()) return ticket.status();
-      if (absl::Status s = client.Wait(*ticket, absl::Now() + absl::Seconds(30)); !s.ok()) {
-        return s;
+      while (wanted.size() < per_request) {
+        RecallSliceRef pick = random_slice();
+        if (chosen.insert(key(pick)).second) wanted.push_back(pick);
       }
-      totals.recall_time += absl::Now() - start;
-      absl::Span<std::byte> slot = client.staging_slot(layer, ticket->slot);
-      for (const RecallSliceRef& s : slices) {
-        const bool same = std::memcmp(slot.data() + s.slot_offset,
-                                      original(s.sequence_id, layer, s.page) +
-                                          s.kv_head * slice,
-                                      slice) == 0;
-        totals.verified_blocks += same;
-        totals.mismatches += !same;
+      std::vector<RecallSliceRef> missing;
+      for (const RecallSliceRef& r : wanted) {
+        if (speculated_keys.count(key(r)) == 0) missing.push_back(r);
       }
-      if (absl::Status s = client.Release(*ticket); !s.ok()) return s;
-      ++totals.recall_requests;
-      totals.recalled_blocks += slices.size();
-      totals.recall_bytes += slices.size() * slice;
+      if (in_flight[layer].has_value()) {
+        stats.speculation_needed_blocks += wanted.size();
+        stats.speculation_hit_blocks += wanted.size() - missing.size();
+        ++stats.correction_checks;
+        stats.corrections += !missing.empty();
+        if (absl::Status s =
+                wait_check_release(*in_flight[layer], layer, speculated[layer]);
+            !s.ok()) {
+          return s;
+        }
+        in_flight[layer].reset();
+      }
+      if (!missing.empty()) {
+        absl::StatusOr<RecallTicket> urgent = recall(step, layer, missing);
+        if (!urgent.ok()) return urgent.status();
+        if (absl::Status s = wait_check_release(*urgent, layer, missing); !s.ok()) return s;
+      }
+      // Speculate step + 1 with this step's selection; waited for only next step.
+      speculated[layer] = wanted;
+      if (step + 1 < steps) {
+        absl::StatusOr<RecallTicket> next = recall(step + 1, layer, speculated[layer]);
+        if (!next.ok()) return next.status();
+        in_flight[layer] = *next;
+      }
     }
   }
+  stats.decode_steps = steps;
+  stats.decode_seconds = absl::ToDoubleSeconds(absl::Now() - decode_start);
+  stats.stall_seconds = absl::ToDoubleSeconds(totals.recall_time);
+  totals.speculation_needed += stats.speculation_needed_blocks;
+  totals.speculation_hits += stats.speculation_hit_blocks;
+  if (absl::Status s = client.ReportStats(stats); !s.ok()) return s;
   absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_hold_ms)));
   if (absl::GetFlag(FLAGS_abandon)) {
     client.Abandon();
@@ -145,19 +225,18 @@ int Main() {
   Totals sum;
   int failed = 0;
   std::printf("%-8s %10s %12s %9s %10s %12s %10s %12s\n", "session", "offloaded",
-              "offload_MiB", "recalls", "slices", "recall_MiB", "verified", "recall_GB/s");
+              "offload_MiB", "recalls", "slices", "recall_MiB", "verified", "stall_ms");
   for (int i = 0; i < sessions; ++i) {
     const Totals& t = totals[i];
     if (!results[i].ok()) {
       std::fprintf(stderr, "session %d: %s\n", i, results[i].ToString().c_str());
       ++failed;
     }
-    const double seconds = absl::ToDoubleSeconds(t.recall_time);
     std::printf("%-8d %10llu %12.1f %9llu %10llu %12.1f %10llu %12.2f\n", i,
                 (unsigned long long)t.offloaded_pages, t.offload_bytes / 1048576.0,
                 (unsigned long long)t.recall_requests, (unsigned long long)t.recalled_blocks,
                 t.recall_bytes / 1048576.0, (unsigned long long)t.verified_blocks,
-                seconds > 0 ? t.recall_bytes / seconds / 1e9 : 0.0);
+                absl::ToDoubleMilliseconds(t.recall_time));
     sum.offloaded_pages += t.offloaded_pages;
     sum.offload_bytes += t.offload_bytes;
     sum.recall_requests += t.recall_requests;
@@ -165,11 +244,18 @@ int Main() {
     sum.recall_bytes += t.recall_bytes;
     sum.verified_blocks += t.verified_blocks;
     sum.mismatches += t.mismatches;
+    sum.speculation_needed += t.speculation_needed;
+    sum.speculation_hits += t.speculation_hits;
   }
   std::printf("every recalled slice %s the bytes offloaded (%llu checked, %llu differ)\n",
               sum.mismatches == 0 ? "matches" : "DOES NOT match",
               (unsigned long long)(sum.verified_blocks + sum.mismatches),
               (unsigned long long)sum.mismatches);
+  std::printf("speculation hit rate %.3f (%llu of %llu slices needed were already there)\n",
+              sum.speculation_needed ? double(sum.speculation_hits) / sum.speculation_needed
+                                     : 0.0,
+              (unsigned long long)sum.speculation_hits,
+              (unsigned long long)sum.speculation_needed);
   if (absl::GetFlag(FLAGS_json)) {
     std::printf(
         "{\"sessions\":%d,\"offloaded_pages\":%llu,\"offload_bytes\":%llu,"

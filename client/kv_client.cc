@@ -1,5 +1,6 @@
 #include "client/kv_client.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,17 +11,37 @@
 namespace freekv {
 
 absl::StatusOr<std::unique_ptr<KvClient>> KvClient::Open(const KvClientOptions& options) {
-  if (absl::Status s = ValidateGeometry(options.geometry); !s.ok()) return s;
+  // The kvservice is the one place that validates a geometry (its error names the
+  // field); the client only sizes its regions, at least one page each, so that even a
+  // bad geometry reaches the service and gets its answer.
+  constexpr uint64_t kMinRegionBytes = 4096;
   const Geometry& g = options.geometry;
-  const uint64_t slot_bytes = options.slot_bytes != 0
-                                  ? options.slot_bytes
-                                  : uint64_t{options.slot_slices} * g.head_slice_bytes();
-  const uint64_t offload_bytes =
-      options.offload_bytes != 0 ? options.offload_bytes
-                                 : uint64_t{options.offload_blocks} * g.block_bytes();
-  absl::StatusOr<std::unique_ptr<UcxRegions>> regions =
-      UcxRegions::Create(2 * uint64_t{g.num_layers} * slot_bytes, offload_bytes);
-  if (!regions.ok()) return regions.status();
+  const uint64_t slot_bytes = std::max(
+      kMinRegionBytes, options.slot_bytes != 0
+                           ? options.slot_bytes
+                           : uint64_t{options.slot_slices} * g.head_slice_bytes());
+  const uint64_t offload_bytes = std::max(
+      kMinRegionBytes, options.offload_bytes != 0
+                           ? options.offload_bytes
+                           : uint64_t{options.offload_blocks} * g.block_bytes());
+  if (g.num_layers > kMaxLayers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "geometry.num_layers is ", g.num_layers, "; it must be in [1, ", kMaxLayers, "]"));
+  }
+  std::unique_ptr<UcxRegions> ucx_regions;
+  if (options.cuda_ipc.has_value()) {
+    if (options.cuda_ipc->staging_bytes < 2 * uint64_t{g.num_layers} * slot_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cuda_ipc.staging_bytes is ", options.cuda_ipc->staging_bytes, "; 2 slots x ",
+          g.num_layers, " layers x slot_bytes ", slot_bytes, " do not fit"));
+    }
+  } else {
+    absl::StatusOr<std::unique_ptr<UcxRegions>> regions =
+        UcxRegions::Create(
+            2 * std::max<uint64_t>(1, g.num_layers) * slot_bytes, offload_bytes);
+    if (!regions.ok()) return regions.status();
+    ucx_regions = *std::move(regions);
+  }
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
@@ -32,7 +53,7 @@ absl::StatusOr<std::unique_ptr<KvClient>> KvClient::Open(const KvClientOptions& 
         absl::FormatDuration(options.rpc_timeout), "; is it running?"));
   }
   std::unique_ptr<KvClient> client(
-      new KvClient(options, *std::move(regions), std::move(channel)));
+      new KvClient(options, std::move(ucx_regions), std::move(channel)));
   client->slot_bytes_ = slot_bytes;
   if (absl::Status s = client->OpenSession(); !s.ok()) return s;
   return client;
@@ -53,19 +74,37 @@ std::unique_ptr<grpc::ClientContext> KvClient::NewContext() const {
   return context;
 }
 
-absl::Status KvClient::OpenSession() {
-  v1::OpenSessionRequest request;
-  *request.mutable_geometry() = GeometryToProto(options_.geometry);
-  request.set_transport(v1::TRANSPORT_UCX);
-  request.set_ucx_worker_address(regions_->worker_address());
-  v1::MemoryRegion* staging = request.mutable_staging();
+void KvClient::DescribeRegions(v1::OpenSessionRequest* request) const {
+  v1::MemoryRegion* staging = request->mutable_staging();
+  v1::MemoryRegion* offload = request->mutable_offload();
+  if (options_.cuda_ipc.has_value()) {
+    const CudaIpcHandles& ipc = *options_.cuda_ipc;
+    request->set_transport(v1::TRANSPORT_CUDA_IPC);
+    staging->set_length(ipc.staging_bytes);
+    staging->set_cuda_ipc_handle(ipc.staging_handle);
+    offload->set_length(ipc.offload_bytes);
+    offload->set_cuda_ipc_handle(ipc.offload_handle);
+    v1::CudaIpcPeer* peer = request->mutable_cuda_ipc();
+    peer->set_pci_bus_id(ipc.pci_bus_id);
+    for (const std::string& e : ipc.slot_ready_events) peer->add_slot_ready_events(e);
+    for (const std::string& e : ipc.slot_free_events) peer->add_slot_free_events(e);
+    peer->set_offload_written_event(ipc.offload_written_event);
+    return;
+  }
+  request->set_transport(v1::TRANSPORT_UCX);
+  request->set_ucx_worker_address(regions_->worker_address());
   staging->set_address(reinterpret_cast<uint64_t>(regions_->staging().data()));
   staging->set_length(regions_->staging().size());
   staging->set_ucx_rkey(regions_->staging_rkey());
-  v1::MemoryRegion* offload = request.mutable_offload();
   offload->set_address(reinterpret_cast<uint64_t>(regions_->offload().data()));
   offload->set_length(regions_->offload().size());
   offload->set_ucx_rkey(regions_->offload_rkey());
+}
+
+absl::Status KvClient::OpenSession() {
+  v1::OpenSessionRequest request;
+  *request.mutable_geometry() = GeometryToProto(options_.geometry);
+  DescribeRegions(&request);
   request.set_slot_bytes(slot_bytes_);
   request.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.lease)));
   request.set_client_name(options_.client_name);
@@ -122,10 +161,14 @@ void KvClient::HeartbeatLoop() {
   }
 }
 
-absl::Span<std::byte> KvClient::offload_region() { return regions_->offload(); }
+absl::Span<std::byte> KvClient::offload_region() {
+  if (regions_ == nullptr) return {};
+  return regions_->offload();
+}
 
 absl::Span<std::byte> KvClient::staging_slot(uint32_t layer, uint32_t slot) {
-  if (layer >= options_.geometry.num_layers || slot >= SlotTracker::kSlotsPerLayer) {
+  if (regions_ == nullptr || layer >= options_.geometry.num_layers ||
+      slot >= SlotTracker::kSlotsPerLayer) {
     return {};
   }
   return regions_->staging().subspan((2 * uint64_t{layer} + slot) * slot_bytes_,
