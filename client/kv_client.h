@@ -2,7 +2,9 @@
 //
 // Owns the session (closed on destruction), the worker's UCX-registered regions (an
 // offload region and 2 staging slots per layer), the gRPC channel, one Recall stream
-// with its reader thread, and a heartbeat thread that keeps the lease alive.
+// with its reader thread, and a heartbeat thread that keeps the lease alive. With
+// KvClientOptions::cuda_ipc set, the regions are device memory the caller owns
+// (client/cuda_kv_client.h) and the session uses TRANSPORT_CUDA_IPC instead.
 //
 // Recall is asynchronous: Recall() claims a free staging slot of the layer, sends the
 // request and returns a ticket at once; Wait() blocks until the kvservice reports that
@@ -16,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,6 +29,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "client/cuda_ipc_handles.h"
 #include "client/slot_tracker.h"
 #include "client/ucx_regions.h"
 #include "common/geometry.h"
@@ -50,6 +54,10 @@ struct KvClientOptions {
   std::string client_name;
   // Deadline of each unary call and of connecting.
   absl::Duration rpc_timeout = absl::Seconds(10);
+  // Set: open a TRANSPORT_CUDA_IPC session over these device regions (made by
+  // CudaRegions, which must outlive the client) instead of making UCX regions;
+  // their staging region must hold 2 slots of slot_bytes per layer.
+  std::optional<CudaIpcHandles> cuda_ipc;
 };
 
 // A full page waiting in the offload region, to be stored as (sequence, layer, page).
@@ -94,8 +102,9 @@ class KvClient {
   absl::Duration lease() const { return lease_; }
 
   // The offload region: the caller writes full HND blocks here, then calls Offload.
+  // Empty for a CUDA IPC session (the regions are device memory: CudaRegions).
   absl::Span<std::byte> offload_region();
-  // The bytes of staging slot `slot` (0 or 1) of `layer`.
+  // The bytes of staging slot `slot` (0 or 1) of `layer`; empty for CUDA IPC.
   absl::Span<std::byte> staging_slot(uint32_t layer, uint32_t slot);
 
   // Stores pages from the offload region; returns their integrity tags in order.
@@ -132,6 +141,7 @@ class KvClient {
   KvClient(KvClientOptions options, std::unique_ptr<UcxRegions> regions,
            std::shared_ptr<grpc::Channel> channel);
   absl::Status OpenSession();
+  void DescribeRegions(v1::OpenSessionRequest* request) const;
   void ReadReplies();
   void HeartbeatLoop();
   void StopThreads();
@@ -139,7 +149,7 @@ class KvClient {
 
   const KvClientOptions options_;
   uint64_t slot_bytes_ = 0;
-  std::unique_ptr<UcxRegions> regions_;
+  std::unique_ptr<UcxRegions> regions_;  // null for a CUDA IPC session
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::KvService::Stub> stub_;
   uint64_t session_id_ = 0;

@@ -1,6 +1,7 @@
 // kvservice: the node-local KV-cache tier. Owns the HND page store in host memory and
 // the recall pipeline; workers talk to it over gRPC (unix socket, TCP optional) and
-// receive pages over UCX into memory they registered.
+// receive pages over UCX into memory they registered, or, built with CUDA, over CUDA
+// IPC into their device memory (the store is then pinned).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,9 +23,11 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kvservice/block_allocator.h"
+#include "kvservice/cuda_support.h"
 #include "kvservice/kv_service.h"
 #include "kvservice/metrics.h"
 #include "kvservice/session_registry.h"
+#include "kvservice/transport_router.h"
 #include "kvservice/ucx_transport.h"
 
 ABSL_FLAG(std::string, socket, "/run/freekv/kvservice.sock",
@@ -48,6 +51,37 @@ ABSL_FLAG(int32_t, max_request_blocks, 65536,
           "Pages (offload) or slices (recall) one request may name, at most.");
 ABSL_FLAG(double, link_ceiling_bytes_per_second, 0,
           "The recall link's measured ceiling, exported for dashboards (0: unknown).");
+namespace freekv {
+// --pin_store: auto pins when the kvservice is built with CUDA and sees a GPU.
+enum class PinStore { kAuto, kTrue, kFalse };
+bool AbslParseFlag(absl::string_view text, PinStore* value, std::string* error) {
+  for (const auto& [name, pin] : {std::pair<const char*, PinStore>{"auto", PinStore::kAuto},
+                                  {"true", PinStore::kTrue},
+                                  {"false", PinStore::kFalse}}) {
+    if (text == name) {
+      *value = pin;
+      return true;
+    }
+  }
+  *error = "use auto, true or false";
+  return false;
+}
+std::string AbslUnparseFlag(PinStore value) {
+  return value == PinStore::kAuto ? "auto" : value == PinStore::kTrue ? "true" : "false";
+}
+}  // namespace freekv
+
+ABSL_FLAG(freekv::PinStore, pin_store, freekv::PinStore::kAuto,
+          "auto, true or false: pin the store's chunks for DMA (cudaHostRegister), as "
+          "CUDA IPC recall needs for full speed. auto pins when the kvservice is built "
+          "with CUDA and sees a GPU; true fails start-up without them. A chunk that "
+          "cannot be pinned is an error, never pageable memory.");
+ABSL_FLAG(int32_t, cuda_copy_streams, 2,
+          "CUDA IPC: streams each session's recall (and offload) copies are spread "
+          "over, so that several copy engines share the per-copy cost.");
+ABSL_FLAG(std::string, cuda_copy_method, "batch",
+          "CUDA IPC: 'batch' (cudaMemcpyBatchAsync) or 'per_run' (one cudaMemcpyAsync "
+          "per run; for comparison in benchmarks only).");
 ABSL_FLAG(int32_t, shutdown_grace_ms, 5000,
           "On SIGTERM: how long in-flight calls may finish before they are cancelled.");
 
@@ -103,6 +137,49 @@ std::thread WatchSignals(absl::Notification* stop) {
   });
 }
 
+// The store's chunk source: pinned when --pin_store holds and CUDA is here.
+absl::StatusOr<std::unique_ptr<ChunkAllocator>> StoreChunks(size_t chunk_bytes) {
+  auto host = std::make_unique<HostChunkAllocator>();
+  const PinStore pin = absl::GetFlag(FLAGS_pin_store);
+  if (pin == PinStore::kFalse) return host;
+  const char* missing = !BuiltWithCuda()          ? "this kvservice was built without CUDA"
+                        : VisibleGpuCount() == 0 ? "this kvservice sees no GPU"
+                                                 : nullptr;
+  if (missing != nullptr) {
+    if (pin == PinStore::kTrue) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--pin_store=true, but ", missing));
+    }
+    Log(LogLevel::kInfo, "store not pinned: %s", missing);
+    return host;
+  }
+  absl::StatusOr<std::unique_ptr<ChunkAllocator>> pinned =
+      MakePinnedChunkAllocator(std::move(host), chunk_bytes);
+  if (!pinned.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--pin_store: ", pinned.status().message(),
+        " (run with --pin_store=false to serve from pageable memory)"));
+  }
+  Log(LogLevel::kInfo, "store chunks are pinned (cudaHostRegister)");
+  return pinned;
+}
+
+// The CUDA IPC factory when CUDA and a GPU are here; otherwise null and why not.
+absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* absent) {
+  if (!BuiltWithCuda()) {
+    *absent = "this kvservice was built without CUDA";
+    return nullptr;
+  }
+  if (VisibleGpuCount() == 0) {
+    *absent = "this kvservice sees no GPU";
+    return nullptr;
+  }
+  CudaSupportOptions options;
+  options.copy_streams = absl::GetFlag(FLAGS_cuda_copy_streams);
+  options.copy_method = absl::GetFlag(FLAGS_cuda_copy_method);
+  return MakeCudaIpcTransportFactory(options);
+}
+
 int Run() {
   if (absl::Status s = CheckFlags(); !s.ok()) {
     Log(LogLevel::kError, "%s", s.ToString());
@@ -123,18 +200,33 @@ int Run() {
     return 1;
   }
 
-  absl::StatusOr<std::unique_ptr<UcxTransportFactory>> transports =
-      UcxTransportFactory::Create();
-  if (!transports.ok()) {
-    Log(LogLevel::kError, "UCX: %s", transports.status().ToString());
+  absl::StatusOr<std::unique_ptr<UcxTransportFactory>> ucx = UcxTransportFactory::Create();
+  if (!ucx.ok()) {
+    Log(LogLevel::kError, "UCX: %s", ucx.status().ToString());
     return 1;
   }
+  std::string cuda_ipc_absent;
+  absl::StatusOr<std::unique_ptr<TransportFactory>> cuda_ipc =
+      CudaIpcFactory(&cuda_ipc_absent);
+  if (!cuda_ipc.ok()) {
+    Log(LogLevel::kError, "CUDA IPC: %s", cuda_ipc.status().ToString());
+    return 1;
+  }
+  UcxTransportFactory* const ucx_factory = ucx->get();
+  // Declared before the store: chunk release hooks use the factories.
+  auto transports = std::make_unique<TransportRouter>(
+      *std::move(ucx), *std::move(cuda_ipc), cuda_ipc_absent);
   BlockAllocator::Options store_options;
   store_options.capacity_bytes = absl::GetFlag(FLAGS_capacity).bytes;
   store_options.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes).bytes;
+  absl::StatusOr<std::unique_ptr<ChunkAllocator>> chunks =
+      StoreChunks(store_options.chunk_bytes);
+  if (!chunks.ok()) {
+    Log(LogLevel::kError, "store: %s", chunks.status().ToString());
+    return 2;
+  }
   absl::StatusOr<std::unique_ptr<BlockAllocator>> store = BlockAllocator::Create(
-      store_options, (*transports)->WrapChunkAllocator(
-                         std::make_unique<HostChunkAllocator>()));
+      store_options, ucx_factory->WrapChunkAllocator(*std::move(chunks)));
   if (!store.ok()) {
     Log(LogLevel::kError, "store: %s", store.status().ToString());
     return 2;
@@ -147,7 +239,7 @@ int Run() {
   options.max_lease = absl::Milliseconds(absl::GetFlag(FLAGS_max_lease_ms));
   options.max_request_blocks =
       static_cast<uint32_t>(absl::GetFlag(FLAGS_max_request_blocks));
-  KvServiceImpl service(options, &registry, store->get(), transports->get(),
+  KvServiceImpl service(options, &registry, store->get(), transports.get(),
                         metrics->get());
   service.UpdateStoreMetrics();
 
@@ -208,7 +300,7 @@ int Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "The freekv kvservice: a node-local KV-cache tier (page store + recall over "
-      "UCX). Usage: kvservice [--socket=PATH] [--listen=HOST:PORT] "
+      "UCX or CUDA IPC). Usage: kvservice [--socket=PATH] [--listen=HOST:PORT] "
       "[--metrics_address=HOST:PORT] [--capacity=64G] ...");
   absl::ParseCommandLine(argc, argv);
   return freekv::Run();

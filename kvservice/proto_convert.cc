@@ -26,17 +26,9 @@ absl::StatusOr<SessionConfig> SessionConfigFromProto(
   return config;
 }
 
-absl::StatusOr<SessionPeer> SessionPeerFromProto(const v1::OpenSessionRequest& request) {
-  if (request.transport() != v1::TRANSPORT_UCX) {
-    if (request.transport() == v1::TRANSPORT_CUDA_IPC) {
-      return absl::UnimplementedError(
-          "transport TRANSPORT_CUDA_IPC is not available in this kvservice build; "
-          "use TRANSPORT_UCX");
-    }
-    return absl::InvalidArgumentError(absl::StrCat(
-        "transport is ", v1::TransportKind_Name(request.transport()),
-        "; use TRANSPORT_UCX"));
-  }
+namespace {
+
+absl::StatusOr<SessionPeer> UcxPeerFromProto(const v1::OpenSessionRequest& request) {
   if (request.ucx_worker_address().empty()) {
     return absl::InvalidArgumentError(
         "ucx_worker_address is empty; send ucp_worker_get_address's bytes");
@@ -53,12 +45,94 @@ absl::StatusOr<SessionPeer> SessionPeerFromProto(const v1::OpenSessionRequest& r
     }
   }
   SessionPeer peer;
+  peer.transport = PeerTransport::kUcx;
   peer.worker_address = request.ucx_worker_address();
   peer.staging = RemoteRegion{request.staging().address(), request.staging().length(),
-                              request.staging().ucx_rkey()};
+                              request.staging().ucx_rkey(), ""};
   peer.offload = RemoteRegion{request.offload().address(), request.offload().length(),
-                              request.offload().ucx_rkey()};
+                              request.offload().ucx_rkey(), ""};
   return peer;
+}
+
+// OK when `handles` holds `count` CUDA IPC handles; else names the field.
+absl::Status CheckIpcHandles(const char* field,
+                             const google::protobuf::RepeatedPtrField<std::string>& handles,
+                             size_t count) {
+  if (static_cast<size_t>(handles.size()) != count) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda_ipc.", field, " has ", handles.size(), " entries; 2 slots x num_layers = ",
+        count, " expected"));
+  }
+  for (int i = 0; i < handles.size(); ++i) {
+    if (handles[i].size() != kCudaIpcHandleBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cuda_ipc.", field, "[", i, "] has ", handles[i].size(),
+                       " bytes; a cudaIpcEventHandle_t has ", kCudaIpcHandleBytes));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SessionPeer> CudaIpcPeerFromProto(const v1::OpenSessionRequest& request) {
+  for (const auto* region : {&request.staging(), &request.offload()}) {
+    const char* name = region == &request.staging() ? "staging" : "offload";
+    if (region->length() == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ".length must be non-zero"));
+    }
+    if (region->cuda_ipc_handle().size() != kCudaIpcHandleBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ".cuda_ipc_handle has ", region->cuda_ipc_handle().size(),
+          " bytes; send cudaIpcGetMemHandle's ", kCudaIpcHandleBytes));
+    }
+  }
+  const v1::CudaIpcPeer& ipc = request.cuda_ipc();
+  if (ipc.pci_bus_id().empty()) {
+    return absl::InvalidArgumentError(
+        "cuda_ipc.pci_bus_id is empty; send cudaDeviceGetPCIBusId's string");
+  }
+  const size_t slots = 2 * size_t{request.geometry().num_layers()};
+  if (absl::Status s = CheckIpcHandles("slot_ready_events", ipc.slot_ready_events(), slots);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckIpcHandles("slot_free_events", ipc.slot_free_events(), slots);
+      !s.ok()) {
+    return s;
+  }
+  if (ipc.offload_written_event().size() != kCudaIpcHandleBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda_ipc.offload_written_event has ", ipc.offload_written_event().size(),
+        " bytes; a cudaIpcEventHandle_t has ", kCudaIpcHandleBytes));
+  }
+  SessionPeer peer;
+  peer.transport = PeerTransport::kCudaIpc;
+  peer.staging = RemoteRegion{0, request.staging().length(), "",
+                              request.staging().cuda_ipc_handle()};
+  peer.offload = RemoteRegion{0, request.offload().length(), "",
+                              request.offload().cuda_ipc_handle()};
+  peer.cuda_ipc.pci_bus_id = ipc.pci_bus_id();
+  peer.cuda_ipc.slot_bytes = request.slot_bytes();
+  peer.cuda_ipc.slot_ready_events.assign(ipc.slot_ready_events().begin(),
+                                         ipc.slot_ready_events().end());
+  peer.cuda_ipc.slot_free_events.assign(ipc.slot_free_events().begin(),
+                                        ipc.slot_free_events().end());
+  peer.cuda_ipc.offload_written_event = ipc.offload_written_event();
+  return peer;
+}
+
+}  // namespace
+
+absl::StatusOr<SessionPeer> SessionPeerFromProto(const v1::OpenSessionRequest& request) {
+  switch (request.transport()) {
+    case v1::TRANSPORT_UCX:
+      return UcxPeerFromProto(request);
+    case v1::TRANSPORT_CUDA_IPC:
+      return CudaIpcPeerFromProto(request);
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("transport is ", v1::TransportKind_Name(request.transport()),
+                       "; use TRANSPORT_UCX or TRANSPORT_CUDA_IPC"));
+  }
 }
 
 std::vector<OffloadItem> OffloadItemsFromProto(const v1::OffloadRequest& request) {

@@ -1,5 +1,6 @@
-// The seam between the recall pipeline and how bytes reach the worker: UCX RMA today
-// (kvservice/ucx_transport.h), CUDA IPC copy engines on a GPU node.
+// The seam between the recall pipeline and how bytes reach the worker: UCX RMA
+// (kvservice/ucx_transport.h), or CUDA IPC copy engines on a GPU node
+// (kvservice/cuda_ipc_transport.h); TransportRouter picks one per session.
 //
 // A TransportFactory lives as long as the service; it connects one SessionTransport
 // per session at OpenSession. Callers validate and merge runs before calling; a
@@ -30,16 +31,36 @@ struct CopyRun {
 
 // A region of the worker's memory as the worker described it at OpenSession.
 struct RemoteRegion {
-  uint64_t address = 0;  // base in the worker's address space
-  uint64_t length = 0;   // bytes
-  std::string rkey;      // packed remote key (UCX)
+  uint64_t address = 0;          // base in the worker's address space (UCX)
+  uint64_t length = 0;           // bytes
+  std::string rkey;              // packed remote key (UCX)
+  std::string cuda_ipc_handle;   // cudaIpcMemHandle_t bytes (CUDA IPC)
+};
+
+// How the worker's regions are reached; picks the TransportFactory (TransportRouter).
+enum class PeerTransport { kUcx, kCudaIpc };
+
+// Size of cudaIpcMemHandle_t and cudaIpcEventHandle_t (CUDA_IPC_HANDLE_SIZE), so that
+// code built without CUDA can validate handles.
+inline constexpr size_t kCudaIpcHandleBytes = 64;
+
+// The worker's GPU side of a CUDA IPC session (see CudaIpcPeer in kvservice.proto).
+struct CudaIpcEndpoints {
+  std::string pci_bus_id;                      // the worker's GPU
+  uint64_t slot_bytes = 0;                     // staging slot (layer, s) starts at
+                                               // (2 * layer + s) * slot_bytes
+  std::vector<std::string> slot_ready_events;  // [2 * layer + slot], the service records
+  std::vector<std::string> slot_free_events;   // [2 * layer + slot], the worker records
+  std::string offload_written_event;           // the worker records
 };
 
 // The worker's side of a session.
 struct SessionPeer {
+  PeerTransport transport = PeerTransport::kUcx;
   std::string worker_address;  // ucp_worker_get_address bytes (UCX)
   RemoteRegion staging;        // recall destination: 2 slots per layer
   RemoteRegion offload;        // offload source
+  CudaIpcEndpoints cuda_ipc;   // CUDA IPC only
 };
 
 // The worker's side of one session. Thread-safe: Pull and Push may be called from any

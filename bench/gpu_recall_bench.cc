@@ -1,0 +1,353 @@
+// Recall bandwidth on a GPU: (page, head) blocks of 16 KiB, scattered over a pinned
+// store of several GiB, copied into the staging slots of every layer, one step's worth
+// of requests at a time (default 32 layers x 256 slices x 16 KiB = 128 MiB per step),
+// against the contiguous pinned H2D copy measured in the same run (the ceiling).
+//
+//   in-process rows: CopyStreams (the kvservice's own copy code) from a pinned store
+//     in this process: one cudaMemcpyAsync per block (the reference system's way),
+//     cudaMemcpyBatchAsync over 1, 2, 4 and 8 streams, one call per layer's request,
+//     and over 1 stream with one call per step (what merging requests would buy);
+//   kvservice rows: the real kvservice process serving a CUDA IPC session of this
+//     process (Llama-3.1-8B geometry), each step's 32 recall requests sent over gRPC
+//     and timed until the last reply (so gRPC and the service's bookkeeping count).
+// Every row checks sampled blocks bit for bit before it reports. Prints one markdown
+// table (what bench/RESULTS.md records). Single-threaded apart from the store fill.
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "client/cuda_kv_client.h"
+#include "kvservice/cuda_copy.h"
+#include "kvservice/pinned_chunk_allocator.h"
+#include "tests/integration/cuda_test_util.h"
+#include "tests/integration/kvservice_process.h"
+
+ABSL_FLAG(int32_t, store_gib, 4, "GiB of store the blocks are scattered over.");
+ABSL_FLAG(int32_t, layers, 32, "Layers per step (one recall request each).");
+ABSL_FLAG(int32_t, slices, 256, "16 KiB (page, head) slices per layer per step.");
+ABSL_FLAG(int32_t, steps, 20, "Timed steps per row (after 3 untimed ones).");
+ABSL_FLAG(std::string, inprocess_streams, "1,2,4,8", "Batch rows: streams per row.");
+ABSL_FLAG(std::string, service_streams, "1,2,4",
+          "kvservice rows: --cuda_copy_streams per row (each starts a kvservice).");
+
+namespace freekv {
+namespace {
+
+constexpr size_t kSlice = 16 << 10;
+constexpr int kWarmup = 3;
+
+#define BENCH_CHECK(expr)                                                       \
+  do {                                                                         \
+    const absl::Status s_ = (expr);                                            \
+    if (!s_.ok()) {                                                            \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, s_.ToString().c_str());  \
+      std::exit(1);                                                            \
+    }                                                                          \
+  } while (false)
+
+template <typename T>
+T Unwrap(absl::StatusOr<T> value, const char* what) {
+  if (!value.ok()) {
+    std::fprintf(stderr, "%s failed: %s\n", what, value.status().ToString().c_str());
+    std::exit(1);
+  }
+  return *std::move(value);
+}
+
+struct Row {
+  std::string way;
+  std::string where;
+  double gbps = 0;
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double Seconds(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+// Random bytes (splitmix64), filled by several threads: the store is GiBs.
+void FillRandom(std::byte* data, size_t bytes, uint64_t seed) {
+  const int threads = 8;
+  const size_t part = bytes / threads / 8 * 8;
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([=] {
+      uint64_t x = seed + 0x9E3779B97F4A7C15ull * (t + 1);
+      const size_t end = t + 1 == threads ? bytes / 8 * 8 : (t + 1) * part;
+      for (size_t i = t * part; i < end; i += 8) {
+        x += 0x9E3779B97F4A7C15ull;
+        uint64_t z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        std::memcpy(data + i, &z, 8);
+      }
+    });
+  }
+  for (std::thread& w : workers) w.join();
+}
+
+HostChunk PinnedChunk(size_t bytes) {
+  auto pinned = Unwrap(
+      PinnedChunkAllocator::Create(std::make_unique<HostChunkAllocator>(), 0), "pin");
+  return Unwrap(pinned->Allocate(bytes), "pinned chunk");
+}
+
+// The ceiling: one contiguous 1 GiB pinned host-to-device copy, median of 10.
+double ContiguousCeiling() {
+  const size_t bytes = size_t{1} << 30;
+  HostChunk host = PinnedChunk(bytes);
+  FillRandom(host.data(), bytes, 1);
+  auto device = Unwrap(testing::TestDeviceBuffer::Create(bytes), "device buffer");
+  auto copier = Unwrap(CopyStreams::Create(0, 1, CopyMethod::kPerRun), "streams");
+  std::vector<double> gbps;
+  for (int rep = 0; rep < 12; ++rep) {
+    const absl::Time start = absl::Now();
+    const DeviceCopy whole[] = {{device->data(), host.data(), bytes}};
+    BENCH_CHECK(copier->Enqueue(whole));
+    BENCH_CHECK(copier->Synchronize());
+    if (rep >= 2) gbps.push_back(bytes / Seconds(start) / 1e9);
+  }
+  std::vector<std::byte> check(4096);
+  BENCH_CHECK(testing::CopyBytes(check.data(), device->data() + bytes - 4096, 4096));
+  if (std::memcmp(check.data(), host.data() + bytes - 4096, 4096) != 0) {
+    std::fprintf(stderr, "ceiling copy: bytes differ\n");
+    std::exit(1);
+  }
+  return Median(gbps);
+}
+
+// Slot byte offset of (layer, slot) in a staging region of `slot_bytes` slots.
+size_t SlotBase(int layer, int slot, size_t slot_bytes) {
+  return (2 * size_t(layer) + slot) * slot_bytes;
+}
+
+// In-process: per step, each layer's `slices` random store slices are copied to
+// consecutive places of one of its two slots, through CopyStreams.
+std::vector<Row> InProcessRows(const std::vector<int>& batch_streams) {
+  const int layers = absl::GetFlag(FLAGS_layers);
+  const int slices = absl::GetFlag(FLAGS_slices);
+  const size_t store_bytes = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
+  const size_t slot_bytes = slices * kSlice;
+  HostChunk store = PinnedChunk(store_bytes);
+  FillRandom(store.data(), store_bytes, 2);
+  auto staging =
+      Unwrap(testing::TestDeviceBuffer::Create(2 * layers * slot_bytes), "staging");
+  std::mt19937_64 rng(3);
+  struct Way {
+    CopyMethod method;
+    int streams;
+    bool whole_step;  // one Enqueue per step instead of one per layer
+  };
+  std::vector<Way> ways = {{CopyMethod::kPerRun, 1, false}};
+  for (int n : batch_streams) ways.push_back({CopyMethod::kBatch, n, false});
+  ways.push_back({CopyMethod::kBatch, 1, true});
+  std::vector<Row> rows;
+  for (const auto& [method, streams, whole_step] : ways) {
+    auto copier = Unwrap(CopyStreams::Create(0, streams, method), "streams");
+    std::vector<double> gbps;
+    std::vector<DeviceCopy> last;
+    for (int step = 0; step < kWarmup + absl::GetFlag(FLAGS_steps); ++step) {
+      std::vector<std::vector<DeviceCopy>> requests(layers);
+      for (int layer = 0; layer < layers; ++layer) {
+        std::byte* slot = staging->data() + SlotBase(layer, step % 2, slot_bytes);
+        for (int i = 0; i < slices; ++i) {
+          const size_t block = rng() % (store_bytes / kSlice);
+          requests[layer].push_back({slot + i * kSlice, store.data() + block * kSlice, kSlice});
+        }
+      }
+      if (whole_step) {
+        for (int layer = 1; layer < layers; ++layer) {
+          requests[0].insert(requests[0].end(), requests[layer].begin(),
+                             requests[layer].end());
+        }
+        requests.resize(1);
+      }
+      const absl::Time start = absl::Now();
+      for (const auto& request : requests) BENCH_CHECK(copier->Enqueue(request));
+      BENCH_CHECK(copier->Synchronize());
+      if (step >= kWarmup) gbps.push_back(layers * slot_bytes / Seconds(start) / 1e9);
+      last = requests.back();
+    }
+    for (size_t i = 0; i < last.size(); i += 37) {  // sampled bit-for-bit check
+      std::vector<std::byte> got(kSlice);
+      BENCH_CHECK(testing::CopyBytes(got.data(), last[i].dst, kSlice));
+      if (std::memcmp(got.data(), last[i].src, kSlice) != 0) {
+        std::fprintf(stderr, "in-process %s: slice %zu differs\n", CopyMethodName(method), i);
+        std::exit(1);
+      }
+    }
+    rows.push_back({method == CopyMethod::kPerRun
+                        ? "cudaMemcpyAsync per block, 1 stream"
+                        : absl::StrFormat("cudaMemcpyBatchAsync, %d stream(s), one call per %s",
+                                          streams, whole_step ? "step" : "layer"),
+                    "in-process", Median(gbps)});
+  }
+  return rows;
+}
+
+Geometry LlamaGeometry() {
+  Geometry g;
+  g.num_layers = absl::GetFlag(FLAGS_layers);
+  g.num_kv_heads = 8;
+  g.head_dim = 128;
+  g.page_tokens = 32;
+  g.dtype = DType::kBFloat16;
+  return g;
+}
+
+// Offloads `pages` pages per layer (sequence 1) through the offload region; the page
+// at position p of batch b holds pattern[(p * block + b * 4096) % pattern.size()...].
+std::vector<std::byte> OffloadStore(CudaKvClient& worker, uint32_t pages) {
+  const Geometry& g = worker.client().geometry();
+  const size_t block = g.block_bytes();
+  const size_t per_batch = worker.regions().offload_bytes() / block;
+  std::vector<std::byte> pattern(per_batch * block);
+  FillRandom(pattern.data(), pattern.size(), 4);
+  std::vector<std::byte> rotated(pattern.size());
+  std::vector<OffloadPageRef> refs;
+  size_t batch = 0;
+  for (uint32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (uint32_t page = 0; page < pages; ++page) {
+      refs.push_back({1, layer, page, refs.size() * block});
+      if (refs.size() < per_batch && !(layer + 1 == g.num_layers && page + 1 == pages)) {
+        continue;
+      }
+      const size_t shift = batch++ * 4096 % pattern.size();
+      std::rotate_copy(pattern.begin(), pattern.begin() + shift, pattern.end(),
+                       rotated.begin());
+      BENCH_CHECK(testing::CopyBytes(worker.regions().offload(), rotated.data(),
+                                     refs.size() * block));
+      BENCH_CHECK(worker.regions().MarkOffloadWritten(nullptr));
+      Unwrap(worker.client().Offload(refs), "Offload");
+      refs.clear();
+    }
+  }
+  return pattern;
+}
+
+// The bytes of slice (layer, page, head) as OffloadStore wrote them.
+const std::byte* ExpectedSlice(const std::vector<std::byte>& pattern, size_t per_batch,
+                               size_t block, uint32_t pages, uint32_t layer, uint32_t page,
+                               uint32_t head, std::vector<std::byte>* scratch) {
+  const size_t index = size_t(layer) * pages + page;
+  const size_t shift = (index / per_batch) * 4096 % pattern.size();
+  const size_t offset = (index % per_batch) * block + head * kSlice;
+  scratch->resize(kSlice);
+  for (size_t i = 0; i < kSlice; ++i) {
+    (*scratch)[i] = pattern[(offset + i + shift) % pattern.size()];
+  }
+  return scratch->data();
+}
+
+// One kvservice row: a CUDA IPC session, the store offloaded, `steps` timed steps.
+Row ServiceRow(int copy_streams) {
+  const Geometry g = LlamaGeometry();
+  const int slices = absl::GetFlag(FLAGS_slices);
+  const size_t store_bytes = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
+  const uint32_t pages = store_bytes / g.block_bytes() / g.num_layers;
+  auto service = Unwrap(
+      testing::KvServiceProcess::Start(
+          {absl::StrFormat("--capacity=%dG", absl::GetFlag(FLAGS_store_gib) + 1),
+           "--chunk_bytes=256M", absl::StrFormat("--cuda_copy_streams=%d", copy_streams)}),
+      "kvservice");
+  KvClientOptions options;
+  options.target = service->target();
+  options.geometry = g;
+  options.slot_slices = slices;
+  options.offload_blocks = 2048;
+  options.client_name = "gpu_recall_bench";
+  auto worker = Unwrap(CudaKvClient::Open(options, 0), "CudaKvClient::Open");
+  const absl::Time offload_start = absl::Now();
+  const std::vector<std::byte> pattern = OffloadStore(*worker, pages);
+  std::fprintf(stderr, "kvservice streams=%d: offloaded %u pages/layer in %.1f s\n",
+               copy_streams, pages, Seconds(offload_start));
+  std::mt19937_64 rng(5);
+  std::vector<double> gbps;
+  std::vector<std::vector<RecallSliceRef>> requests(g.num_layers);
+  std::vector<RecallTicket> tickets;
+  for (int step = 0; step < kWarmup + absl::GetFlag(FLAGS_steps); ++step) {
+    for (auto& request : requests) {
+      request.clear();
+      for (int i = 0; i < slices; ++i) {
+        request.push_back({1, uint32_t(rng() % g.num_kv_heads), uint32_t(rng() % pages),
+                           i * kSlice});
+      }
+    }
+    tickets.clear();
+    const absl::Time start = absl::Now();
+    for (uint32_t layer = 0; layer < g.num_layers; ++layer) {
+      tickets.push_back(Unwrap(worker->client().Recall(step, layer, requests[layer]), "Recall"));
+    }
+    for (const RecallTicket& t : tickets) {
+      BENCH_CHECK(worker->client().Wait(t, absl::Now() + absl::Seconds(30)));
+    }
+    if (step >= kWarmup) gbps.push_back(g.num_layers * slices * kSlice / Seconds(start) / 1e9);
+    // Sampled bit-for-bit check of the last layer's slot.
+    const RecallTicket& t = tickets.back();
+    std::vector<std::byte> slot(worker->regions().slot_bytes());
+    BENCH_CHECK(testing::CopyBytes(slot.data(), worker->regions().staging_slot(t.layer, t.slot),
+                                   slot.size()));
+    std::vector<std::byte> scratch;
+    for (size_t i = step; i < requests.back().size(); i += 29) {
+      const RecallSliceRef& s = requests.back()[i];
+      const std::byte* want =
+          ExpectedSlice(pattern, worker->regions().offload_bytes() / g.block_bytes(),
+                        g.block_bytes(), pages, t.layer, s.page, s.kv_head, &scratch);
+      if (std::memcmp(slot.data() + s.slot_offset, want, kSlice) != 0) {
+        std::fprintf(stderr, "kvservice row: layer %u slice %zu differs\n", t.layer, i);
+        std::exit(1);
+      }
+    }
+    for (const RecallTicket& done : tickets) BENCH_CHECK(worker->client().Release(done));
+  }
+  return {absl::StrFormat("kvservice CUDA IPC, batch, %d stream(s)", copy_streams),
+          "2 processes", Median(gbps)};
+}
+
+std::vector<int> ParseList(const std::string& text) {
+  std::vector<int> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int n = 0;
+    if (absl::SimpleAtoi(part, &n) && n > 0) out.push_back(n);
+  }
+  return out;
+}
+
+int Main() {
+  const double ceiling = ContiguousCeiling();
+  std::vector<Row> rows = InProcessRows(ParseList(absl::GetFlag(FLAGS_inprocess_streams)));
+  for (int n : ParseList(absl::GetFlag(FLAGS_service_streams))) rows.push_back(ServiceRow(n));
+  std::printf("\nRecall of %d layers x %d scattered 16 KiB (page, head) blocks per step "
+              "(%.0f MiB) from a %d GiB pinned store; median of %d steps.\n\n",
+              absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_slices),
+              absl::GetFlag(FLAGS_layers) * absl::GetFlag(FLAGS_slices) * 16.0 / 1024,
+              absl::GetFlag(FLAGS_store_gib), absl::GetFlag(FLAGS_steps));
+  std::printf("| way | where | GB/s | of ceiling |\n| --- | --- | ---: | ---: |\n");
+  std::printf("| contiguous 1 GiB pinned H2D (ceiling) | in-process | %.1f | 1.00 |\n",
+              ceiling);
+  for (const Row& row : rows) {
+    std::printf("| %s | %s | %.1f | %.2f |\n", row.way.c_str(), row.where.c_str(), row.gbps,
+                row.gbps / ceiling);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace freekv
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return freekv::Main();
+}

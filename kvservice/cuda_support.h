@@ -1,0 +1,41 @@
+// What a kvservice built with --config=cuda adds: a pinned page store and the CUDA IPC
+// transport. The build links cuda_support_cuda.cc or, without CUDA,
+// cuda_support_none.cc (whose functions report that CUDA is absent), so main.cc needs
+// no #ifdef and one binary target serves both builds. Safe from any thread.
+#ifndef FREEKV_KVSERVICE_CUDA_SUPPORT_H_
+#define FREEKV_KVSERVICE_CUDA_SUPPORT_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kvservice/chunk_allocator.h"
+#include "kvservice/transport.h"
+
+namespace freekv {
+
+struct CudaSupportOptions {
+  int copy_streams = 2;            // per session, for pushes and for pulls
+  std::string copy_method = "batch";  // "batch" or "per_run" (benchmarks only)
+};
+
+// True when this binary was built with CUDA.
+bool BuiltWithCuda();
+
+// GPUs this process sees: 0 without CUDA, without a driver, or without devices.
+int VisibleGpuCount();
+
+// Wraps `inner` so that every chunk is pinned (PinnedChunkAllocator), pinning one
+// probe chunk of `probe_bytes` now. UNIMPLEMENTED without CUDA.
+absl::StatusOr<std::unique_ptr<ChunkAllocator>> MakePinnedChunkAllocator(
+    std::unique_ptr<ChunkAllocator> inner, size_t probe_bytes);
+
+// The CUDA IPC TransportFactory. UNIMPLEMENTED without CUDA; FAILED_PRECONDITION
+// without a GPU.
+absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
+    const CudaSupportOptions& options);
+
+}  // namespace freekv
+
+#endif  // FREEKV_KVSERVICE_CUDA_SUPPORT_H_

@@ -1,0 +1,35 @@
+// cuda_support.h for builds with CUDA (--config=cuda).
+#include <utility>
+
+#include "kvservice/cuda_ipc_transport.h"
+#include "kvservice/cuda_support.h"
+#include "kvservice/pinned_chunk_allocator.h"
+
+namespace freekv {
+
+bool BuiltWithCuda() { return true; }
+
+int VisibleGpuCount() { return VisibleCudaDeviceCount(); }
+
+absl::StatusOr<std::unique_ptr<ChunkAllocator>> MakePinnedChunkAllocator(
+    std::unique_ptr<ChunkAllocator> inner, size_t probe_bytes) {
+  absl::StatusOr<std::unique_ptr<PinnedChunkAllocator>> pinned =
+      PinnedChunkAllocator::Create(std::move(inner), probe_bytes);
+  if (!pinned.ok()) return pinned.status();
+  return std::unique_ptr<ChunkAllocator>(*std::move(pinned));
+}
+
+absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
+    const CudaSupportOptions& options) {
+  absl::StatusOr<CopyMethod> method = ParseCopyMethod(options.copy_method);
+  if (!method.ok()) return method.status();
+  CudaIpcTransportOptions transport;
+  transport.copy_streams = options.copy_streams;
+  transport.method = *method;
+  absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> factory =
+      CudaIpcTransportFactory::Create(transport);
+  if (!factory.ok()) return factory.status();
+  return std::unique_ptr<TransportFactory>(*std::move(factory));
+}
+
+}  // namespace freekv
