@@ -1,0 +1,99 @@
+#include "worker/eval.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "worker/decode_loop.h"
+#include "worker/model/full_attention.h"
+#include "worker/model/transformer.h"
+
+namespace freekv {
+namespace {
+
+size_t Longest(const std::vector<std::vector<int32_t>>& prompts) {
+  size_t n = 0;
+  for (const auto& p : prompts) n = std::max(n, p.size());
+  return n;
+}
+
+}  // namespace
+
+absl::StatusOr<EvalContext> MakeEvalContext(std::vector<std::vector<int32_t>> prompts,
+                                            int32_t target_tokens) {
+  if (prompts.empty()) return absl::InvalidArgumentError("no prompts to evaluate");
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    if (prompts[b].empty())
+      return absl::InvalidArgumentError(absl::StrCat("prompt ", b, " is empty"));
+  }
+  const size_t longest = Longest(prompts);
+  // Two rows at least: the prefill's and one decode step's.
+  if (target_tokens < static_cast<int64_t>(longest) + 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "context of ", target_tokens,
+        " tokens leaves no room to decode after a prompt of ", longest, " tokens"));
+  }
+  EvalContext c;
+  c.target_tokens = target_tokens;
+  c.steps = target_tokens - static_cast<int>(longest);
+  c.prompts = std::move(prompts);
+  return c;
+}
+
+absl::StatusOr<Reference> RunReference(const ModelWeights& weights,
+                                       const EvalContext& context, int32_t page_tokens) {
+  absl::StatusOr<std::unique_ptr<FullAttention>> full =
+      FullAttention::Create(weights.config, page_tokens);
+  if (!full.ok()) return full.status();
+  absl::StatusOr<Transformer> model = Transformer::Create(weights);
+  if (!model.ok()) return model.status();
+  DecodeRequest request;
+  request.prompts = context.prompts;
+  request.steps = context.steps;
+  Reference ref;
+  ref.log_probs.resize(context.prompts.size());
+  absl::StatusOr<std::vector<std::vector<int32_t>>> tokens = DecodeBatch(
+      *model, **full, request, [&](int, size_t b, absl::Span<const float> logits) {
+        const std::vector<float> lp = LogSoftmax(logits);
+        ref.log_probs[b].insert(ref.log_probs[b].end(), lp.begin(), lp.end());
+        return absl::OkStatus();
+      });
+  if (!tokens.ok()) return tokens.status();
+  ref.tokens = *std::move(tokens);
+  return ref;
+}
+
+RetrievalConfig BudgetFor(const RetrievalConfig& base, const EvalContext& context,
+                          double fraction) {
+  const int32_t pages = (context.target_tokens + base.page_tokens - 1) / base.page_tokens;
+  const int32_t budget = static_cast<int32_t>(std::lround(fraction * pages));
+  RetrievalConfig c = base;
+  c.selected_pages = std::max(1, budget - base.sink_pages - base.window_pages);
+  c.max_sequences = static_cast<int32_t>(context.prompts.size());
+  return c;
+}
+
+absl::StatusOr<AgreementMeter> TeacherForce(const ModelWeights& weights,
+                                            AttentionPolicy& policy,
+                                            const EvalContext& context,
+                                            const Reference& reference) {
+  absl::StatusOr<Transformer> model = Transformer::Create(weights);
+  if (!model.ok()) return model.status();
+  DecodeRequest request;
+  request.prompts = context.prompts;
+  request.steps = context.steps;
+  request.forced = reference.tokens;
+  const size_t vocab = weights.config.vocab_size;
+  AgreementMeter meter;
+  absl::StatusOr<std::vector<std::vector<int32_t>>> tokens = DecodeBatch(
+      *model, policy, request, [&](int step, size_t b, absl::Span<const float> logits) {
+        if (step == 0) return absl::OkStatus();  // the dense prefill
+        return meter.Add(
+            absl::MakeConstSpan(reference.log_probs[b]).subspan(step * vocab, vocab),
+            reference.tokens[b][step], logits);
+      });
+  if (!tokens.ok()) return tokens.status();
+  return meter;
+}
+
+}  // namespace freekv
