@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/kv_client.h"
+#include "common/random_bytes.h"
 
 ABSL_FLAG(std::string, socket, "/run/freekv/kvservice.sock", "kvservice unix socket.");
 ABSL_FLAG(std::string, target, "", "gRPC target instead of --socket (HOST:PORT).");
@@ -50,13 +51,6 @@ struct Totals {
   uint64_t speculation_needed = 0, speculation_hits = 0;
   absl::Duration recall_time;
 };
-
-void FillRandom(absl::Span<std::byte> bytes, std::mt19937_64& rng) {
-  for (size_t i = 0; i + 8 <= bytes.size(); i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(bytes.data() + i, &v, 8);
-  }
-}
 
 absl::Status RunSession(int index, Totals& totals) {
   KvClientOptions options;
@@ -90,7 +84,7 @@ absl::Status RunSession(int index, Totals& totals) {
     for (uint32_t layer = 0; layer < g.num_layers; ++layer) {
       for (int page = 0; page < pages; ++page) {
         const uint64_t offset = refs.size() * block;
-        FillRandom(client.offload_region().subspan(offset, block), rng);
+        FillRandomBytes(client.offload_region().subspan(offset, block), rng());
         std::memcpy(original(seq, layer, page), client.offload_region().data() + offset,
                     block);
         refs.push_back(OffloadPageRef{uint64_t(seq), layer, uint32_t(page), offset});

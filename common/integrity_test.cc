@@ -4,17 +4,11 @@
 #include <random>
 #include <vector>
 
+#include "common/random_bytes.h"
 #include "gtest/gtest.h"
 
 namespace freekv {
 namespace {
-
-std::vector<std::byte> RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<std::byte> bytes(n);
-  for (auto& b : bytes) b = static_cast<std::byte>(rng());
-  return bytes;
-}
 
 absl::Span<const std::byte> AsBytes(const char* text) {
   return {reinterpret_cast<const std::byte*>(text), std::strlen(text)};

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/random_bytes.h"
 #include "gtest/gtest.h"
 #include "transport/ucx_context.h"
 #include "transport/ucx_endpoint.h"
@@ -17,13 +18,6 @@
 
 namespace freekv {
 namespace {
-
-std::vector<std::byte> RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<std::byte> bytes(n);
-  for (auto& b : bytes) b = static_cast<std::byte>(rng());
-  return bytes;
-}
 
 // Waits for one UCX request by progressing `worker`; from a job, never a callback.
 absl::Status Wait(UcxWorker& worker, ucs_status_ptr_t request, const char* what) {

@@ -7,6 +7,7 @@
 
 #include "client/kv_client.h"
 #include "common/integrity.h"
+#include "common/random_bytes.h"
 #include "gtest/gtest.h"
 #include "tests/integration/kvservice_process.h"
 
@@ -23,14 +24,6 @@ Geometry SmallGeometry() {
   g.page_tokens = 16;
   g.dtype = DType::kBFloat16;
   return g;
-}
-
-void FillRandom(absl::Span<std::byte> bytes, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  for (size_t i = 0; i + 8 <= bytes.size(); i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(bytes.data() + i, &v, 8);
-  }
 }
 
 class OffloadRecallTest : public ::testing::Test {
@@ -60,7 +53,7 @@ class OffloadRecallTest : public ::testing::Test {
     for (uint32_t layer = 0; layer < g.num_layers; ++layer) {
       for (uint32_t page = 0; page < pages; ++page) {
         const uint64_t offset = refs.size() * block;
-        FillRandom(region.subspan(offset, block), sequence * 1000003 + layer * 1009 + page);
+        FillRandomBytes(region.subspan(offset, block), sequence * 1000003 + layer * 1009 + page);
         refs.push_back(OffloadPageRef{sequence, layer, page, offset});
         expected_[{sequence, layer, page}].assign(region.data() + offset,
                                                   region.data() + offset + block);
@@ -75,7 +68,7 @@ class OffloadRecallTest : public ::testing::Test {
           << "tag of page " << i << " differs between client and service";
     }
     // Scribble over the offload region: recall must come from the store.
-    FillRandom(region, 0xdeadbeef + sequence);
+    FillRandomBytes(region, 0xdeadbeef + sequence);
   }
 
   void ExpectSlice(absl::Span<const std::byte> slot, uint64_t slot_offset,
