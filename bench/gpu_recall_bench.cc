@@ -4,12 +4,15 @@
 // against the contiguous pinned H2D copy measured in the same run (the ceiling).
 //
 //   in-process rows: CopyStreams (the kvservice's own copy code) from a pinned store
-//     in this process: one cudaMemcpyAsync per block (the reference system's way),
-//     cudaMemcpyBatchAsync over 1, 2, 4 and 8 streams, one call per layer's request,
-//     and over 1 stream with one call per step (what merging requests would buy);
+//     in this process: one cudaMemcpyAsync per block (the reference system's way);
+//     cudaMemcpyBatchAsync with each attribute choice, over 1 or 2 streams, from a
+//     store registered with cudaHostRegister (as the kvservice's), a small one (to
+//     see what locality buys) and one from cudaHostAlloc; CPU gather into pinned
+//     bounce buffers then large copies, with 4 and 8 threads;
 //   kvservice rows: the real kvservice process serving a CUDA IPC session of this
 //     process (Llama-3.1-8B geometry), each step's 32 recall requests sent over gRPC
-//     and timed until the last reply (so gRPC and the service's bookkeeping count).
+//     and timed until the last reply (so gRPC and the service's bookkeeping count),
+//     per --service_methods.
 // Every row checks sampled blocks bit for bit before it reports. Prints one markdown
 // table (what bench/RESULTS.md records). Single-threaded apart from the store fill.
 #include <algorithm>
@@ -22,7 +25,6 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/cuda_kv_client.h"
@@ -35,9 +37,9 @@ ABSL_FLAG(int32_t, store_gib, 4, "GiB of store the blocks are scattered over.");
 ABSL_FLAG(int32_t, layers, 32, "Layers per step (one recall request each).");
 ABSL_FLAG(int32_t, slices, 256, "16 KiB (page, head) slices per layer per step.");
 ABSL_FLAG(int32_t, steps, 20, "Timed steps per row (after 3 untimed ones).");
-ABSL_FLAG(std::string, inprocess_streams, "1,2,4,8", "Batch rows: streams per row.");
-ABSL_FLAG(std::string, service_streams, "1,2,4",
-          "kvservice rows: --cuda_copy_streams per row (each starts a kvservice).");
+ABSL_FLAG(std::string, service_methods, "gather/8,batch/2",
+          "kvservice rows, METHOD/N each (a kvservice per row): gather with N threads "
+          "or batch over N streams.");
 
 namespace freekv {
 namespace {
@@ -110,7 +112,9 @@ double ContiguousCeiling() {
   HostChunk host = PinnedChunk(bytes);
   FillRandom(host.data(), bytes, 1);
   auto device = Unwrap(testing::TestDeviceBuffer::Create(bytes), "device buffer");
-  auto copier = Unwrap(CopyStreams::Create(0, 1, CopyMethod::kPerRun), "streams");
+  CopyOptions plain;
+  plain.method = CopyMethod::kPerRun;
+  auto copier = Unwrap(CopyStreams::Create(0, plain), "streams");
   std::vector<double> gbps;
   for (int rep = 0; rep < 12; ++rep) {
     const absl::Time start = absl::Now();
@@ -133,66 +137,124 @@ size_t SlotBase(int layer, int slot, size_t slot_bytes) {
   return (2 * size_t(layer) + slot) * slot_bytes;
 }
 
-// In-process: per step, each layer's `slices` random store slices are copied to
-// consecutive places of one of its two slots, through CopyStreams.
-std::vector<Row> InProcessRows(const std::vector<int>& batch_streams) {
+// A pinned store the in-process rows read from, owned one way or the other.
+struct Store {
+  std::string name;
+  std::byte* data = nullptr;
+  size_t bytes = 0;
+  HostChunk registered;                              // mmap + cudaHostRegister
+  std::unique_ptr<testing::TestHostBuffer> allocated;  // cudaHostAlloc
+};
+
+std::vector<Store> MakeStores() {
+  const size_t big = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
+  std::vector<Store> stores(3);
+  stores[0].name = absl::StrFormat("%d GiB registered", absl::GetFlag(FLAGS_store_gib));
+  stores[0].registered = PinnedChunk(big);
+  stores[0].data = stores[0].registered.data();
+  stores[1].name = "64 MiB registered";
+  stores[1].registered = PinnedChunk(size_t{64} << 20);
+  stores[1].data = stores[1].registered.data();
+  stores[2].name = absl::StrFormat("%d GiB cudaHostAlloc", absl::GetFlag(FLAGS_store_gib));
+  stores[2].allocated = Unwrap(testing::TestHostBuffer::Create(big), "cudaHostAlloc");
+  stores[2].data = stores[2].allocated->data();
+  for (size_t i = 0; i < stores.size(); ++i) {
+    stores[i].bytes = i == 1 ? size_t{64} << 20 : big;
+    FillRandom(stores[i].data, stores[i].bytes, 10 + i);
+  }
+  return stores;
+}
+
+struct Way {
+  std::string name;
+  CopyOptions options;
+  int store = 0;  // index into MakeStores()
+};
+
+std::vector<Way> InProcessWays(GatherPool* pool4, GatherPool* pool8, GatherPool* pool12) {
+  CopyOptions per_block;
+  per_block.method = CopyMethod::kPerRun;
+  CopyOptions batch;  // no flags, sources in stream order
+  CopyOptions overlap = batch;
+  overlap.prefer_overlap = true;
+  CopyOptions any = batch;
+  any.any_source_order = true;
+  CopyOptions two = batch;
+  two.streams = 2;
+  CopyOptions four = batch;
+  four.streams = 4;
+  CopyOptions gather4;
+  gather4.method = CopyMethod::kGather;
+  gather4.gather_pool = pool4;
+  CopyOptions gather8 = gather4;
+  gather8.gather_pool = pool8;
+  CopyOptions gather12 = gather4;
+  gather12.gather_pool = pool12;
+  CopyOptions gather8_small = gather8;
+  gather8_small.bounce_bytes = size_t{2} << 20;
+  return {{"cudaMemcpyAsync per block", per_block, 0},
+          {"batch, 1 stream", batch, 0},
+          {"batch, 1 stream, PreferOverlapWithCompute", overlap, 0},
+          {"batch, 1 stream, SrcAccessOrderAny", any, 0},
+          {"batch, 2 streams", two, 0},
+          {"batch, 4 streams", four, 0},
+          {"batch, 1 stream", batch, 1},
+          {"batch, 1 stream", batch, 2},
+          {"gather, 4 threads, 2 x 8 MiB bounce", gather4, 0},
+          {"gather, 8 threads, 2 x 8 MiB bounce", gather8, 0},
+          {"gather, 12 threads, 2 x 8 MiB bounce", gather12, 0},
+          {"gather, 8 threads, 2 x 2 MiB bounce", gather8_small, 0}};
+}
+
+// One in-process row: per step, each layer's `slices` random store slices are copied
+// to consecutive places of one of its two slots, one Enqueue per layer.
+Row InProcessRow(const Way& way, const Store& store, std::byte* staging) {
   const int layers = absl::GetFlag(FLAGS_layers);
   const int slices = absl::GetFlag(FLAGS_slices);
-  const size_t store_bytes = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
   const size_t slot_bytes = slices * kSlice;
-  HostChunk store = PinnedChunk(store_bytes);
-  FillRandom(store.data(), store_bytes, 2);
-  auto staging =
-      Unwrap(testing::TestDeviceBuffer::Create(2 * layers * slot_bytes), "staging");
+  auto copier = Unwrap(CopyStreams::Create(0, way.options), "streams");
   std::mt19937_64 rng(3);
-  struct Way {
-    CopyMethod method;
-    int streams;
-    bool whole_step;  // one Enqueue per step instead of one per layer
-  };
-  std::vector<Way> ways = {{CopyMethod::kPerRun, 1, false}};
-  for (int n : batch_streams) ways.push_back({CopyMethod::kBatch, n, false});
-  ways.push_back({CopyMethod::kBatch, 1, true});
-  std::vector<Row> rows;
-  for (const auto& [method, streams, whole_step] : ways) {
-    auto copier = Unwrap(CopyStreams::Create(0, streams, method), "streams");
-    std::vector<double> gbps;
-    std::vector<DeviceCopy> last;
-    for (int step = 0; step < kWarmup + absl::GetFlag(FLAGS_steps); ++step) {
-      std::vector<std::vector<DeviceCopy>> requests(layers);
-      for (int layer = 0; layer < layers; ++layer) {
-        std::byte* slot = staging->data() + SlotBase(layer, step % 2, slot_bytes);
-        for (int i = 0; i < slices; ++i) {
-          const size_t block = rng() % (store_bytes / kSlice);
-          requests[layer].push_back({slot + i * kSlice, store.data() + block * kSlice, kSlice});
-        }
+  std::vector<double> gbps;
+  std::vector<std::vector<DeviceCopy>> requests(layers);
+  for (int step = 0; step < kWarmup + absl::GetFlag(FLAGS_steps); ++step) {
+    for (int layer = 0; layer < layers; ++layer) {
+      std::byte* slot = staging + SlotBase(layer, step % 2, slot_bytes);
+      requests[layer].clear();
+      for (int i = 0; i < slices; ++i) {
+        const size_t block = rng() % (store.bytes / kSlice);
+        requests[layer].push_back({slot + i * kSlice, store.data + block * kSlice, kSlice});
       }
-      if (whole_step) {
-        for (int layer = 1; layer < layers; ++layer) {
-          requests[0].insert(requests[0].end(), requests[layer].begin(),
-                             requests[layer].end());
-        }
-        requests.resize(1);
-      }
-      const absl::Time start = absl::Now();
-      for (const auto& request : requests) BENCH_CHECK(copier->Enqueue(request));
-      BENCH_CHECK(copier->Synchronize());
-      if (step >= kWarmup) gbps.push_back(layers * slot_bytes / Seconds(start) / 1e9);
-      last = requests.back();
     }
-    for (size_t i = 0; i < last.size(); i += 37) {  // sampled bit-for-bit check
+    const absl::Time start = absl::Now();
+    for (const auto& request : requests) BENCH_CHECK(copier->Enqueue(request));
+    BENCH_CHECK(copier->Synchronize());
+    if (step >= kWarmup) gbps.push_back(layers * slot_bytes / Seconds(start) / 1e9);
+  }
+  for (const auto& request : requests) {  // sampled bit-for-bit check of the last step
+    for (size_t i = 0; i < request.size(); i += 61) {
       std::vector<std::byte> got(kSlice);
-      BENCH_CHECK(testing::CopyBytes(got.data(), last[i].dst, kSlice));
-      if (std::memcmp(got.data(), last[i].src, kSlice) != 0) {
-        std::fprintf(stderr, "in-process %s: slice %zu differs\n", CopyMethodName(method), i);
+      BENCH_CHECK(testing::CopyBytes(got.data(), request[i].dst, kSlice));
+      if (std::memcmp(got.data(), request[i].src, kSlice) != 0) {
+        std::fprintf(stderr, "in-process %s: a slice differs\n", way.name.c_str());
         std::exit(1);
       }
     }
-    rows.push_back({method == CopyMethod::kPerRun
-                        ? "cudaMemcpyAsync per block, 1 stream"
-                        : absl::StrFormat("cudaMemcpyBatchAsync, %d stream(s), one call per %s",
-                                          streams, whole_step ? "step" : "layer"),
-                    "in-process", Median(gbps)});
+  }
+  return {way.name, "in-process, " + store.name, Median(gbps)};
+}
+
+std::vector<Row> InProcessRows() {
+  const size_t slot_bytes = absl::GetFlag(FLAGS_slices) * kSlice;
+  auto staging = Unwrap(
+      testing::TestDeviceBuffer::Create(2 * absl::GetFlag(FLAGS_layers) * slot_bytes),
+      "staging");
+  std::vector<Store> stores = MakeStores();
+  GatherPool pool4(4);
+  GatherPool pool8(8);
+  GatherPool pool12(12);
+  std::vector<Row> rows;
+  for (const Way& way : InProcessWays(&pool4, &pool8, &pool12)) {
+    rows.push_back(InProcessRow(way, stores[way.store], staging->data()));
   }
   return rows;
 }
@@ -251,8 +313,32 @@ const std::byte* ExpectedSlice(const std::vector<std::byte>& pattern, size_t per
   return scratch->data();
 }
 
+// Sampled bit-for-bit check of a recalled slot against what OffloadStore wrote.
+void CheckSlot(CudaKvClient& worker, const std::vector<std::byte>& pattern, uint32_t pages,
+               const RecallTicket& t, const std::vector<RecallSliceRef>& slices, int step) {
+  const size_t block = worker.client().geometry().block_bytes();
+  std::vector<std::byte> slot(worker.regions().slot_bytes());
+  BENCH_CHECK(testing::CopyBytes(slot.data(), worker.regions().staging_slot(t.layer, t.slot),
+                                 slot.size()));
+  std::vector<std::byte> scratch;
+  for (size_t i = step; i < slices.size(); i += 29) {
+    const RecallSliceRef& s = slices[i];
+    const std::byte* want =
+        ExpectedSlice(pattern, worker.regions().offload_bytes() / block, block, pages,
+                      t.layer, s.page, s.kv_head, &scratch);
+    if (std::memcmp(slot.data() + s.slot_offset, want, kSlice) != 0) {
+      std::fprintf(stderr, "kvservice row: layer %u slice %zu differs\n", t.layer, i);
+      std::exit(1);
+    }
+  }
+}
+
 // One kvservice row: a CUDA IPC session, the store offloaded, `steps` timed steps.
-Row ServiceRow(int copy_streams) {
+// `spec` is METHOD/N (gather threads or batch streams).
+Row ServiceRow(const std::string& spec) {
+  const std::vector<std::string> parts = absl::StrSplit(spec, '/');
+  const std::string& method = parts[0];
+  const std::string n = parts.size() > 1 ? parts[1] : "1";
   const Geometry g = LlamaGeometry();
   const int slices = absl::GetFlag(FLAGS_slices);
   const size_t store_bytes = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
@@ -260,7 +346,8 @@ Row ServiceRow(int copy_streams) {
   auto service = Unwrap(
       testing::KvServiceProcess::Start(
           {absl::StrFormat("--capacity=%dG", absl::GetFlag(FLAGS_store_gib) + 1),
-           "--chunk_bytes=256M", absl::StrFormat("--cuda_copy_streams=%d", copy_streams)}),
+           "--chunk_bytes=256M", "--cuda_copy_method=" + method,
+           (method == "gather" ? "--cuda_gather_threads=" : "--cuda_copy_streams=") + n}),
       "kvservice");
   KvClientOptions options;
   options.target = service->target();
@@ -271,8 +358,8 @@ Row ServiceRow(int copy_streams) {
   auto worker = Unwrap(CudaKvClient::Open(options, 0), "CudaKvClient::Open");
   const absl::Time offload_start = absl::Now();
   const std::vector<std::byte> pattern = OffloadStore(*worker, pages);
-  std::fprintf(stderr, "kvservice streams=%d: offloaded %u pages/layer in %.1f s\n",
-               copy_streams, pages, Seconds(offload_start));
+  std::fprintf(stderr, "kvservice %s: offloaded %u pages/layer in %.1f s\n",
+               spec.c_str(), pages, Seconds(offload_start));
   std::mt19937_64 rng(5);
   std::vector<double> gbps;
   std::vector<std::vector<RecallSliceRef>> requests(g.num_layers);
@@ -294,46 +381,28 @@ Row ServiceRow(int copy_streams) {
       BENCH_CHECK(worker->client().Wait(t, absl::Now() + absl::Seconds(30)));
     }
     if (step >= kWarmup) gbps.push_back(g.num_layers * slices * kSlice / Seconds(start) / 1e9);
-    // Sampled bit-for-bit check of the last layer's slot.
-    const RecallTicket& t = tickets.back();
-    std::vector<std::byte> slot(worker->regions().slot_bytes());
-    BENCH_CHECK(testing::CopyBytes(slot.data(), worker->regions().staging_slot(t.layer, t.slot),
-                                   slot.size()));
-    std::vector<std::byte> scratch;
-    for (size_t i = step; i < requests.back().size(); i += 29) {
-      const RecallSliceRef& s = requests.back()[i];
-      const std::byte* want =
-          ExpectedSlice(pattern, worker->regions().offload_bytes() / g.block_bytes(),
-                        g.block_bytes(), pages, t.layer, s.page, s.kv_head, &scratch);
-      if (std::memcmp(slot.data() + s.slot_offset, want, kSlice) != 0) {
-        std::fprintf(stderr, "kvservice row: layer %u slice %zu differs\n", t.layer, i);
-        std::exit(1);
-      }
-    }
+    CheckSlot(*worker, pattern, pages, tickets.back(), requests.back(), step);
     for (const RecallTicket& done : tickets) BENCH_CHECK(worker->client().Release(done));
   }
-  return {absl::StrFormat("kvservice CUDA IPC, batch, %d stream(s)", copy_streams),
-          "2 processes", Median(gbps)};
-}
-
-std::vector<int> ParseList(const std::string& text) {
-  std::vector<int> out;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    int n = 0;
-    if (absl::SimpleAtoi(part, &n) && n > 0) out.push_back(n);
-  }
-  return out;
+  return {absl::StrFormat("kvservice CUDA IPC, %s, %s %s", method, n,
+                          method == "gather" ? "threads" : "stream(s)"),
+          absl::StrFormat("2 processes, %d GiB pinned store",
+                          absl::GetFlag(FLAGS_store_gib)),
+          Median(gbps)};
 }
 
 int Main() {
   const double ceiling = ContiguousCeiling();
-  std::vector<Row> rows = InProcessRows(ParseList(absl::GetFlag(FLAGS_inprocess_streams)));
-  for (int n : ParseList(absl::GetFlag(FLAGS_service_streams))) rows.push_back(ServiceRow(n));
+  std::vector<Row> rows = InProcessRows();
+  for (absl::string_view method :
+       absl::StrSplit(absl::GetFlag(FLAGS_service_methods), ',', absl::SkipEmpty())) {
+    rows.push_back(ServiceRow(std::string(method)));
+  }
   std::printf("\nRecall of %d layers x %d scattered 16 KiB (page, head) blocks per step "
-              "(%.0f MiB) from a %d GiB pinned store; median of %d steps.\n\n",
+              "(%.0f MiB); median of %d steps.\n\n",
               absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_slices),
               absl::GetFlag(FLAGS_layers) * absl::GetFlag(FLAGS_slices) * 16.0 / 1024,
-              absl::GetFlag(FLAGS_store_gib), absl::GetFlag(FLAGS_steps));
+              absl::GetFlag(FLAGS_steps));
   std::printf("| way | where | GB/s | of ceiling |\n| --- | --- | ---: | ---: |\n");
   std::printf("| contiguous 1 GiB pinned H2D (ceiling) | in-process | %.1f | 1.00 |\n",
               ceiling);

@@ -11,12 +11,21 @@ namespace freekv {
 absl::StatusOr<CopyMethod> ParseCopyMethod(absl::string_view name) {
   if (name == "batch") return CopyMethod::kBatch;
   if (name == "per_run") return CopyMethod::kPerRun;
+  if (name == "gather") return CopyMethod::kGather;
   return absl::InvalidArgumentError(
-      absl::StrCat("copy method is '", name, "'; use 'batch' or 'per_run'"));
+      absl::StrCat("copy method is '", name, "'; use 'batch', 'per_run' or 'gather'"));
 }
 
 const char* CopyMethodName(CopyMethod method) {
-  return method == CopyMethod::kBatch ? "batch" : "per_run";
+  switch (method) {
+    case CopyMethod::kBatch:
+      return "batch";
+    case CopyMethod::kPerRun:
+      return "per_run";
+    case CopyMethod::kGather:
+      return "gather";
+  }
+  return "?";
 }
 
 int VisibleCudaDeviceCount() {
@@ -28,20 +37,6 @@ int VisibleCudaDeviceCount() {
   return devices;
 }
 
-struct CopyStreams::Impl {
-  int device = 0;
-  CopyMethod method = CopyMethod::kBatch;
-  std::vector<gpu::Stream> streams;  // [0] is main
-  gpu::Event fork;                   // recorded on main, waited by the others
-  std::vector<gpu::Event> joins;     // [i] recorded on streams[i + 1], waited by main
-  // Scratch for cudaMemcpyBatchAsync's arrays, reused to keep Enqueue allocation-free.
-  std::vector<void*> dsts;
-  std::vector<const void*> srcs;
-  std::vector<size_t> sizes;
-
-  absl::Status Issue(cudaStream_t stream, absl::Span<const DeviceCopy> copies);
-};
-
 namespace {
 
 // Copies per cudaMemcpyBatchAsync call: large enough that the call's fixed cost
@@ -50,20 +45,47 @@ constexpr size_t kMaxBatch = 4096;
 
 }  // namespace
 
+struct CopyStreams::Impl {
+  int device = 0;
+  CopyOptions options;
+  std::vector<gpu::Stream> streams;  // [0] is main
+  gpu::Event fork;                   // recorded on main, waited by the others
+  std::vector<gpu::Event> joins;     // [i] recorded on streams[i + 1], waited by main
+  // kGather: two bounce buffers used in turn, each with the event of its last copy.
+  gpu::PinnedHostBuffer bounce[2];
+  gpu::Event bounce_free[2];
+  int next_bounce = 0;
+  // Scratch, reused to keep Enqueue allocation-free.
+  std::vector<void*> dsts;
+  std::vector<const void*> srcs;
+  std::vector<size_t> sizes;
+  std::vector<HostCopy> packing;
+  std::vector<DeviceCopy> drained;
+
+  absl::Status Issue(cudaStream_t stream, absl::Span<const DeviceCopy> copies);
+  absl::Status IssueBatch(cudaStream_t stream, absl::Span<const DeviceCopy> copies);
+  absl::Status Spread(absl::Span<const DeviceCopy> copies);
+  absl::Status Gather(absl::Span<const DeviceCopy> copies);
+  absl::Status GatherOne(absl::Span<const DeviceCopy> copies);
+};
+
 absl::Status CopyStreams::Impl::Issue(cudaStream_t stream,
                                       absl::Span<const DeviceCopy> copies) {
-  if (method == CopyMethod::kPerRun) {
-    for (const DeviceCopy& copy : copies) {
-      FREEKV_GPU_RETURN_IF_ERROR(
-          cudaMemcpyAsync(copy.dst, copy.src, copy.bytes, cudaMemcpyDefault, stream));
-    }
-    return absl::OkStatus();
+  if (options.method != CopyMethod::kPerRun) return IssueBatch(stream, copies);
+  for (const DeviceCopy& copy : copies) {
+    FREEKV_GPU_RETURN_IF_ERROR(
+        cudaMemcpyAsync(copy.dst, copy.src, copy.bytes, cudaMemcpyDefault, stream));
   }
-  // The source is read in stream order (a store block stays valid until its push
-  // completes); copies should leave the SMs to the worker's kernels.
+  return absl::OkStatus();
+}
+
+absl::Status CopyStreams::Impl::IssueBatch(cudaStream_t stream,
+                                           absl::Span<const DeviceCopy> copies) {
   cudaMemcpyAttributes attrs = {};
-  attrs.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-  attrs.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+  attrs.srcAccessOrder = options.any_source_order ? cudaMemcpySrcAccessOrderAny
+                                                  : cudaMemcpySrcAccessOrderStream;
+  attrs.flags = options.prefer_overlap ? cudaMemcpyFlagPreferOverlapWithCompute
+                                       : cudaMemcpyFlagDefault;
   size_t attrs_index = 0;
   for (size_t begin = 0; begin < copies.size(); begin += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, copies.size() - begin);
@@ -81,72 +103,150 @@ absl::Status CopyStreams::Impl::Issue(cudaStream_t stream,
   return absl::OkStatus();
 }
 
+// kBatch, kPerRun: contiguous parts of about equal bytes, one per stream, forked from
+// and joined back into main.
+absl::Status CopyStreams::Impl::Spread(absl::Span<const DeviceCopy> copies) {
+  const size_t parts = std::min(streams.size(), copies.size());
+  cudaStream_t main = streams[0].get();
+  if (parts == 1) return Issue(main, copies);
+  size_t total = 0;
+  for (const DeviceCopy& copy : copies) total += copy.bytes;
+  FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(fork.get(), main));
+  size_t begin = 0;
+  size_t running = 0;
+  for (size_t part = 0; part < parts; ++part) {
+    const size_t target = total / parts * (part + 1);
+    size_t end = begin;
+    while (end < copies.size() && (part + 1 == parts || running < target)) {
+      running += copies[end++].bytes;
+    }
+    if (end == begin) continue;
+    cudaStream_t stream = streams[part].get();
+    if (part > 0) FREEKV_GPU_RETURN_IF_ERROR(cudaStreamWaitEvent(stream, fork.get(), 0));
+    if (absl::Status s = Issue(stream, copies.subspan(begin, end - begin)); !s.ok()) {
+      return s;
+    }
+    if (part > 0) {
+      FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(joins[part - 1].get(), stream));
+      FREEKV_GPU_RETURN_IF_ERROR(cudaStreamWaitEvent(main, joins[part - 1].get(), 0));
+    }
+    begin = end;
+  }
+  return absl::OkStatus();
+}
+
+// kGather: bounce-buffer-sized pieces; a copy larger than a bounce buffer goes alone,
+// straight from its source (it is large enough for the copy engine on its own).
+absl::Status CopyStreams::Impl::Gather(absl::Span<const DeviceCopy> copies) {
+  const size_t capacity = options.bounce_bytes;
+  size_t begin = 0;
+  while (begin < copies.size()) {
+    if (copies[begin].bytes > capacity) {
+      if (absl::Status s = IssueBatch(streams[0].get(), copies.subspan(begin, 1)); !s.ok()) {
+        return s;
+      }
+      ++begin;
+      continue;
+    }
+    size_t end = begin;
+    size_t bytes = 0;
+    while (end < copies.size() && bytes + copies[end].bytes <= capacity) {
+      bytes += copies[end++].bytes;
+    }
+    if (absl::Status s = GatherOne(copies.subspan(begin, end - begin)); !s.ok()) return s;
+    begin = end;
+  }
+  return absl::OkStatus();
+}
+
+// Packs `copies` (which fit) into the next bounce buffer once its previous copy is
+// done, then copies it out with one copy per run of adjacent destinations.
+absl::Status CopyStreams::Impl::GatherOne(absl::Span<const DeviceCopy> copies) {
+  const int b = next_bounce;
+  next_bounce ^= 1;
+  FREEKV_GPU_RETURN_IF_ERROR(cudaEventSynchronize(bounce_free[b].get()));
+  packing.clear();
+  drained.clear();
+  std::byte* cursor = bounce[b].data();
+  for (const DeviceCopy& copy : copies) {
+    packing.push_back(HostCopy{cursor, copy.src, copy.bytes});
+    std::byte* dst = static_cast<std::byte*>(copy.dst);
+    if (!drained.empty() &&
+        static_cast<std::byte*>(drained.back().dst) + drained.back().bytes == dst) {
+      drained.back().bytes += copy.bytes;
+    } else {
+      drained.push_back(DeviceCopy{dst, cursor, copy.bytes});
+    }
+    cursor += copy.bytes;
+  }
+  options.gather_pool->Copy(packing);
+  cudaStream_t main = streams[0].get();
+  if (absl::Status s = IssueBatch(main, drained); !s.ok()) return s;
+  return gpu::CudaStatus(cudaEventRecord(bounce_free[b].get(), main),
+                         "cudaEventRecord of a bounce buffer");
+}
+
 CopyStreams::CopyStreams(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CopyStreams::~CopyStreams() = default;
 
-absl::StatusOr<std::unique_ptr<CopyStreams>> CopyStreams::Create(int device, int streams,
-                                                                 CopyMethod method) {
-  if (streams < 1) {
+namespace {
+
+absl::Status CheckOptions(const CopyOptions& options) {
+  if (options.streams < 1 || options.streams > 16) {
     return absl::InvalidArgumentError(
-        absl::StrCat("copy streams is ", streams, "; at least 1"));
+        absl::StrCat("copy streams is ", options.streams, "; use 1 to 16"));
   }
+  if (options.method == CopyMethod::kGather &&
+      (options.gather_pool == nullptr || options.bounce_bytes == 0)) {
+    return absl::InvalidArgumentError(
+        "copy method gather needs a GatherPool and bounce buffers of non-zero size");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CopyStreams>> CopyStreams::Create(int device,
+                                                                 const CopyOptions& options) {
+  if (absl::Status s = CheckOptions(options); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->device = device;
-  impl->method = method;
+  impl->options = options;
+  const int streams = options.method == CopyMethod::kGather ? 1 : options.streams;
   for (int i = 0; i < streams; ++i) {
     absl::StatusOr<gpu::Stream> stream = gpu::Stream::Create(device);
     if (!stream.ok()) return stream.status();
     impl->streams.push_back(*std::move(stream));
   }
-  absl::StatusOr<gpu::Event> fork = gpu::Event::Create(device, cudaEventDisableTiming);
-  if (!fork.ok()) return fork.status();
-  impl->fork = *std::move(fork);
-  for (int i = 1; i < streams; ++i) {
-    absl::StatusOr<gpu::Event> join = gpu::Event::Create(device, cudaEventDisableTiming);
-    if (!join.ok()) return join.status();
-    impl->joins.push_back(*std::move(join));
+  std::vector<gpu::Event*> events = {&impl->fork};
+  impl->joins.resize(streams - 1);
+  for (gpu::Event& join : impl->joins) events.push_back(&join);
+  if (options.method == CopyMethod::kGather) {
+    for (int b = 0; b < 2; ++b) {
+      absl::StatusOr<gpu::PinnedHostBuffer> buffer =
+          gpu::PinnedHostBuffer::Create(options.bounce_bytes);
+      if (!buffer.ok()) return buffer.status();
+      impl->bounce[b] = *std::move(buffer);
+      events.push_back(&impl->bounce_free[b]);
+    }
+  }
+  for (gpu::Event* event : events) {
+    absl::StatusOr<gpu::Event> made = gpu::Event::Create(device, cudaEventDisableTiming);
+    if (!made.ok()) return made.status();
+    *event = *std::move(made);
   }
   return std::unique_ptr<CopyStreams>(new CopyStreams(std::move(impl)));
 }
 
 int CopyStreams::device() const { return impl_->device; }
-int CopyStreams::streams() const { return static_cast<int>(impl_->streams.size()); }
+const CopyOptions& CopyStreams::options() const { return impl_->options; }
 cudaStream_t CopyStreams::main() const { return impl_->streams[0].get(); }
 
 absl::Status CopyStreams::Enqueue(absl::Span<const DeviceCopy> copies) {
   if (copies.empty()) return absl::OkStatus();
   gpu::DeviceGuard guard(impl_->device);
-  const size_t parts = std::min(impl_->streams.size(), copies.size());
-  if (parts == 1) return impl_->Issue(main(), copies);
-
-  size_t total = 0;
-  for (const DeviceCopy& copy : copies) total += copy.bytes;
-  FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(impl_->fork.get(), main()));
-  size_t begin = 0;
-  size_t done_bytes = 0;
-  for (size_t part = 0; part < parts; ++part) {
-    // Part `part` ends where the running byte count first reaches its share.
-    const size_t target = total / parts * (part + 1);
-    size_t end = begin;
-    while (end < copies.size() && (part + 1 == parts || done_bytes < target)) {
-      done_bytes += copies[end++].bytes;
-    }
-    if (end == begin) continue;
-    cudaStream_t stream = impl_->streams[part].get();
-    if (part > 0) {
-      FREEKV_GPU_RETURN_IF_ERROR(cudaStreamWaitEvent(stream, impl_->fork.get(), 0));
-    }
-    if (absl::Status s = impl_->Issue(stream, copies.subspan(begin, end - begin)); !s.ok()) {
-      return s;
-    }
-    if (part > 0) {
-      cudaEvent_t join = impl_->joins[part - 1].get();
-      FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(join, stream));
-      FREEKV_GPU_RETURN_IF_ERROR(cudaStreamWaitEvent(main(), join, 0));
-    }
-    begin = end;
-  }
-  return absl::OkStatus();
+  if (impl_->options.method == CopyMethod::kGather) return impl_->Gather(copies);
+  return impl_->Spread(copies);
 }
 
 absl::Status CopyStreams::Synchronize() {

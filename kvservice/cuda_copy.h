@@ -1,14 +1,16 @@
 // CopyStreams: many copies between host and device memory, moved by the GPU's copy
 // engines only (no kernels), over one or more streams of one device.
 //
-// Why: a 16 KiB copy issued alone reaches 0.09 of PCIe and one cudaMemcpyBatchAsync
-// of 16 KiB copies about 0.6 (DESIGN.md, measured facts); batches on several streams
-// let several copy engines share the per-copy cost. The kvservice pushes recalls and
-// pulls offloads with it, and bench/gpu_recall_bench measures it in-process with the
-// same code.
+// Why: a 16 KiB copy issued alone reaches 0.09 of PCIe and batched ones not much more
+// (bench/RESULTS.md): the copy engines pay a fixed cost per copy. kGather therefore
+// packs scattered host sources with the CPU (GatherPool) into two pinned bounce
+// buffers in turn, and moves each with one large copy per run of adjacent
+// destinations, pipelined: the CPU packs one buffer while the DMA drains the other.
+// The kvservice pushes recalls and pulls offloads with it, and
+// bench/gpu_recall_bench measures every method in-process with the same code.
 //
-// Owns its streams and the events that order them. Not thread-safe: callers serialise
-// Enqueue (the transport does, per session).
+// Owns its streams, the events that order them and its bounce buffers. Not
+// thread-safe: callers serialise Enqueue (the transport does, per session).
 #ifndef FREEKV_KVSERVICE_CUDA_COPY_H_
 #define FREEKV_KVSERVICE_CUDA_COPY_H_
 
@@ -21,17 +23,34 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/cuda_fwd.h"
+#include "kvservice/gather_pool.h"
 
 namespace freekv {
 
 enum class CopyMethod {
   kBatch,   // one cudaMemcpyBatchAsync per stream per Enqueue
   kPerRun,  // one cudaMemcpyAsync per copy (the reference system's way, for benches)
+  kGather,  // host-to-device only: CPU gather into pinned bounce buffers, large copies
 };
 
-// "batch" or "per_run"; INVALID_ARGUMENT naming the value otherwise.
+// "batch", "per_run" or "gather"; INVALID_ARGUMENT naming the value otherwise.
 absl::StatusOr<CopyMethod> ParseCopyMethod(absl::string_view name);
 const char* CopyMethodName(CopyMethod method);
+
+struct CopyOptions {
+  CopyMethod method = CopyMethod::kBatch;
+  // kBatch, kPerRun: streams the copies are spread over.
+  int streams = 1;
+  // kBatch: cudaMemcpyFlagPreferOverlapWithCompute on every copy.
+  bool prefer_overlap = false;
+  // kBatch: sources may be read out of stream order (cudaMemcpySrcAccessOrderAny);
+  // otherwise in stream order.
+  bool any_source_order = false;
+  // kGather: bytes of each of the two pinned bounce buffers, and the threads that
+  // pack them (required; not owned, outlives the CopyStreams).
+  size_t bounce_bytes = size_t{8} << 20;
+  GatherPool* gather_pool = nullptr;
+};
 
 // GPUs this process sees; 0 when the driver reports none or cannot be reached.
 int VisibleCudaDeviceCount();
@@ -45,28 +64,32 @@ struct DeviceCopy {
 
 class CopyStreams {
  public:
-  // `streams` non-blocking streams on `device`, at least 1.
-  static absl::StatusOr<std::unique_ptr<CopyStreams>> Create(int device, int streams,
-                                                             CopyMethod method);
+  // INVALID_ARGUMENT naming a bad option; the CUDA error when a stream, event or
+  // bounce buffer cannot be made.
+  static absl::StatusOr<std::unique_ptr<CopyStreams>> Create(int device,
+                                                             const CopyOptions& options);
   ~CopyStreams();  // waits for the streams' work
   CopyStreams(const CopyStreams&) = delete;
   CopyStreams& operator=(const CopyStreams&) = delete;
 
   int device() const;
-  int streams() const;
+  const CopyOptions& options() const;
   // The ordering stream: Enqueue's copies start after what was enqueued on it before,
   // and what is enqueued on it after Enqueue starts after every one of the copies.
   cudaStream_t main() const;
 
-  // Enqueues `copies`, split into contiguous parts of about equal bytes, one per
-  // stream. Returns at once; the calling thread's current device is left unchanged.
+  // Enqueues `copies`. kBatch/kPerRun return at once; kGather returns once the
+  // sources are packed (it may wait for a bounce buffer's previous copy), so the
+  // sources may change as soon as it returns. The calling thread's current device is
+  // left unchanged.
   absl::Status Enqueue(absl::Span<const DeviceCopy> copies);
 
   // Waits for everything enqueued on main() so far.
   absl::Status Synchronize();
 
- private:
   struct Impl;
+
+ private:
   explicit CopyStreams(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

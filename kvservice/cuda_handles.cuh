@@ -264,6 +264,45 @@ class DeviceAllocation {
   size_t bytes_ = 0;
 };
 
+// Pinned host memory from cudaHostAlloc (portable: usable with every device).
+class PinnedHostBuffer {
+ public:
+  PinnedHostBuffer() = default;
+  static absl::StatusOr<PinnedHostBuffer> Create(size_t bytes) {
+    PinnedHostBuffer buffer;
+    absl::Status s = CudaStatus(cudaHostAlloc(&buffer.data_, bytes, cudaHostAllocPortable),
+                                absl::StrCat("cudaHostAlloc of ", bytes, " bytes"));
+    if (!s.ok()) return s;
+    buffer.bytes_ = bytes;
+    return buffer;
+  }
+  PinnedHostBuffer(PinnedHostBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+  PinnedHostBuffer& operator=(PinnedHostBuffer&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      data_ = std::exchange(other.data_, nullptr);
+      bytes_ = std::exchange(other.bytes_, 0);
+    }
+    return *this;
+  }
+  PinnedHostBuffer(const PinnedHostBuffer&) = delete;
+  PinnedHostBuffer& operator=(const PinnedHostBuffer&) = delete;
+  ~PinnedHostBuffer() { Reset(); }
+
+  std::byte* data() const { return static_cast<std::byte*>(data_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void Reset() {
+    if (data_ != nullptr) cudaFreeHost(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // Another process's device memory opened with cudaIpcOpenMemHandle; closed on
 // destruction. The caller makes sure no copy into it is still in flight by then.
 class IpcMapping {

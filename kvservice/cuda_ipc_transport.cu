@@ -235,12 +235,12 @@ absl::StatusOr<CudaIpcSessionTransport::Handles> OpenHandles(
   absl::StatusOr<gpu::Event> written = gpu::Event::OpenIpc(h.device, ipc.offload_written_event);
   if (!written.ok()) return written.status();
   h.offload_written = *std::move(written);
-  for (auto* streams : {&h.push_streams, &h.pull_streams}) {
-    absl::StatusOr<std::unique_ptr<CopyStreams>> made =
-        CopyStreams::Create(h.device, options.copy_streams, options.method);
-    if (!made.ok()) return made.status();
-    *streams = *std::move(made);
-  }
+  absl::StatusOr<std::unique_ptr<CopyStreams>> push = CopyStreams::Create(h.device, options.push);
+  if (!push.ok()) return push.status();
+  h.push_streams = *std::move(push);
+  absl::StatusOr<std::unique_ptr<CopyStreams>> pull = CopyStreams::Create(h.device, options.pull);
+  if (!pull.ok()) return pull.status();
+  h.pull_streams = *std::move(pull);
   return h;
 }
 
@@ -255,11 +255,22 @@ absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> CudaIpcTransportFactory
         "CUDA IPC needs a GPU and this process sees none (cudaGetDeviceCount: ",
         cudaGetErrorName(err), ", ", devices, " devices)"));
   }
-  if (options.copy_streams < 1 || options.copy_streams > 16) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "copy_streams is ", options.copy_streams, "; use 1 to 16"));
+  if (options.pull.method == CopyMethod::kGather) {
+    return absl::InvalidArgumentError("pulls copy device to host; they cannot gather");
+  }
+  if (options.gather_threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gather_threads is ", options.gather_threads, "; at least 1"));
   }
   return std::unique_ptr<CudaIpcTransportFactory>(new CudaIpcTransportFactory(options));
+}
+
+CudaIpcTransportFactory::CudaIpcTransportFactory(const CudaIpcTransportOptions& options)
+    : options_(options) {
+  if (options_.push.method == CopyMethod::kGather) {
+    gather_pool_ = std::make_unique<GatherPool>(options_.gather_threads);
+    options_.push.gather_pool = gather_pool_.get();
+  }
 }
 
 absl::StatusOr<std::unique_ptr<SessionTransport>> CudaIpcTransportFactory::Connect(

@@ -8,7 +8,8 @@
 // for pushes and one for pulls. A push:
 //   1. waits (on the GPU) for the free event of every staging slot it writes, which
 //      the worker records after its last read of the slot;
-//   2. copies its runs with cudaMemcpyBatchAsync spread over the push streams;
+//   2. copies its runs with the copy engines (CopyStreams: by default gathered by the
+//      CPU into pinned bounce buffers and sent as large copies);
 //   3. records each written slot's ready event (the worker's stream waits on it);
 //   4. records a private event that the session's completion thread waits for; only
 //      then is `done` called, in push order, on that thread.
@@ -25,14 +26,18 @@
 
 #include "absl/status/statusor.h"
 #include "kvservice/cuda_copy.h"
+#include "kvservice/gather_pool.h"
 #include "kvservice/transport.h"
 
 namespace freekv {
 
 struct CudaIpcTransportOptions {
-  // Streams each push (and each pull) spreads its copies over.
-  int copy_streams = 2;
-  CopyMethod method = CopyMethod::kBatch;
+  // How pushes (recalls: many 16 KiB blocks) move; gather_pool is set by the factory.
+  CopyOptions push;
+  // How pulls (offloads: whole blocks, merged) move.
+  CopyOptions pull;
+  // Threads of the factory's GatherPool, shared by every session (push.method kGather).
+  int gather_threads = 8;
 };
 
 class CudaIpcTransportFactory : public TransportFactory {
@@ -48,9 +53,9 @@ class CudaIpcTransportFactory : public TransportFactory {
       const SessionPeer& peer) override;
 
  private:
-  explicit CudaIpcTransportFactory(const CudaIpcTransportOptions& options)
-      : options_(options) {}
-  const CudaIpcTransportOptions options_;
+  explicit CudaIpcTransportFactory(const CudaIpcTransportOptions& options);
+  std::unique_ptr<GatherPool> gather_pool_;  // before options_: they point to it
+  CudaIpcTransportOptions options_;
 };
 
 }  // namespace freekv

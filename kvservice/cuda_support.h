@@ -16,8 +16,9 @@
 namespace freekv {
 
 struct CudaSupportOptions {
-  int copy_streams = 2;            // per session, for pushes and for pulls
-  std::string copy_method = "batch";  // "batch" or "per_run" (benchmarks only)
+  std::string copy_method = "gather";  // recalls: "gather", "batch" or "per_run"
+  int copy_streams = 1;                // per session: batch/per_run recalls, and pulls
+  int gather_threads = 8;              // shared by every session (gather)
 };
 
 // True when this binary was built with CUDA.

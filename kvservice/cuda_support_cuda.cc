@@ -24,8 +24,11 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
   absl::StatusOr<CopyMethod> method = ParseCopyMethod(options.copy_method);
   if (!method.ok()) return method.status();
   CudaIpcTransportOptions transport;
-  transport.copy_streams = options.copy_streams;
-  transport.method = *method;
+  transport.push.method = *method;
+  transport.push.streams = options.copy_streams;
+  transport.pull.method = CopyMethod::kBatch;
+  transport.pull.streams = options.copy_streams;
+  transport.gather_threads = options.gather_threads;
   absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> factory =
       CudaIpcTransportFactory::Create(transport);
   if (!factory.ok()) return factory.status();

@@ -76,12 +76,15 @@ ABSL_FLAG(freekv::PinStore, pin_store, freekv::PinStore::kAuto,
           "CUDA IPC recall needs for full speed. auto pins when the kvservice is built "
           "with CUDA and sees a GPU; true fails start-up without them. A chunk that "
           "cannot be pinned is an error, never pageable memory.");
-ABSL_FLAG(int32_t, cuda_copy_streams, 2,
-          "CUDA IPC: streams each session's recall (and offload) copies are spread "
-          "over, so that several copy engines share the per-copy cost.");
-ABSL_FLAG(std::string, cuda_copy_method, "batch",
-          "CUDA IPC: 'batch' (cudaMemcpyBatchAsync) or 'per_run' (one cudaMemcpyAsync "
-          "per run; for comparison in benchmarks only).");
+ABSL_FLAG(std::string, cuda_copy_method, "gather",
+          "CUDA IPC recalls: 'gather' (CPU threads pack the blocks into pinned bounce "
+          "buffers, sent as large copies), 'batch' (one cudaMemcpyBatchAsync per "
+          "request) or 'per_run' (one cudaMemcpyAsync per run; benchmarks only).");
+ABSL_FLAG(int32_t, cuda_copy_streams, 1,
+          "CUDA IPC: streams a session's batch/per_run recall copies and its offload "
+          "copies are spread over.");
+ABSL_FLAG(int32_t, cuda_gather_threads, 8,
+          "CUDA IPC: threads that pack recalled blocks (gather), shared by all sessions.");
 ABSL_FLAG(int32_t, shutdown_grace_ms, 5000,
           "On SIGTERM: how long in-flight calls may finish before they are cancelled.");
 
@@ -175,8 +178,9 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* ab
     return nullptr;
   }
   CudaSupportOptions options;
-  options.copy_streams = absl::GetFlag(FLAGS_cuda_copy_streams);
   options.copy_method = absl::GetFlag(FLAGS_cuda_copy_method);
+  options.copy_streams = absl::GetFlag(FLAGS_cuda_copy_streams);
+  options.gather_threads = absl::GetFlag(FLAGS_cuda_gather_threads);
   return MakeCudaIpcTransportFactory(options);
 }
 

@@ -39,6 +39,15 @@ absl::StatusOr<std::unique_ptr<TestDeviceBuffer>> TestDeviceBuffer::Create(size_
 
 TestDeviceBuffer::~TestDeviceBuffer() { cudaFree(data_); }
 
+absl::StatusOr<std::unique_ptr<TestHostBuffer>> TestHostBuffer::Create(size_t bytes) {
+  void* data = nullptr;
+  FREEKV_GPU_RETURN_IF_ERROR(cudaHostAlloc(&data, bytes, cudaHostAllocPortable));
+  return std::unique_ptr<TestHostBuffer>(
+      new TestHostBuffer(static_cast<std::byte*>(data), bytes));
+}
+
+TestHostBuffer::~TestHostBuffer() { cudaFreeHost(data_); }
+
 absl::StatusOr<std::unique_ptr<TestStream>> TestStream::Create() {
   cudaStream_t stream = nullptr;
   FREEKV_GPU_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

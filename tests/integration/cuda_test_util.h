@@ -36,6 +36,20 @@ class TestDeviceBuffer {
   size_t bytes_;
 };
 
+// Pinned host memory from cudaHostAlloc, owned by the test.
+class TestHostBuffer {
+ public:
+  static absl::StatusOr<std::unique_ptr<TestHostBuffer>> Create(size_t bytes);
+  ~TestHostBuffer();
+  std::byte* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  TestHostBuffer(std::byte* data, size_t bytes) : data_(data), bytes_(bytes) {}
+  std::byte* data_;
+  size_t bytes_;
+};
+
 // A non-blocking stream standing for the worker's compute stream.
 class TestStream {
  public:
