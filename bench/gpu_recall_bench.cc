@@ -8,7 +8,10 @@
 //     cudaMemcpyBatchAsync with each attribute choice, over 1 or 2 streams, from a
 //     store registered with cudaHostRegister (as the kvservice's), a small one (to
 //     see what locality buys) and one from cudaHostAlloc; CPU gather into pinned
-//     bounce buffers then large copies, with 4 and 8 threads;
+//     bounce buffers then large copies, with 4 to 12 threads, streaming or plain
+//     stores; split (gather with a share of each request batched straight from the
+//     store meanwhile); the CPU gather alone (no GPU copy), and gather beside threads
+//     that spin or wait in the CUDA driver, to show what bounds it;
 //   kvservice rows: the real kvservice process serving a CUDA IPC session of this
 //     process (Llama-3.1-8B geometry), each step's 32 recall requests sent over gRPC
 //     and timed until the last reply (so gRPC and the service's bookkeeping count),
@@ -16,8 +19,10 @@
 // Every row checks sampled blocks bit for bit before it reports. Prints one markdown
 // table (what bench/RESULTS.md records). Single-threaded apart from the store fill.
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -37,9 +42,9 @@ ABSL_FLAG(int32_t, store_gib, 4, "GiB of store the blocks are scattered over.");
 ABSL_FLAG(int32_t, layers, 32, "Layers per step (one recall request each).");
 ABSL_FLAG(int32_t, slices, 256, "16 KiB (page, head) slices per layer per step.");
 ABSL_FLAG(int32_t, steps, 20, "Timed steps per row (after 3 untimed ones).");
-ABSL_FLAG(std::string, service_methods, "gather/8,batch/2",
-          "kvservice rows, METHOD/N each (a kvservice per row): gather with N threads "
-          "or batch over N streams.");
+ABSL_FLAG(std::string, service_methods, "gather/8,split/8,split/12,batch/2",
+          "kvservice rows, METHOD/N each (a kvservice per row): gather or split with N "
+          "threads, or batch over N streams.");
 
 namespace freekv {
 namespace {
@@ -137,29 +142,25 @@ size_t SlotBase(int layer, int slot, size_t slot_bytes) {
   return (2 * size_t(layer) + slot) * slot_bytes;
 }
 
-// A pinned store the in-process rows read from, owned one way or the other.
+// A pinned store the in-process rows read from (mmap + cudaHostRegister, as the
+// kvservice's). Runs 2 and 3 found cudaHostAlloc no different.
 struct Store {
   std::string name;
+  HostChunk chunk;
   std::byte* data = nullptr;
   size_t bytes = 0;
-  HostChunk registered;                              // mmap + cudaHostRegister
-  std::unique_ptr<testing::TestHostBuffer> allocated;  // cudaHostAlloc
 };
 
 std::vector<Store> MakeStores() {
   const size_t big = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
-  std::vector<Store> stores(3);
+  std::vector<Store> stores(2);
   stores[0].name = absl::StrFormat("%d GiB registered", absl::GetFlag(FLAGS_store_gib));
-  stores[0].registered = PinnedChunk(big);
-  stores[0].data = stores[0].registered.data();
+  stores[0].bytes = big;
   stores[1].name = "64 MiB registered";
-  stores[1].registered = PinnedChunk(size_t{64} << 20);
-  stores[1].data = stores[1].registered.data();
-  stores[2].name = absl::StrFormat("%d GiB cudaHostAlloc", absl::GetFlag(FLAGS_store_gib));
-  stores[2].allocated = Unwrap(testing::TestHostBuffer::Create(big), "cudaHostAlloc");
-  stores[2].data = stores[2].allocated->data();
+  stores[1].bytes = size_t{64} << 20;
   for (size_t i = 0; i < stores.size(); ++i) {
-    stores[i].bytes = i == 1 ? size_t{64} << 20 : big;
+    stores[i].chunk = PinnedChunk(stores[i].bytes);
+    stores[i].data = stores[i].chunk.data();
     FillRandom(stores[i].data, stores[i].bytes, 10 + i);
   }
   return stores;
@@ -171,39 +172,50 @@ struct Way {
   int store = 0;  // index into MakeStores()
 };
 
-std::vector<Way> InProcessWays(GatherPool* pool4, GatherPool* pool8, GatherPool* pool12) {
+// The gather pools the in-process rows use, by thread count and store kind.
+struct Pools {
+  GatherPool four{{4, absl::Microseconds(500), true}};
+  GatherPool eight{{8, absl::Microseconds(500), true}};
+  GatherPool eight_plain{{8, absl::Microseconds(500), false}};
+  GatherPool twelve{{12, absl::Microseconds(500), true}};
+};
+
+CopyOptions Batch(int streams, bool prefer_overlap = false, bool any_source_order = false) {
+  CopyOptions options;  // kBatch
+  options.streams = streams;
+  options.prefer_overlap = prefer_overlap;
+  options.any_source_order = any_source_order;
+  return options;
+}
+
+// kGather, or kSplit with `direct_share` when it is given.
+CopyOptions Gather(GatherPool& pool, size_t bounce_mib = 8, double direct_share = -1) {
+  CopyOptions options;
+  options.method = direct_share < 0 ? CopyMethod::kGather : CopyMethod::kSplit;
+  options.gather_pool = &pool;
+  options.bounce_bytes = bounce_mib << 20;
+  if (direct_share >= 0) options.direct_share = direct_share;
+  return options;
+}
+
+std::vector<Way> InProcessWays(Pools& pools) {
   CopyOptions per_block;
   per_block.method = CopyMethod::kPerRun;
-  CopyOptions batch;  // no flags, sources in stream order
-  CopyOptions overlap = batch;
-  overlap.prefer_overlap = true;
-  CopyOptions any = batch;
-  any.any_source_order = true;
-  CopyOptions two = batch;
-  two.streams = 2;
-  CopyOptions four = batch;
-  four.streams = 4;
-  CopyOptions gather4;
-  gather4.method = CopyMethod::kGather;
-  gather4.gather_pool = pool4;
-  CopyOptions gather8 = gather4;
-  gather8.gather_pool = pool8;
-  CopyOptions gather12 = gather4;
-  gather12.gather_pool = pool12;
-  CopyOptions gather8_small = gather8;
-  gather8_small.bounce_bytes = size_t{2} << 20;
   return {{"cudaMemcpyAsync per block", per_block, 0},
-          {"batch, 1 stream", batch, 0},
-          {"batch, 1 stream, PreferOverlapWithCompute", overlap, 0},
-          {"batch, 1 stream, SrcAccessOrderAny", any, 0},
-          {"batch, 2 streams", two, 0},
-          {"batch, 4 streams", four, 0},
-          {"batch, 1 stream", batch, 1},
-          {"batch, 1 stream", batch, 2},
-          {"gather, 4 threads, 2 x 8 MiB bounce", gather4, 0},
-          {"gather, 8 threads, 2 x 8 MiB bounce", gather8, 0},
-          {"gather, 12 threads, 2 x 8 MiB bounce", gather12, 0},
-          {"gather, 8 threads, 2 x 2 MiB bounce", gather8_small, 0}};
+          {"batch, 1 stream", Batch(1), 0},
+          {"batch, 1 stream, PreferOverlapWithCompute", Batch(1, true), 0},
+          {"batch, 1 stream, SrcAccessOrderAny", Batch(1, false, true), 0},
+          {"batch, 2 streams", Batch(2), 0},
+          {"batch, 4 streams", Batch(4), 0},
+          {"batch, 1 stream", Batch(1), 1},
+          {"gather, 4 threads, 2 x 8 MiB bounce", Gather(pools.four), 0},
+          {"gather, 8 threads, 2 x 8 MiB bounce", Gather(pools.eight), 0},
+          {"gather, 8 threads, 2 x 8 MiB bounce, plain stores", Gather(pools.eight_plain), 0},
+          {"gather, 12 threads, 2 x 8 MiB bounce", Gather(pools.twelve), 0},
+          {"gather, 8 threads, 2 x 2 MiB bounce", Gather(pools.eight, 2), 0},
+          {"split, 8 threads, 1/4 direct", Gather(pools.eight, 8, 0.25), 0},
+          {"split, 8 threads, 1/3 direct", Gather(pools.eight, 8, 1.0 / 3), 0},
+          {"split, 8 threads, 1/2 direct", Gather(pools.eight, 8, 0.5), 0}};
 }
 
 // One in-process row: per step, each layer's `slices` random store slices are copied
@@ -243,18 +255,89 @@ Row InProcessRow(const Way& way, const Store& store, std::byte* staging) {
   return {way.name, "in-process, " + store.name, Median(gbps)};
 }
 
+// The CPU half of gather alone: each request's random store slices packed into one
+// pinned 8 MiB bounce buffer (halves in turn), no GPU copy. What gather can reach at
+// most on this host.
+Row CpuGatherRow(GatherPool& pool, const Store& store) {
+  const int layers = absl::GetFlag(FLAGS_layers);
+  const int slices = absl::GetFlag(FLAGS_slices);
+  auto bounce = Unwrap(testing::TestHostBuffer::Create(2 * slices * kSlice), "bounce");
+  std::mt19937_64 rng(7);
+  std::vector<std::vector<HostCopy>> requests(layers);
+  std::vector<double> gbps;
+  for (int step = 0; step < kWarmup + absl::GetFlag(FLAGS_steps); ++step) {
+    for (int layer = 0; layer < layers; ++layer) {
+      std::byte* half = bounce->data() + (layer % 2) * slices * kSlice;
+      requests[layer].clear();
+      for (int i = 0; i < slices; ++i) {
+        const size_t block = rng() % (store.bytes / kSlice);
+        requests[layer].push_back({half + i * kSlice, store.data + block * kSlice, kSlice});
+      }
+    }
+    const absl::Time start = absl::Now();
+    for (const auto& request : requests) pool.Copy(request);
+    if (step >= kWarmup) gbps.push_back(layers * slices * kSlice / Seconds(start) / 1e9);
+  }
+  for (const HostCopy& copy : requests.back()) {
+    if (std::memcmp(copy.dst, copy.src, kSlice) != 0) {
+      std::fprintf(stderr, "CPU gather: a slice differs\n");
+      std::exit(1);
+    }
+  }
+  return {absl::StrFormat("CPU gather only (no GPU copy), %d threads, %s stores",
+                          pool.threads(), pool.streaming_stores() ? "streaming" : "plain"),
+          "in-process, " + store.name, Median(gbps)};
+}
+
+// What the kvservice's other threads may cost a recall: `row` measured while four
+// threads spin on the CPU, or while one thread waits in cudaStreamSynchronize on a
+// busy stream (as the completion thread waits for each recall's event).
+enum class Load { kSpinningThreads, kSyncingThread };
+
+Row UnderLoad(Load load, const std::function<Row()>& row) {
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < (load == Load::kSpinningThreads ? 4 : 0); ++i) {
+    threads.emplace_back([&stop] {
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+  }
+  if (load == Load::kSyncingThread) {
+    threads.emplace_back([&stop] {
+      auto stream = Unwrap(testing::TestStream::Create(), "stream");
+      while (!stop.load()) {
+        BENCH_CHECK(stream->Busy(absl::Milliseconds(2)));
+        BENCH_CHECK(stream->Synchronize());
+      }
+    });
+  }
+  Row result = row();
+  stop.store(true);
+  for (std::thread& thread : threads) thread.join();
+  result.way += load == Load::kSpinningThreads ? ", + 4 threads spinning"
+                                               : ", + a thread in cudaStreamSynchronize";
+  return result;
+}
+
 std::vector<Row> InProcessRows() {
   const size_t slot_bytes = absl::GetFlag(FLAGS_slices) * kSlice;
   auto staging = Unwrap(
       testing::TestDeviceBuffer::Create(2 * absl::GetFlag(FLAGS_layers) * slot_bytes),
       "staging");
   std::vector<Store> stores = MakeStores();
-  GatherPool pool4(4);
-  GatherPool pool8(8);
-  GatherPool pool12(12);
+  Pools pools;
   std::vector<Row> rows;
-  for (const Way& way : InProcessWays(&pool4, &pool8, &pool12)) {
+  for (const Way& way : InProcessWays(pools)) {
     rows.push_back(InProcessRow(way, stores[way.store], staging->data()));
+  }
+  const Way gather8{"gather, 8 threads, 2 x 8 MiB bounce", Gather(pools.eight), 0};
+  for (Load load : {Load::kSpinningThreads, Load::kSyncingThread}) {
+    rows.push_back(
+        UnderLoad(load, [&] { return InProcessRow(gather8, stores[0], staging->data()); }));
+  }
+  for (GatherPool* pool : {&pools.four, &pools.eight, &pools.eight_plain}) {
+    rows.push_back(CpuGatherRow(*pool, stores[0]));
   }
   return rows;
 }
@@ -339,6 +422,7 @@ Row ServiceRow(const std::string& spec) {
   const std::vector<std::string> parts = absl::StrSplit(spec, '/');
   const std::string& method = parts[0];
   const std::string n = parts.size() > 1 ? parts[1] : "1";
+  const bool threads = method == "gather" || method == "split";  // N counts threads
   const Geometry g = LlamaGeometry();
   const int slices = absl::GetFlag(FLAGS_slices);
   const size_t store_bytes = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
@@ -347,7 +431,7 @@ Row ServiceRow(const std::string& spec) {
       testing::KvServiceProcess::Start(
           {absl::StrFormat("--capacity=%dG", absl::GetFlag(FLAGS_store_gib) + 1),
            "--chunk_bytes=256M", "--cuda_copy_method=" + method,
-           (method == "gather" ? "--cuda_gather_threads=" : "--cuda_copy_streams=") + n}),
+           (threads ? "--cuda_gather_threads=" : "--cuda_copy_streams=") + n}),
       "kvservice");
   KvClientOptions options;
   options.target = service->target();
@@ -385,7 +469,7 @@ Row ServiceRow(const std::string& spec) {
     for (const RecallTicket& done : tickets) BENCH_CHECK(worker->client().Release(done));
   }
   return {absl::StrFormat("kvservice CUDA IPC, %s, %s %s", method, n,
-                          method == "gather" ? "threads" : "stream(s)"),
+                          threads ? "threads" : "stream(s)"),
           absl::StrFormat("2 processes, %d GiB pinned store",
                           absl::GetFlag(FLAGS_store_gib)),
           Median(gbps)};

@@ -12,8 +12,9 @@ absl::StatusOr<CopyMethod> ParseCopyMethod(absl::string_view name) {
   if (name == "batch") return CopyMethod::kBatch;
   if (name == "per_run") return CopyMethod::kPerRun;
   if (name == "gather") return CopyMethod::kGather;
-  return absl::InvalidArgumentError(
-      absl::StrCat("copy method is '", name, "'; use 'batch', 'per_run' or 'gather'"));
+  if (name == "split") return CopyMethod::kSplit;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "copy method is '", name, "'; use 'batch', 'per_run', 'gather' or 'split'"));
 }
 
 const char* CopyMethodName(CopyMethod method) {
@@ -24,6 +25,8 @@ const char* CopyMethodName(CopyMethod method) {
       return "per_run";
     case CopyMethod::kGather:
       return "gather";
+    case CopyMethod::kSplit:
+      return "split";
   }
   return "?";
 }
@@ -43,15 +46,20 @@ namespace {
 // vanishes, small enough that its argument arrays stay in cache.
 constexpr size_t kMaxBatch = 4096;
 
+bool UsesBounce(CopyMethod method) {
+  return method == CopyMethod::kGather || method == CopyMethod::kSplit;
+}
+
 }  // namespace
 
 struct CopyStreams::Impl {
   int device = 0;
   CopyOptions options;
-  std::vector<gpu::Stream> streams;  // [0] is main
+  std::vector<gpu::Stream> streams;  // [0] is main; kSplit's direct copies use [1]
   gpu::Event fork;                   // recorded on main, waited by the others
   std::vector<gpu::Event> joins;     // [i] recorded on streams[i + 1], waited by main
-  // kGather: two bounce buffers used in turn, each with the event of its last copy.
+  // kGather, kSplit: two bounce buffers used in turn, each with the event of its last
+  // copy.
   gpu::PinnedHostBuffer bounce[2];
   gpu::Event bounce_free[2];
   int next_bounce = 0;
@@ -67,6 +75,8 @@ struct CopyStreams::Impl {
   absl::Status Spread(absl::Span<const DeviceCopy> copies);
   absl::Status Gather(absl::Span<const DeviceCopy> copies);
   absl::Status GatherOne(absl::Span<const DeviceCopy> copies);
+  void PlanPacking(absl::Span<const DeviceCopy> copies, std::byte* bounce);
+  absl::Status IssueDirect(absl::Span<const DeviceCopy> copies);
 };
 
 absl::Status CopyStreams::Impl::Issue(cudaStream_t stream,
@@ -135,8 +145,8 @@ absl::Status CopyStreams::Impl::Spread(absl::Span<const DeviceCopy> copies) {
   return absl::OkStatus();
 }
 
-// kGather: bounce-buffer-sized pieces; a copy larger than a bounce buffer goes alone,
-// straight from its source (it is large enough for the copy engine on its own).
+// kGather, kSplit: bounce-buffer-sized pieces; a copy larger than a bounce buffer goes
+// alone, straight from its source (it is large enough for the copy engine on its own).
 absl::Status CopyStreams::Impl::Gather(absl::Span<const DeviceCopy> copies) {
   const size_t capacity = options.bounce_bytes;
   size_t begin = 0;
@@ -159,15 +169,13 @@ absl::Status CopyStreams::Impl::Gather(absl::Span<const DeviceCopy> copies) {
   return absl::OkStatus();
 }
 
-// Packs `copies` (which fit) into the next bounce buffer once its previous copy is
-// done, then copies it out with one copy per run of adjacent destinations.
-absl::Status CopyStreams::Impl::GatherOne(absl::Span<const DeviceCopy> copies) {
-  const int b = next_bounce;
-  next_bounce ^= 1;
-  FREEKV_GPU_RETURN_IF_ERROR(cudaEventSynchronize(bounce_free[b].get()));
+// Fills `packing` (sources into `bounce`, in order) and `drained` (the bounce out to
+// the destinations, one copy per run of adjacent destinations).
+void CopyStreams::Impl::PlanPacking(absl::Span<const DeviceCopy> copies,
+                                    std::byte* bounce) {
   packing.clear();
   drained.clear();
-  std::byte* cursor = bounce[b].data();
+  std::byte* cursor = bounce;
   for (const DeviceCopy& copy : copies) {
     packing.push_back(HostCopy{cursor, copy.src, copy.bytes});
     std::byte* dst = static_cast<std::byte*>(copy.dst);
@@ -179,11 +187,41 @@ absl::Status CopyStreams::Impl::GatherOne(absl::Span<const DeviceCopy> copies) {
     }
     cursor += copy.bytes;
   }
-  options.gather_pool->Copy(packing);
+}
+
+// kSplit: `copies` straight from their sources on streams[1], joined back into main
+// through joins[0]. No fork from main: waiting for main would hold these copies until
+// the previous piece's copy-out ends; they wait only for the caller's WaitEvent events
+// and the side stream's own earlier copies.
+absl::Status CopyStreams::Impl::IssueDirect(absl::Span<const DeviceCopy> copies) {
+  cudaStream_t side = streams[1].get();
+  if (absl::Status s = IssueBatch(side, copies); !s.ok()) return s;
+  return gpu::CudaStatus(cudaEventRecord(joins[0].get(), side), "cudaEventRecord of a join");
+}
+
+// Packs `copies` (which fit) into the next bounce buffer once its previous copy is
+// done, then copies it out. While the pool packs, this thread already issued the
+// copy-out of the other buffer (previous call), and under kSplit it issues the direct
+// share of this piece, so the copy engines always have work.
+absl::Status CopyStreams::Impl::GatherOne(absl::Span<const DeviceCopy> copies) {
+  const int b = next_bounce;
+  next_bounce ^= 1;
+  FREEKV_GPU_RETURN_IF_ERROR(cudaEventSynchronize(bounce_free[b].get()));
+  const size_t direct =
+      options.method == CopyMethod::kSplit
+          ? static_cast<size_t>(static_cast<double>(copies.size()) * options.direct_share)
+          : 0;
+  PlanPacking(copies.first(copies.size() - direct), bounce[b].data());
   cudaStream_t main = streams[0].get();
+  absl::Status side = absl::OkStatus();
+  options.gather_pool->Copy(packing, [&] {
+    if (direct > 0) side.Update(IssueDirect(copies.last(direct)));
+  });
+  if (!side.ok()) return side;
   if (absl::Status s = IssueBatch(main, drained); !s.ok()) return s;
-  return gpu::CudaStatus(cudaEventRecord(bounce_free[b].get(), main),
-                         "cudaEventRecord of a bounce buffer");
+  FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(bounce_free[b].get(), main));
+  if (direct > 0) FREEKV_GPU_RETURN_IF_ERROR(cudaStreamWaitEvent(main, joins[0].get(), 0));
+  return absl::OkStatus();
 }
 
 CopyStreams::CopyStreams(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -196,10 +234,15 @@ absl::Status CheckOptions(const CopyOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("copy streams is ", options.streams, "; use 1 to 16"));
   }
-  if (options.method == CopyMethod::kGather &&
+  if (UsesBounce(options.method) &&
       (options.gather_pool == nullptr || options.bounce_bytes == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "copy method ", CopyMethodName(options.method),
+        " needs a GatherPool and bounce buffers of non-zero size"));
+  }
+  if (!(options.direct_share >= 0.0 && options.direct_share <= 1.0)) {
     return absl::InvalidArgumentError(
-        "copy method gather needs a GatherPool and bounce buffers of non-zero size");
+        absl::StrCat("direct_share is ", options.direct_share, "; use 0 to 1"));
   }
   return absl::OkStatus();
 }
@@ -212,7 +255,9 @@ absl::StatusOr<std::unique_ptr<CopyStreams>> CopyStreams::Create(int device,
   auto impl = std::make_unique<Impl>();
   impl->device = device;
   impl->options = options;
-  const int streams = options.method == CopyMethod::kGather ? 1 : options.streams;
+  const int streams = options.method == CopyMethod::kGather  ? 1
+                      : options.method == CopyMethod::kSplit ? 2
+                                                             : options.streams;
   for (int i = 0; i < streams; ++i) {
     absl::StatusOr<gpu::Stream> stream = gpu::Stream::Create(device);
     if (!stream.ok()) return stream.status();
@@ -221,7 +266,7 @@ absl::StatusOr<std::unique_ptr<CopyStreams>> CopyStreams::Create(int device,
   std::vector<gpu::Event*> events = {&impl->fork};
   impl->joins.resize(streams - 1);
   for (gpu::Event& join : impl->joins) events.push_back(&join);
-  if (options.method == CopyMethod::kGather) {
+  if (UsesBounce(options.method)) {
     for (int b = 0; b < 2; ++b) {
       absl::StatusOr<gpu::PinnedHostBuffer> buffer =
           gpu::PinnedHostBuffer::Create(options.bounce_bytes);
@@ -245,8 +290,16 @@ cudaStream_t CopyStreams::main() const { return impl_->streams[0].get(); }
 absl::Status CopyStreams::Enqueue(absl::Span<const DeviceCopy> copies) {
   if (copies.empty()) return absl::OkStatus();
   gpu::DeviceGuard guard(impl_->device);
-  if (impl_->options.method == CopyMethod::kGather) return impl_->Gather(copies);
+  if (UsesBounce(impl_->options.method)) return impl_->Gather(copies);
   return impl_->Spread(copies);
+}
+
+absl::Status CopyStreams::WaitEvent(cudaEvent_t event) {
+  gpu::DeviceGuard guard(impl_->device);
+  for (const gpu::Stream& stream : impl_->streams) {
+    FREEKV_GPU_RETURN_IF_ERROR(cudaStreamWaitEvent(stream.get(), event, 0));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CopyStreams::Synchronize() {

@@ -6,6 +6,11 @@
 // packs scattered host sources with the CPU (GatherPool) into two pinned bounce
 // buffers in turn, and moves each with one large copy per run of adjacent
 // destinations, pipelined: the CPU packs one buffer while the DMA drains the other.
+// Batched copies and the CPU gather each stall well short of the link on their own
+// (the gather is bound by the CPU: about 5 GB/s a thread on the lent H100 hosts), so
+// kSplit runs both at once: while the CPU packs most of a piece, one batched call
+// sends the rest straight from the sources on a second stream, which waits only for
+// the caller's events (WaitEvent), not for the previous piece's copy-out.
 // The kvservice pushes recalls and pulls offloads with it, and
 // bench/gpu_recall_bench measures every method in-process with the same code.
 //
@@ -25,15 +30,21 @@
 #include "kernels/cuda_fwd.h"
 #include "kvservice/gather_pool.h"
 
+// As CUDA's driver_types.h spells it (kernels/cuda_fwd.h does the same for streams).
+struct CUevent_st;
+typedef struct CUevent_st* cudaEvent_t;
+
 namespace freekv {
 
 enum class CopyMethod {
   kBatch,   // one cudaMemcpyBatchAsync per stream per Enqueue
   kPerRun,  // one cudaMemcpyAsync per copy (the reference system's way, for benches)
   kGather,  // host-to-device only: CPU gather into pinned bounce buffers, large copies
+  kSplit,   // host-to-device only: kGather, with direct_share of each piece's copies
+            // batched straight from their sources meanwhile
 };
 
-// "batch", "per_run" or "gather"; INVALID_ARGUMENT naming the value otherwise.
+// "batch", "per_run", "gather" or "split"; INVALID_ARGUMENT naming the value otherwise.
 absl::StatusOr<CopyMethod> ParseCopyMethod(absl::string_view name);
 const char* CopyMethodName(CopyMethod method);
 
@@ -46,10 +57,15 @@ struct CopyOptions {
   // kBatch: sources may be read out of stream order (cudaMemcpySrcAccessOrderAny);
   // otherwise in stream order.
   bool any_source_order = false;
-  // kGather: bytes of each of the two pinned bounce buffers, and the threads that
-  // pack them (required; not owned, outlives the CopyStreams).
+  // kGather, kSplit: bytes of each of the two pinned bounce buffers, and the threads
+  // that pack them (required; not owned, outlives the CopyStreams).
   size_t bounce_bytes = size_t{8} << 20;
   GatherPool* gather_pool = nullptr;
+  // kSplit: the share (0 to 1) of each bounce-sized piece's copies that is not packed
+  // but sent straight from its source. Run 4 in bench/RESULTS.md: end to end, 1/3 beat
+  // plain gather by about 30%; in-process 1/4 did best and 1/2 worst (the direct
+  // copies slow the copy-out beside them), so more is not better.
+  double direct_share = 1.0 / 3;
 };
 
 // GPUs this process sees; 0 when the driver reports none or cannot be reached.
@@ -74,14 +90,19 @@ class CopyStreams {
 
   int device() const;
   const CopyOptions& options() const;
-  // The ordering stream: Enqueue's copies start after what was enqueued on it before,
-  // and what is enqueued on it after Enqueue starts after every one of the copies.
+  // Work enqueued on main() after Enqueue (events to record) starts after every one of
+  // Enqueue's copies. Order copies after earlier work with WaitEvent, not through
+  // main(): kSplit's direct copies do not wait for main().
   cudaStream_t main() const;
 
+  // Every copy of later Enqueue calls starts after the work `event` was last recorded
+  // after (as of this call), on whichever stream it runs.
+  absl::Status WaitEvent(cudaEvent_t event);
+
   // Enqueues `copies`. kBatch/kPerRun return at once; kGather returns once the
-  // sources are packed (it may wait for a bounce buffer's previous copy), so the
-  // sources may change as soon as it returns. The calling thread's current device is
-  // left unchanged.
+  // sources are packed (it may wait for a bounce buffer's previous copy), so its
+  // sources may change as soon as it returns; kSplit's direct copies still read theirs
+  // until main() passes them. The calling thread's current device is left unchanged.
   absl::Status Enqueue(absl::Span<const DeviceCopy> copies);
 
   // Waits for everything enqueued on main() so far.

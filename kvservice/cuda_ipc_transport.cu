@@ -1,6 +1,7 @@
 #include "kvservice/cuda_ipc_transport.h"
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <thread>
 #include <utility>
@@ -8,6 +9,7 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "kvservice/cuda_handles.cuh"
 
 namespace freekv {
@@ -41,6 +43,11 @@ absl::StatusOr<std::vector<gpu::Event>> OpenEvents(int device,
   return events;
 }
 
+// How long the issuing thread spins for the next push before it sleeps: in decode a
+// recall arrives every few hundred microseconds, and waking a sleeping thread costs
+// tens of them on the recall's critical path.
+constexpr absl::Duration kIssuerSpin = absl::Microseconds(200);
+
 class CudaIpcSessionTransport : public SessionTransport {
  public:
   // Everything Connect opened; the transport takes ownership.
@@ -57,14 +64,23 @@ class CudaIpcSessionTransport : public SessionTransport {
   };
 
   explicit CudaIpcSessionTransport(Handles handles)
-      : h_(std::move(handles)), completer_([this] { CompleteInOrder(); }) {}
+      : h_(std::move(handles)),
+        issuer_([this] { IssueInOrder(); }),
+        completer_([this] { CompleteInOrder(); }) {}
 
+  // Drains, then stops: the issuer ends once every queued push was issued, then the
+  // completer once every issued push was completed.
   ~CudaIpcSessionTransport() override {
+    {
+      absl::MutexLock lock(&issue_mu_);
+      issue_stopping_ = true;
+    }
+    issuer_.join();
     {
       absl::MutexLock lock(&queue_mu_);
       stopping_ = true;
     }
-    completer_.join();  // returns once every queued push was completed
+    completer_.join();
   }
 
   absl::Status Pull(absl::Span<const CopyRun> runs) override;
@@ -72,6 +88,11 @@ class CudaIpcSessionTransport : public SessionTransport {
             absl::AnyInvocable<void(absl::Status) &&> done) override;
 
  private:
+  // A push as its caller made it, waiting for the issuing thread.
+  struct Job {
+    std::vector<CopyRun> runs;
+    absl::AnyInvocable<void(absl::Status) &&> done;
+  };
   // A push whose copies are enqueued (or that failed before), waiting for completion.
   struct Pending {
     absl::Status status;   // an enqueue error; `event` is then empty
@@ -79,21 +100,33 @@ class CudaIpcSessionTransport : public SessionTransport {
     absl::AnyInvocable<void(absl::Status) &&> done;
   };
 
-  absl::StatusOr<gpu::Event> EnqueuePushLocked(absl::Span<const CopyRun> runs)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
-  absl::StatusOr<gpu::Event> TakeEvent();
+  // Issuing thread only.
+  bool NextJob(Job* job);  // false once stopping and drained
+  void IssueInOrder();
+  absl::StatusOr<gpu::Event> EnqueuePush(absl::Span<const CopyRun> runs);
+  absl::StatusOr<gpu::Event> TakeEvent();  // a completion event, reused when possible
+  // Completion thread only.
   absl::Status WaitFor(const gpu::Event& event) const;
   void CompleteInOrder();
 
   Handles h_;
   absl::Mutex pull_mu_;  // one pull at a time on the pull streams
-  absl::Mutex push_mu_;  // stream order == queue order
-  std::vector<DeviceCopy> push_copies_ ABSL_GUARDED_BY(push_mu_);
+  // The issuing thread's scratch.
+  std::vector<DeviceCopy> push_copies_;
+  std::vector<size_t> push_slots_;
+  absl::Mutex issue_mu_;
+  std::deque<Job> to_issue_ ABSL_GUARDED_BY(issue_mu_);
+  std::atomic<size_t> waiting_{0};  // to_issue_.size(), read while spinning
+  uint64_t made_ ABSL_GUARDED_BY(issue_mu_) = 0;    // pushes made so far
+  uint64_t issued_ ABSL_GUARDED_BY(issue_mu_) = 0;  // of those, issued or failed
+  bool issue_stopping_ ABSL_GUARDED_BY(issue_mu_) = false;
   absl::Mutex queue_mu_;
   std::deque<Pending> pending_ ABSL_GUARDED_BY(queue_mu_);
   std::vector<gpu::Event> spare_events_ ABSL_GUARDED_BY(queue_mu_);
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
-  std::thread completer_;  // last: started once everything above exists
+  // Last: started once everything above exists.
+  std::thread issuer_;
+  std::thread completer_;
 };
 
 absl::Status CudaIpcSessionTransport::Pull(absl::Span<const CopyRun> runs) {
@@ -105,12 +138,18 @@ absl::Status CudaIpcSessionTransport::Pull(absl::Span<const CopyRun> runs) {
   for (const CopyRun& run : runs) {
     copies.push_back(DeviceCopy{run.local, h_.offload.data() + run.remote_offset, run.bytes});
   }
-  absl::MutexLock lock(&pull_mu_);
   {
-    gpu::DeviceGuard guard(h_.device);
-    // The worker recorded this after writing the region and before asking to offload.
-    FREEKV_GPU_RETURN_IF_ERROR(
-        cudaStreamWaitEvent(h_.pull_streams->main(), h_.offload_written.get(), 0));
+    absl::MutexLock lock(&issue_mu_);
+    const uint64_t made_before = made_;
+    auto issued = [this, made_before]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(issue_mu_) {
+      return issued_ >= made_before;
+    };
+    issue_mu_.Await(absl::Condition(&issued));
+  }
+  absl::MutexLock lock(&pull_mu_);
+  // The worker recorded this after writing the region and before asking to offload.
+  if (absl::Status s = h_.pull_streams->WaitEvent(h_.offload_written.get()); !s.ok()) {
+    return s;
   }
   if (absl::Status s = h_.pull_streams->Enqueue(copies); !s.ok()) return s;
   return h_.pull_streams->Synchronize();
@@ -118,26 +157,55 @@ absl::Status CudaIpcSessionTransport::Pull(absl::Span<const CopyRun> runs) {
 
 void CudaIpcSessionTransport::Push(std::vector<CopyRun> runs,
                                    absl::AnyInvocable<void(absl::Status) &&> done) {
-  absl::MutexLock lock(&push_mu_);
-  Pending pending;
-  pending.done = std::move(done);
-  absl::StatusOr<gpu::Event> event = EnqueuePushLocked(runs);
-  if (event.ok()) {
-    pending.event = *std::move(event);
-  } else {
-    pending.status = event.status();
-  }
-  absl::MutexLock queue_lock(&queue_mu_);
-  pending_.push_back(std::move(pending));
+  absl::MutexLock lock(&issue_mu_);
+  to_issue_.push_back(Job{std::move(runs), std::move(done)});
+  ++made_;
+  waiting_.store(to_issue_.size(), std::memory_order_release);
 }
 
-absl::StatusOr<gpu::Event> CudaIpcSessionTransport::EnqueuePushLocked(
+bool CudaIpcSessionTransport::NextJob(Job* job) {
+  const absl::Time spin_until = absl::Now() + kIssuerSpin;
+  while (waiting_.load(std::memory_order_acquire) == 0 && absl::Now() < spin_until) {
+  }
+  absl::MutexLock lock(&issue_mu_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(issue_mu_) {
+    return !to_issue_.empty() || issue_stopping_;
+  };
+  issue_mu_.Await(absl::Condition(&ready));
+  if (to_issue_.empty()) return false;
+  *job = std::move(to_issue_.front());
+  to_issue_.pop_front();
+  waiting_.store(to_issue_.size(), std::memory_order_release);
+  return true;
+}
+
+void CudaIpcSessionTransport::IssueInOrder() {
+  Job job;
+  while (NextJob(&job)) {
+    Pending pending;
+    pending.done = std::move(job.done);
+    absl::StatusOr<gpu::Event> event = EnqueuePush(job.runs);
+    if (event.ok()) {
+      pending.event = *std::move(event);
+    } else {
+      pending.status = event.status();
+    }
+    {
+      absl::MutexLock lock(&queue_mu_);
+      pending_.push_back(std::move(pending));
+    }
+    absl::MutexLock lock(&issue_mu_);
+    ++issued_;
+  }
+}
+
+absl::StatusOr<gpu::Event> CudaIpcSessionTransport::EnqueuePush(
     absl::Span<const CopyRun> runs) {
   if (absl::Status s = CheckRunsInside(runs, h_.staging.bytes(), "staging"); !s.ok()) {
     return s;
   }
   // The slots the runs write, in order, each once (a recall writes one slot).
-  std::vector<size_t> slots;
+  push_slots_.clear();
   push_copies_.clear();
   for (const CopyRun& run : runs) {
     if (run.bytes == 0) continue;
@@ -149,20 +217,24 @@ absl::StatusOr<gpu::Event> CudaIpcSessionTransport::EnqueuePushLocked(
           " lies past the last staging slot"));
     }
     for (size_t slot = first; slot <= last; ++slot) {
-      if (std::find(slots.begin(), slots.end(), slot) == slots.end()) slots.push_back(slot);
+      if (std::find(push_slots_.begin(), push_slots_.end(), slot) == push_slots_.end()) {
+        push_slots_.push_back(slot);
+      }
     }
     push_copies_.push_back(
         DeviceCopy{h_.staging.data() + run.remote_offset, run.local, run.bytes});
   }
   absl::StatusOr<gpu::Event> completion = TakeEvent();
   if (!completion.ok()) return completion.status();
-  gpu::DeviceGuard guard(h_.device);
-  cudaStream_t main = h_.push_streams->main();
-  for (size_t slot : slots) {
-    FREEKV_GPU_RETURN_IF_ERROR(cudaStreamWaitEvent(main, h_.slot_free[slot].get(), 0));
+  for (size_t slot : push_slots_) {
+    if (absl::Status s = h_.push_streams->WaitEvent(h_.slot_free[slot].get()); !s.ok()) {
+      return s;
+    }
   }
   if (absl::Status s = h_.push_streams->Enqueue(push_copies_); !s.ok()) return s;
-  for (size_t slot : slots) {
+  gpu::DeviceGuard guard(h_.device);
+  cudaStream_t main = h_.push_streams->main();
+  for (size_t slot : push_slots_) {
     FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(h_.slot_ready[slot].get(), main));
   }
   FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(completion->get(), main));
@@ -255,7 +327,8 @@ absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> CudaIpcTransportFactory
         "CUDA IPC needs a GPU and this process sees none (cudaGetDeviceCount: ",
         cudaGetErrorName(err), ", ", devices, " devices)"));
   }
-  if (options.pull.method == CopyMethod::kGather) {
+  if (options.pull.method == CopyMethod::kGather ||
+      options.pull.method == CopyMethod::kSplit) {
     return absl::InvalidArgumentError("pulls copy device to host; they cannot gather");
   }
   if (options.gather_threads < 1) {
@@ -267,8 +340,12 @@ absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> CudaIpcTransportFactory
 
 CudaIpcTransportFactory::CudaIpcTransportFactory(const CudaIpcTransportOptions& options)
     : options_(options) {
-  if (options_.push.method == CopyMethod::kGather) {
-    gather_pool_ = std::make_unique<GatherPool>(options_.gather_threads);
+  if (options_.push.method == CopyMethod::kGather ||
+      options_.push.method == CopyMethod::kSplit) {
+    GatherPoolOptions pool;
+    pool.threads = options_.gather_threads;
+    pool.streaming_stores = options_.gather_streaming_stores;
+    gather_pool_ = std::make_unique<GatherPool>(pool);
     options_.push.gather_pool = gather_pool_.get();
   }
 }

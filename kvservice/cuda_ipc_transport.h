@@ -5,20 +5,29 @@
 // Per session (Connect), on the worker's GPU (found by PCI bus id): the worker's
 // staging and offload regions are opened once with cudaIpcOpenMemHandle, its
 // interprocess events with cudaIpcOpenEventHandle, and two CopyStreams are made, one
-// for pushes and one for pulls. A push:
-//   1. waits (on the GPU) for the free event of every staging slot it writes, which
-//      the worker records after its last read of the slot;
-//   2. copies its runs with the copy engines (CopyStreams: by default gathered by the
-//      CPU into pinned bounce buffers and sent as large copies);
+// for pushes and one for pulls. Push only queues its runs and returns: the session's
+// issuing thread takes the pushes in order, so that the caller (the recall stream's
+// gRPC thread) reads and resolves the next request while this one is packed and
+// copied. For each push the issuing thread
+//   1. makes the push streams wait (on the GPU) for the free event of every staging
+//      slot the push writes, which the worker records after its last read of the slot;
+//   2. copies the runs with the copy engines (CopyStreams: by default gathered by the
+//      CPU into pinned bounce buffers and sent as large copies; `split` sends a share
+//      straight from the store meanwhile);
 //   3. records each written slot's ready event (the worker's stream waits on it);
-//   4. records a private event that the session's completion thread waits for; only
-//      then is `done` called, in push order, on that thread.
-// A pull waits for the worker's offload-written event, copies device to host into the
-// store and returns when the bytes are there.
+//   4. records a private event and hands it to the session's completion thread, which
+//      waits for it; only then is `done` called, in push order, on that thread. A push
+//      refused (runs outside the region, a CUDA error) completes with its error, in
+//      order too.
+// A pull first waits until every push made before it has been issued (so a pull sees
+// the same order as when pushes were issued by their callers), then waits for the
+// worker's offload-written event, copies device to host into the store and returns when
+// the bytes are there. Pulls do not wait for pushes made after them.
 //
 // Thread-safety: the factory's Connect and each transport's Push/Pull may be called
-// from any thread. Each session transport owns its mappings, events, streams and its
-// completion thread; destroying it waits for its in-flight pushes.
+// from any thread. Each session transport owns its mappings, events, streams, its
+// issuing thread and its completion thread; destroying it drains (every push made is
+// issued and its `done` called), then stops the threads and closes the handles.
 #ifndef FREEKV_KVSERVICE_CUDA_IPC_TRANSPORT_H_
 #define FREEKV_KVSERVICE_CUDA_IPC_TRANSPORT_H_
 
@@ -36,8 +45,10 @@ struct CudaIpcTransportOptions {
   CopyOptions push;
   // How pulls (offloads: whole blocks, merged) move.
   CopyOptions pull;
-  // Threads of the factory's GatherPool, shared by every session (push.method kGather).
+  // The factory's GatherPool, shared by every session (push.method kGather or kSplit):
+  // its threads, and whether they write the bounce buffers with streaming stores.
   int gather_threads = 8;
+  bool gather_streaming_stores = true;
 };
 
 class CudaIpcTransportFactory : public TransportFactory {

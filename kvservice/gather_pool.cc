@@ -3,14 +3,66 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "absl/time/clock.h"
 
 namespace freekv {
+namespace {
 
-GatherPool::GatherPool(int threads, absl::Duration spin) : spin_(spin) {
-  bounds_.assign(std::max(threads, 1) + 1, 0);
-  for (int i = 1; i < std::max(threads, 1); ++i) {
-    workers_.emplace_back([this, i] { Work(i); });
+// Grains of about this many bytes: 32 per 4 MiB recall, so that 8 threads balance,
+// each still long enough (several microseconds) that claiming one costs nothing.
+constexpr size_t kGrainBytes = size_t{128} << 10;
+
+void CpuRelax() {
+#if defined(__SSE2__)
+  _mm_pause();
+#endif
+}
+
+// memcpy, with non-temporal 16-byte stores for the part where both ends are aligned.
+void StreamCopy(void* dst, const void* src, size_t bytes) {
+  auto* d = static_cast<std::byte*>(dst);
+  auto* s = static_cast<const std::byte*>(src);
+#if defined(__SSE2__)
+  if (((reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(s)) & 15) == 0) {
+    const size_t body = bytes & ~size_t{63};
+    for (size_t i = 0; i < body; i += 64) {
+      const auto* from = reinterpret_cast<const __m128i*>(s + i);
+      auto* to = reinterpret_cast<__m128i*>(d + i);
+      const __m128i a = _mm_load_si128(from);
+      const __m128i b = _mm_load_si128(from + 1);
+      const __m128i c = _mm_load_si128(from + 2);
+      const __m128i e = _mm_load_si128(from + 3);
+      _mm_stream_si128(to, a);
+      _mm_stream_si128(to + 1, b);
+      _mm_stream_si128(to + 2, c);
+      _mm_stream_si128(to + 3, e);
+    }
+    d += body;
+    s += body;
+    bytes -= body;
+  }
+#endif
+  std::memcpy(d, s, bytes);
+}
+
+// Non-temporal stores are weakly ordered: fence them before reporting a grain done, so
+// that whoever sees the report (and the DMA it then starts) sees the bytes.
+void StoreFence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+}  // namespace
+
+GatherPool::GatherPool(const GatherPoolOptions& options)
+    : spin_(options.spin), streaming_(options.streaming_stores) {
+  for (int i = 1; i < std::max(options.threads, 1); ++i) {
+    workers_.emplace_back([this] { Work(); });
   }
 }
 
@@ -22,64 +74,107 @@ GatherPool::~GatherPool() {
   for (std::thread& worker : workers_) worker.join();
 }
 
-void GatherPool::CopyPart(int index) {
-  for (size_t i = bounds_[index]; i < bounds_[index + 1]; ++i) {
-    std::memcpy(job_[i].dst, job_[i].src, job_[i].bytes);
+size_t GatherPool::Plan(absl::Span<const HostCopy> copies) {
+  size_t total = 0;
+  for (const HostCopy& copy : copies) total += copy.bytes;
+  size_t grain = kGrainBytes;
+  while (total / grain >= (kGrainMask >> 1)) grain *= 2;  // the count fits state_
+  pieces_.clear();
+  grain_ends_.clear();
+  size_t in_grain = 0;
+  for (const HostCopy& copy : copies) {
+    auto* dst = static_cast<std::byte*>(copy.dst);
+    auto* src = static_cast<const std::byte*>(copy.src);
+    for (size_t done = 0; done < copy.bytes;) {
+      const size_t n = std::min(copy.bytes - done, grain - in_grain);
+      pieces_.push_back(HostCopy{dst + done, src + done, n});
+      done += n;
+      in_grain += n;
+      if (in_grain == grain) {
+        grain_ends_.push_back(pieces_.size());
+        in_grain = 0;
+      }
+    }
+  }
+  if (in_grain > 0) grain_ends_.push_back(pieces_.size());
+  return grain_ends_.size();
+}
+
+void GatherPool::CopyGrain(size_t grain) const {
+  const size_t end = grain_ends_[grain];
+  for (size_t i = grain == 0 ? 0 : grain_ends_[grain - 1]; i < end; ++i) {
+    if (streaming_) {
+      StreamCopy(pieces_[i].dst, pieces_[i].src, pieces_[i].bytes);
+    } else {
+      std::memcpy(pieces_[i].dst, pieces_[i].src, pieces_[i].bytes);
+    }
+  }
+}
+
+void GatherPool::RunGrains() {
+  uint64_t state = state_.load(std::memory_order_acquire);
+  for (;;) {
+    if ((state & kGrainMask) >= (state >> kGrainBits)) return;
+    // A successful claim also acquires the job's tables that Copy wrote before it
+    // published state_; they stay put until this grain is reported done.
+    if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+      continue;
+    }
+    CopyGrain(state & kGrainMask);
+    if (streaming_) StoreFence();
+    grains_done_.fetch_add(1, std::memory_order_release);
+    state = state_.load(std::memory_order_acquire);
   }
 }
 
 uint64_t GatherPool::AwaitJob(uint64_t seen) {
   const absl::Time spin_until = absl::Now() + spin_;
   for (int i = 0;; ++i) {
-    const uint64_t now = generation_.load(std::memory_order_acquire);
+    const uint64_t now = job_.load(std::memory_order_acquire);
     if (now != seen || stopping_.load()) return now;
     if (i % 1024 == 1023 && absl::Now() > spin_until) break;
+    CpuRelax();
   }
   absl::MutexLock lock(&park_mu_);
   auto moved = [this, seen]() {
-    return generation_.load(std::memory_order_acquire) != seen || stopping_.load();
+    return job_.load(std::memory_order_acquire) != seen || stopping_.load();
   };
   park_mu_.Await(absl::Condition(&moved));
-  return generation_.load(std::memory_order_acquire);
+  return job_.load(std::memory_order_acquire);
 }
 
-void GatherPool::Work(int index) {
+void GatherPool::Work() {
   uint64_t seen = 0;
   for (;;) {
     seen = AwaitJob(seen);
     if (stopping_.load()) return;
-    CopyPart(index);
-    remaining_.fetch_sub(1, std::memory_order_acq_rel);
+    RunGrains();
   }
 }
 
 void GatherPool::Copy(absl::Span<const HostCopy> copies) {
-  if (copies.empty()) return;
+  Copy(copies, [] {});
+}
+
+void GatherPool::Copy(absl::Span<const HostCopy> copies,
+                      absl::FunctionRef<void()> meanwhile) {
   absl::MutexLock call(&call_mu_);
-  const size_t parts = std::min<size_t>(threads(), copies.size());
-  size_t total = 0;
-  for (const HostCopy& copy : copies) total += copy.bytes;
-  // Part p ends where the running byte count first reaches its share; parts past
-  // `parts` are empty so that every worker still reports in.
-  job_ = copies;
-  std::fill(bounds_.begin(), bounds_.end(), copies.size());
-  bounds_[0] = 0;
-  size_t running = 0;
-  size_t next = 0;
-  for (size_t part = 0; part + 1 < parts; ++part) {
-    const size_t target = total / parts * (part + 1);
-    while (next < copies.size() && running < target) running += copies[next++].bytes;
-    bounds_[part + 1] = next;
+  const size_t grains = Plan(copies);
+  if (grains == 0) {
+    meanwhile();
+    return;
   }
-  remaining_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  grains_done_.store(0, std::memory_order_relaxed);
+  state_.store(uint64_t{grains} << kGrainBits, std::memory_order_release);
   {
     // Under park_mu_ so that a worker about to park sees the change (or is woken).
     absl::MutexLock lock(&park_mu_);
-    generation_.fetch_add(1, std::memory_order_release);
+    job_.fetch_add(1, std::memory_order_release);
   }
-  CopyPart(0);
-  while (remaining_.load(std::memory_order_acquire) != 0) {
-  }
+  meanwhile();
+  RunGrains();
+  while (grains_done_.load(std::memory_order_acquire) != grains) CpuRelax();
 }
 
 }  // namespace freekv

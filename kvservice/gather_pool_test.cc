@@ -1,5 +1,6 @@
-// GatherPool copies every range exactly, whatever the thread count and the mix of
-// sizes, and can be called from several threads at once.
+// GatherPool copies every range exactly, whatever the thread count, the store kind and
+// the mix of sizes and alignments; runs `meanwhile` once on the caller while it
+// copies; and can be called from several threads at once.
 #include "kvservice/gather_pool.h"
 
 #include <cstring>
@@ -12,7 +13,13 @@
 namespace freekv {
 namespace {
 
-// Scattered ranges of random sizes out of `source`, packed into `packed`.
+std::vector<uint8_t> RandomSource(size_t bytes, std::mt19937_64& rng) {
+  std::vector<uint8_t> source(bytes);
+  for (uint8_t& b : source) b = static_cast<uint8_t>(rng());
+  return source;
+}
+
+// Scattered ranges of random sizes and alignments out of `source`, packed into `packed`.
 std::vector<HostCopy> RandomGather(const std::vector<uint8_t>& source,
                                    std::vector<uint8_t>& packed, std::mt19937_64& rng) {
   std::vector<HostCopy> copies;
@@ -27,42 +34,83 @@ std::vector<HostCopy> RandomGather(const std::vector<uint8_t>& source,
   return copies;
 }
 
+// 16 KiB blocks at random 16 KiB-aligned places of `source`, packed in order (the
+// recall's shape: both ends aligned, so streaming stores do the work), plus one range
+// larger than a grain.
+std::vector<HostCopy> BlockGather(const std::vector<uint8_t>& source,
+                                  std::vector<uint8_t>& packed, std::mt19937_64& rng) {
+  constexpr size_t kBlock = 16 << 10;
+  std::vector<HostCopy> copies;
+  const size_t big = 300 << 10;
+  copies.push_back({packed.data(), source.data() + kBlock, big});
+  for (size_t offset = big; offset + kBlock <= packed.size(); offset += kBlock) {
+    const size_t from = rng() % (source.size() / kBlock) * kBlock;
+    copies.push_back({packed.data() + offset, source.data() + from, kBlock});
+  }
+  return copies;
+}
+
 void ExpectCopied(const std::vector<HostCopy>& copies) {
   for (size_t i = 0; i < copies.size(); ++i) {
     ASSERT_EQ(std::memcmp(copies[i].dst, copies[i].src, copies[i].bytes), 0) << "copy " << i;
   }
 }
 
-TEST(GatherPoolTest, CopiesEveryRangeForAnyThreadCount) {
+TEST(GatherPoolTest, CopiesEveryRangeForAnyThreadCountAndStoreKind) {
   std::mt19937_64 rng(11);
-  std::vector<uint8_t> source(8 << 20);
-  for (uint8_t& b : source) b = static_cast<uint8_t>(rng());
-  for (int threads : {1, 2, 3, 8}) {
-    GatherPool pool(threads);
-    EXPECT_EQ(pool.threads(), threads);
-    for (int round = 0; round < 5; ++round) {
-      std::vector<uint8_t> packed(1 << 20, 0xEE);
-      const std::vector<HostCopy> copies = RandomGather(source, packed, rng);
-      pool.Copy(copies);
-      ExpectCopied(copies);
+  const std::vector<uint8_t> source = RandomSource(8 << 20, rng);
+  for (bool streaming : {false, true}) {
+    for (int threads : {1, 2, 3, 8}) {
+      GatherPool pool({threads, absl::Microseconds(500), streaming});
+      EXPECT_EQ(pool.threads(), threads);
+      EXPECT_EQ(pool.streaming_stores(), streaming);
+      for (int round = 0; round < 5; ++round) {
+        // Fresh random contents (never a constant) so a skipped range shows.
+        std::vector<uint8_t> packed = RandomSource(1 << 20, rng);
+        const std::vector<HostCopy> copies = RandomGather(source, packed, rng);
+        pool.Copy(copies);
+        ExpectCopied(copies);
+        std::vector<uint8_t> blocks = RandomSource(4 << 20, rng);
+        const std::vector<HostCopy> aligned = BlockGather(source, blocks, rng);
+        pool.Copy(aligned);
+        ExpectCopied(aligned);
+      }
+      std::vector<uint8_t> one(100);
+      pool.Copy({{HostCopy{one.data(), source.data() + 5, one.size()}}});  // < threads
+      EXPECT_EQ(std::memcmp(one.data(), source.data() + 5, one.size()), 0);
     }
-    std::vector<uint8_t> one(100);
-    pool.Copy({{HostCopy{one.data(), source.data() + 5, one.size()}}});  // fewer than threads
-    EXPECT_EQ(std::memcmp(one.data(), source.data() + 5, one.size()), 0);
   }
+}
+
+TEST(GatherPoolTest, MeanwhileRunsOnceOnTheCallerEvenWithNothingToCopy) {
+  std::mt19937_64 rng(13);
+  const std::vector<uint8_t> source = RandomSource(4 << 20, rng);
+  GatherPool pool({4, absl::Microseconds(500), true});
+  std::vector<uint8_t> packed = RandomSource(2 << 20, rng);
+  const std::vector<HostCopy> copies = BlockGather(source, packed, rng);
+  int runs = 0;
+  std::thread::id ran_on;
+  pool.Copy(copies, [&] {
+    ++runs;
+    ran_on = std::this_thread::get_id();
+  });
+  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+  ExpectCopied(copies);
+  pool.Copy({}, [&] { ++runs; });
+  EXPECT_EQ(runs, 2);
 }
 
 TEST(GatherPoolTest, ConcurrentCallersTakeTurns) {
   std::mt19937_64 rng(12);
-  std::vector<uint8_t> source(4 << 20);
-  for (uint8_t& b : source) b = static_cast<uint8_t>(rng());
-  GatherPool pool(4);
+  const std::vector<uint8_t> source = RandomSource(4 << 20, rng);
+  GatherPool pool({4, absl::Microseconds(500), true});
   std::vector<std::thread> callers;
   for (int c = 0; c < 3; ++c) {
     callers.emplace_back([&pool, &source, c] {
       std::mt19937_64 local(100 + c);
       for (int round = 0; round < 20; ++round) {
-        std::vector<uint8_t> packed(256 << 10);
+        std::vector<uint8_t> packed = RandomSource(256 << 10, local);
         const std::vector<HostCopy> copies = RandomGather(source, packed, local);
         pool.Copy(copies);
         ExpectCopied(copies);
@@ -70,6 +118,19 @@ TEST(GatherPoolTest, ConcurrentCallersTakeTurns) {
     });
   }
   for (std::thread& t : callers) t.join();
+}
+
+TEST(GatherPoolTest, ParkedWorkersWakeForTheNextJob) {
+  std::mt19937_64 rng(14);
+  const std::vector<uint8_t> source = RandomSource(4 << 20, rng);
+  GatherPool pool({4, absl::Microseconds(1), true});  // park almost at once
+  for (int round = 0; round < 3; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::vector<uint8_t> packed = RandomSource(2 << 20, rng);
+    const std::vector<HostCopy> copies = BlockGather(source, packed, rng);
+    pool.Copy(copies);
+    ExpectCopied(copies);
+  }
 }
 
 }  // namespace
