@@ -4,10 +4,13 @@
 // A CTA of kWarps warps attends the query heads of one GQA group (kGroup heads that
 // share a KV head) over a token range. Inside a warp, kLanes consecutive lanes hold
 // one K/V row (16 bytes each: VecLen<DT>() elements), so 32 / kLanes rows are in
-// flight side by side, kUnroll deep: every lane issues all its K and V loads of a
-// step before using any, and those of its next step before computing this one. Logits live in the log2 domain (q is pre-scaled by
-// scale * log2(e)) with a running max per head; row groups, then warps, are merged
-// at the end exactly like split-K parts.
+// flight side by side, kUnroll deep (one "step" of kStep rows per warp). Two load
+// schedules feed the same step arithmetic: Attend loads each step's rows straight
+// into registers (optionally the next step's while computing this one), and
+// AttendStaged copies them into shared memory with cp.async several steps ahead, so
+// many bytes are in flight without holding registers. Logits live in the log2 domain
+// (q is pre-scaled by scale * log2(e)) with a running max per head; row groups, then
+// warps, are merged at the end exactly like split-K parts.
 #ifndef FREEKV_KERNELS_ATTENTION_CORE_CUH_
 #define FREEKV_KERNELS_ATTENTION_CORE_CUH_
 
@@ -30,6 +33,10 @@ struct AttnCore {
   static constexpr int kUnroll = 4;
   static constexpr int kStep = kRows * kUnroll;
   static constexpr int kMaxDim = kLanes * kVec;
+  // AttendStaged: 16-byte chunks of K (and as many of V) in one warp's step, and the
+  // shared memory one stage of the whole CTA takes (4 KiB per warp for every type).
+  static constexpr int kSlotChunks = kStep * kLanes;
+  static constexpr size_t kStageBytes = size_t{kWarps} * 2 * kSlotChunks * sizeof(uint4);
 
   struct State {
     float m[kGroup];
@@ -101,6 +108,57 @@ struct AttnCore {
     }
   }
 
+  // One step: the online-softmax update with the kUnroll x kRows rows from `base`.
+  // kraw(u) / vraw(u) return this lane's 16-byte K / V chunk of row
+  // base + u * kRows + lane / kLanes (zeros on lanes past head_dim); rows at or past
+  // `end` are masked, but their V must still be finite (0 * NaN is NaN).
+  template <typename KRaw, typename VRaw>
+  __device__ static void Step(const float (&q)[kGroup][kVec], KRaw kraw, VRaw vraw,
+                              int base, int end, State& s) {
+    const int lane = threadIdx.x % 32;
+    float logit[kUnroll][kGroup];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float kf[kVec];
+      Widen<DT>(kraw(u), kf);
+      const bool valid = base + u * kRows + lane / kLanes < end;
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) dot = fmaf(q[g][i], kf[i], dot);
+        dot = GroupSum<kLanes>(dot);
+        logit[u][g] = valid ? dot : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      float step_max = logit[0][g];
+#pragma unroll
+      for (int u = 1; u < kUnroll; ++u) step_max = fmaxf(step_max, logit[u][g]);
+      if (!Rescale(s, g, step_max)) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) logit[u][g] = 0.0f;  // p = 0 below
+        continue;
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        logit[u][g] = logit[u][g] == -INFINITY ? 0.0f : exp2f(logit[u][g] - s.m[g]);
+        s.l[g] += logit[u][g];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float vf[kVec];
+      Widen<DT>(vraw(u), vf);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) s.acc[g][i] = fmaf(logit[u][g], vf[i], s.acc[g][i]);
+      }
+    }
+  }
+
   // Attends tokens [begin, end) of a row sequence; addr(token) is the element offset
   // of the token's K row (and V row) for this KV head. This warp takes steps
   // warp, warp + kWarps, ...; when kPipelined, the loads of its next step are in
@@ -127,48 +185,60 @@ struct AttnCore {
       } else {
         LoadStep(k, v, addr, base, end, dim0, active, kraw, vraw);
       }
-      float logit[kUnroll][kGroup];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        float kf[kVec];
-        Widen<DT>(kraw[u], kf);
-        const bool valid = base + u * kRows + lane / kLanes < end;
-#pragma unroll
-        for (int g = 0; g < kGroup; ++g) {
-          float dot = 0.0f;
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) dot = fmaf(q[g][i], kf[i], dot);
-          dot = GroupSum<kLanes>(dot);
-          logit[u][g] = valid ? dot : -INFINITY;
-        }
-      }
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-        float step_max = logit[0][g];
-#pragma unroll
-        for (int u = 1; u < kUnroll; ++u) step_max = fmaxf(step_max, logit[u][g]);
-        if (!Rescale(s, g, step_max)) {
-#pragma unroll
-          for (int u = 0; u < kUnroll; ++u) logit[u][g] = 0.0f;  // p = 0 below
-          continue;
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          logit[u][g] = logit[u][g] == -INFINITY ? 0.0f : exp2f(logit[u][g] - s.m[g]);
-          s.l[g] += logit[u][g];
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        float vf[kVec];
-        Widen<DT>(vraw[u], vf);
-#pragma unroll
-        for (int g = 0; g < kGroup; ++g) {
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) s.acc[g][i] = fmaf(logit[u][g], vf[i], s.acc[g][i]);
-        }
-      }
+      Step(q, [&](int u) { return kraw[u]; }, [&](int u) { return vraw[u]; }, base, end, s);
     }
+  }
+
+  // Attend with the rows staged through shared memory: each warp keeps a ring of
+  // `stages` (>= 2) step slots and, while it computes one step, has the cp.async
+  // copies of its next stages - 1 steps in flight. Every lane copies exactly the
+  // chunks it later reads (chunk u * 32 + lane of a slot), so the ring needs no
+  // barrier: wait_group makes a lane's own copies visible to it, and a slot is
+  // refilled only after the step that read it has consumed the values (in-order
+  // issue). ring: this CTA's kWarps * stages * 2 * kSlotChunks chunks of shared
+  // memory; it is free again when this returns (no copies pending), once every warp
+  // has returned.
+  template <typename Addr>
+  __device__ static void AttendStaged(const float (&q)[kGroup][kVec], const DT* k,
+                                      const DT* v, int head_dim, Addr addr, int begin,
+                                      int end, uint4* ring, int stages, State& s) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int dim0 = (lane % kLanes) * kVec;
+    const bool active = dim0 < head_dim;
+    uint4* mine = ring + warp * stages * 2 * kSlotChunks + lane;
+    const int first = begin + warp * kStep, stride = kWarps * kStep;
+    const int steps = first < end ? (end - first + stride - 1) / stride : 0;
+    auto issue = [&](int j) {
+      uint4* slot = mine + (j % stages) * 2 * kSlotChunks;
+      const int base = first + j * stride;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int tok = base + u * kRows + lane / kLanes;
+        if (!active) continue;
+        if (tok < end) {
+          const int64_t off = addr(tok) + dim0;
+          CpAsync16(slot + u * 32, k + off);
+          CpAsync16(slot + kSlotChunks + u * 32, v + off);
+        } else {
+          slot[u * 32] = slot[kSlotChunks + u * 32] = make_uint4(0, 0, 0, 0);
+        }
+      }
+    };
+    for (int j = 0; j < stages - 1; ++j) {
+      if (j < steps) issue(j);
+      CpAsyncCommit();  // one group per step, empty or not, so the count below holds
+    }
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int j = 0; j < steps; ++j) {
+      if (j + stages - 1 < steps) issue(j + stages - 1);  // into the slot step j-1 used
+      CpAsyncCommit();
+      CpAsyncWaitPending(stages - 1);  // step j's group has landed
+      const uint4* slot = mine + (j % stages) * 2 * kSlotChunks;
+      Step(q, [&](int u) { return active ? slot[u * 32] : zero; },
+           [&](int u) { return active ? slot[kSlotChunks + u * 32] : zero; },
+           first + j * stride, end, s);
+    }
+    CpAsyncWait<0>();
   }
 
   // Merges this lane's state with the lane `offset` away (same dims, other rows).

@@ -16,7 +16,8 @@
 // exactly. The reference honours pages_per_split (0 = one chunk) so tests can check
 // that splitting does not change the result; the CUDA launcher picks its own split
 // when pages_per_split is 0 (a larger one if the given split would exceed its cap)
-// and merges the parts in the CTA that finishes last, using a workspace of
+// (its chunks follow the sort_pages order when that applies) and merges the parts in
+// the CTA that finishes last, using a workspace of
 // DecodeWorkspaceBytes device bytes that must be zero-filled before its first use
 // (DeviceBuffer::Zero); every call leaves it zero-filled again.
 //
@@ -41,11 +42,22 @@ struct DecodeOptions {
   int32_t num_q_heads = 0;
   float scale = 0.0f;           // usually 1 / sqrt(head_dim)
   int32_t pages_per_split = 0;  // 0: reference does not split; CUDA chooses
-  // CUDA only: issue the next step's K/V loads before computing the current step
-  // (software pipelining). Same result either way; off by default because the extra
-  // registers cost occupancy: on H100 at Llama-3.1-8B geometry it measured 10% slower
-  // at batch 8 and 5% slower at batch 32 (7% faster at batch 1).
-  bool pipelined = false;
+  // CUDA only; the result is the same either way. true: each warp copies its K/V rows
+  // into a shared-memory ring with cp.async, `stages` steps deep, so a CTA keeps
+  // (stages - 1) steps of loads in flight while it computes and they hold no
+  // registers; the launcher's split favours few long CTAs. false: each warp loads its
+  // rows straight into registers with the earlier kernel's split (kept for
+  // comparison; bench/RESULTS.md has both).
+  bool pipelined = true;
+  int32_t stages = 0;  // CUDA, pipelined only: 2..6, or 0 for the launcher's choice (2)
+  // CUDA only: with per-head tables (table_heads > 1), max_pages <= 256 and at least
+  // 4096 (list, page) pairs in the call, each CTA visits its list's full pages in
+  // ascending page-id order (the partial last page stays last) and takes its split
+  // from that order. On H100, with the benchmark's pool (each sequence's pages
+  // contiguous), this measured 0-7% faster at batch 8-32 (most with 8-16 pages per
+  // split); smaller calls are latency-bound and skip the ~1 us sort. Same result up
+  // to the order of float additions.
+  bool sort_pages = true;
 };
 
 // CPU reference.

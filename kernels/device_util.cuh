@@ -1,6 +1,6 @@
 // Device-side helpers shared by the .cu files of this folder: the storage types as the
-// device sees them, 16-byte vector loads/stores widened to float, warp reductions
-// and grid sizing. Internal to kernels/.
+// device sees them, 16-byte vector loads/stores widened to float, cp.async staging,
+// warp reductions and grid sizing. Internal to kernels/.
 #ifndef FREEKV_KERNELS_DEVICE_UTIL_CUH_
 #define FREEKV_KERNELS_DEVICE_UTIL_CUH_
 
@@ -80,6 +80,42 @@ __device__ __forceinline__ void StoreVec(T* dst, const float (&in)[VecLen<T>()])
 #pragma unroll
   for (int i = 0; i < VecLen<T>(); ++i) elems[i] = FromF<T>(in[i]);
   *reinterpret_cast<uint4*>(dst) = raw;
+}
+
+// cp.async (sm_80+): 16 bytes global -> shared without passing through registers, so a
+// thread can keep many loads in flight at no register cost. .cg caches in L2 only
+// (streamed K/V is read once). Completion is per thread and per commit group: after
+// CpAsyncWait<n>(), all but the n most recent groups this thread committed have
+// landed and are visible to this thread (other threads need a barrier).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* global) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global)
+               : "memory");
+}
+
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// CpAsyncWait with a run-time bound (the instruction takes an immediate); a bound
+// above 4 waits as for 4, which is stricter and so still correct.
+__device__ __forceinline__ void CpAsyncWaitPending(int pending) {
+  if (pending <= 0) {
+    CpAsyncWait<0>();
+  } else if (pending == 1) {
+    CpAsyncWait<1>();
+  } else if (pending == 2) {
+    CpAsyncWait<2>();
+  } else if (pending == 3) {
+    CpAsyncWait<3>();
+  } else {
+    CpAsyncWait<4>();
+  }
 }
 
 // Sum / max over groups of `width` consecutive lanes (width a power of two <= 32).

@@ -4,7 +4,9 @@
 // its ratio to the device-to-device copy measured in the same run (bytes read +
 // written), then the selection-to-attention time ratios. Inputs are random; every
 // case rotates over enough distinct buffers (>= kFootprint bytes) that L2 (50 MB on
-// H100) cannot hold them, and launches are replayed from a CUDA graph.
+// H100) cannot hold them, and launches are replayed from a CUDA graph. The decode
+// attention rows come from decode_bench.cc. Flags: --only=decode (decode rows only),
+// --sweep (also every split x ring depth of the staged decode kernel).
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -13,7 +15,8 @@
 #include <vector>
 
 #include "bench/kernels/bench_util.h"
-#include "kernels/decode_attention.h"
+#include "bench/kernels/decode_bench.h"
+#include "bench/kernels/llama_case.h"
 #include "kernels/digest.h"
 #include "kernels/layout.h"
 #include "kernels/score.h"
@@ -25,24 +28,6 @@ namespace {
 
 using namespace kernels;  // NOLINT: the benchmark exercises this whole namespace
 
-constexpr int kHq = 32, kHkv = 8, kDim = 128, kPage = 32;
-constexpr int kBudgetPages = 64;  // 2048 tokens: 16 sink + 32 selected + 16 window
-constexpr int kSelected = 32, kCapacity = 48, kSinkPages = 16, kWindowPages = 16;
-constexpr double kFootprint = 320e6;
-constexpr int kLaunches = 40;
-constexpr size_t kSliceElems = size_t{kPage} * kDim;             // one K or V slice
-constexpr size_t kPageElems = size_t{kPage} * kHkv * kDim;       // one K or V page
-constexpr double kSliceBytes = 2.0 * kSliceElems * sizeof(BFloat16);  // K + V
-
-#define BENCH_ASSIGN(lhs, expr)               \
-  auto lhs##_or = (expr);                     \
-  if (!lhs##_or.ok()) return lhs##_or.status(); \
-  auto lhs = std::move(*lhs##_or)
-
-int Instances(double bytes_per_instance) {
-  return std::max(1, static_cast<int>(kFootprint / bytes_per_instance + 0.999));
-}
-
 absl::StatusOr<double> CopyCeilingGbps(cudaStream_t s) {
   const size_t bytes = size_t{256} << 20;
   BENCH_ASSIGN(src, DeviceBuffer::Allocate(bytes));
@@ -52,81 +37,6 @@ absl::StatusOr<double> CopyCeilingGbps(cudaStream_t s) {
                  return CopyDeviceToDevice(dst.data(), src.data(), bytes, s);
                }));
   return 2.0 * bytes / (us * 1e3);
-}
-
-// A bf16 NHD pool of `pages` pages with random K and V.
-struct Pool {
-  DeviceBuffer k, v;
-  int32_t pages = 0;
-  PagedKv<const BFloat16> view() const {
-    return {k.span<const BFloat16>().data(), v.span<const BFloat16>().data(),
-            static_cast<int64_t>(kPageElems), pages, kPage, kHkv, kDim};
-  }
-  PagedKv<BFloat16> mutable_view() const {
-    return {k.span<BFloat16>().data(), v.span<BFloat16>().data(),
-            static_cast<int64_t>(kPageElems), pages, kPage, kHkv, kDim};
-  }
-};
-
-absl::StatusOr<Pool> MakePool(int32_t pages, uint64_t seed) {
-  Pool p;
-  p.pages = pages;
-  BENCH_ASSIGN(k, Upload(RandomBf16(pages * kPageElems, seed)));
-  BENCH_ASSIGN(v, Upload(RandomBf16(pages * kPageElems, seed + 1)));
-  p.k = std::move(k);
-  p.v = std::move(v);
-  return p;
-}
-
-// Decode attention over `pages_per_list` full pages per list, `instances` disjoint
-// copies of the batch's pages (rotation). Per-head lists when per_head.
-absl::StatusOr<double> DecodeUs(cudaStream_t s, int batch, int pages_per_list,
-                                bool per_head, bool pipelined = DecodeOptions().pipelined) {
-  const int per_instance = batch * pages_per_list;
-  const int instances = Instances(per_instance * kHkv * kSliceBytes);
-  BENCH_ASSIGN(pool, MakePool(per_instance * instances, 10));
-  std::mt19937 rng(11);
-  std::vector<DeviceBuffer> indptr, indices, last, qs;
-  for (int i = 0; i < instances; ++i) {
-    std::vector<int32_t> ip{0}, idx, ll;
-    const int lists_per_seq = per_head ? kHkv : 1;
-    for (int b = 0; b < batch; ++b) {
-      for (int h = 0; h < lists_per_seq; ++h) {
-        std::vector<int32_t> pages(pages_per_list);
-        std::iota(pages.begin(), pages.end(), (i * batch + b) * pages_per_list);
-        std::shuffle(pages.begin(), pages.end(), rng);
-        idx.insert(idx.end(), pages.begin(), pages.end());
-        ip.push_back(static_cast<int32_t>(idx.size()));
-        ll.push_back(kPage);
-      }
-    }
-    BENCH_ASSIGN(a, Upload(ip));
-    BENCH_ASSIGN(b, Upload(idx));
-    BENCH_ASSIGN(c, Upload(ll));
-    BENCH_ASSIGN(q, Upload(RandomBf16(size_t(batch) * kHq * kDim, 100 + i)));
-    indptr.push_back(std::move(a));
-    indices.push_back(std::move(b));
-    last.push_back(std::move(c));
-    qs.push_back(std::move(q));
-  }
-  BENCH_ASSIGN(out, DeviceBuffer::Allocate(size_t(batch) * kHq * kDim * 2));
-  BENCH_ASSIGN(work, DeviceBuffer::Allocate(
-                         DecodeWorkspaceBytes(batch, kHq, kDim, pages_per_list)));
-  FREEKV_RETURN_IF_ERROR(work.Zero());
-  DecodeOptions opt{kHq, 1.0f / std::sqrt(float{kDim}), 0};
-  opt.pipelined = pipelined;
-  return TimeUs(s, kLaunches, [&](int n) {
-    const int i = n % instances;
-    const PageTable t{indptr[i].span<const int32_t>(), indices[i].span<const int32_t>(),
-                      last[i].span<const int32_t>(), per_head ? kHkv : 1};
-    return PagedDecodeAttentionCuda<BFloat16>(qs[i].span<const BFloat16>(), pool.view(), t,
-                                              opt, pages_per_list, out.span<BFloat16>(), {},
-                                              work.span<uint8_t>(), s);
-  });
-}
-
-double DecodeBytes(int batch, int pages_per_list) {
-  return batch * kHkv * pages_per_list * kSliceBytes + 2.0 * batch * kHq * kDim * 2;
 }
 
 // Recall: `slices` (page, head) slices from HND staging into per-head NHD slots.
@@ -256,7 +166,19 @@ absl::StatusOr<SelectionTimes> SelectionUs(cudaStream_t s, int batch, int contex
   return t;
 }
 
-absl::Status Run() {
+// The decode rows compare every option set's output with the register kernel's.
+absl::Status DecodeVerdict(int mismatches) {
+  if (mismatches == 0) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(
+      mismatches, " decode option sets disagree with the register kernel's output"));
+}
+
+struct Flags {
+  bool only_decode = false;  // --only=decode: skip layout, digest and selection
+  bool sweep = false;        // --sweep: time the staged kernel's splits x stages
+};
+
+absl::Status Run(const Flags& flags) {
   BENCH_ASSIGN(info, GetDeviceInfo());
   std::printf("device: %s, %d SMs, L2 %.0f MB, %.1f GB, sm_%d%d\n", info.name.c_str(),
               info.sm_count, info.l2_bytes / 1e6, info.global_bytes / 1e9, info.compute_major,
@@ -267,23 +189,11 @@ absl::Status Run() {
   std::printf("ceiling: device-to-device copy %.0f GB/s (read + write; %.0f GB/s copied)\n",
               ceiling, ceiling / 2);
   Table table(ceiling);
-  std::map<int, double> attention_us;
-  for (int b : {1, 4, 8, 16, 32}) {
-    BENCH_ASSIGN(us, DecodeUs(s, b, kBudgetPages, /*per_head=*/true));
-    attention_us[b] = us;
-    table.Add({"sparse decode attn", absl::StrFormat("B=%d, 2048 tok per KV head", b), us,
-               DecodeBytes(b, kBudgetPages), "per-head page tables, default options"});
-  }
-  const bool other = !DecodeOptions().pipelined;
-  for (int b : {1, 8, 32}) {
-    BENCH_ASSIGN(us, DecodeUs(s, b, kBudgetPages, /*per_head=*/true, other));
-    table.Add({"sparse decode attn", absl::StrFormat("B=%d, 2048 tok per KV head", b), us,
-               DecodeBytes(b, kBudgetPages), absl::StrFormat("pipelined=%d", other)});
-  }
-  for (int b : {1, 8}) {
-    BENCH_ASSIGN(us, DecodeUs(s, b, 1024, /*per_head=*/false));
-    table.Add({"full decode attn", absl::StrFormat("B=%d, 32K ctx", b), us, DecodeBytes(b, 1024),
-               "shared page table"});
+  BENCH_ASSIGN(decode, DecodeBench(s, flags.sweep, table));
+  const std::map<int, double>& attention_us = decode.sparse_us;
+  if (flags.only_decode) {
+    table.Print();
+    return DecodeVerdict(decode.mismatches);
   }
   for (int b : {1, 8, 32}) {
     const int slices = b * kHkv * kSelected;
@@ -307,25 +217,38 @@ absl::Status Run() {
       const std::string cfg = absl::StrFormat("B=%d, %dK ctx", b, context / 1024);
       table.Add({"page score", cfg, t.score_us, t.score_bytes, ""});
       table.Add({"group select+diff", cfg, t.select_us, t.select_bytes, "softmax, top-32, diff"});
-      const double ratio = t.both_us / attention_us[b];
+      const double ratio = t.both_us / attention_us.at(b);
       table.Add({"score+select", cfg, t.both_us, t.score_bytes + t.select_bytes,
                  absl::StrFormat("%.0f%% of sparse attn", 100 * ratio)});
       ratios.push_back(absl::StrFormat("%s: %.1f us = %.0f%% of attention %.1f us", cfg,
-                                       t.both_us, 100 * ratio, attention_us[b]));
+                                       t.both_us, 100 * ratio, attention_us.at(b)));
     }
   }
   table.Print();
   std::printf("\nselection / sparse attention time (goal < 10%%):\n");
   for (const std::string& r : ratios) std::printf("  %s\n", r.c_str());
-  return absl::OkStatus();
+  return DecodeVerdict(decode.mismatches);
 }
 
 }  // namespace
 }  // namespace bench
 }  // namespace freekv
 
-int main() {
-  const absl::Status status = freekv::bench::Run();
+int main(int argc, char** argv) {
+  freekv::bench::Flags flags;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--only=decode") {
+      flags.only_decode = true;
+    } else if (arg == "--sweep") {
+      flags.sweep = true;
+    } else {
+      std::fprintf(stderr, "kernels_bench: unknown flag %s (flags: --only=decode, --sweep)\n",
+                   arg.c_str());
+      return 2;
+    }
+  }
+  const absl::Status status = freekv::bench::Run(flags);
   if (!status.ok()) {
     std::fprintf(stderr, "kernels_bench failed: %s\n", status.ToString().c_str());
     return 1;
