@@ -13,6 +13,7 @@
 
 #include "client/cuda_kv_client.h"
 #include "common/integrity.h"
+#include "common/random_bytes.h"
 #include "gtest/gtest.h"
 #include "tests/integration/cuda_test_util.h"
 #include "tests/integration/kvservice_process.h"
@@ -34,16 +35,6 @@ Geometry SmallGeometry() {
   g.page_tokens = 16;
   g.dtype = DType::kBFloat16;
   return g;
-}
-
-std::vector<std::byte> RandomBytes(size_t bytes, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::byte> out(bytes);
-  for (size_t i = 0; i + 8 <= bytes; i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, 8);
-  }
-  return out;
 }
 
 class CudaIpcTest : public ::testing::Test {
