@@ -142,8 +142,6 @@ void KvClient::ReadReplies() {
   v1::RecallReply reply;
   while (stream_->Read(&reply)) {
     absl::Status status(static_cast<absl::StatusCode>(reply.code()), reply.message());
-    if (status.ok()) recall_bytes_ += reply.bytes();
-    ++recalls_completed_;
     tracker_.Complete(reply.request_id(), std::move(status));
   }
   grpc::Status end = stream_->Finish();

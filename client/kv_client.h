@@ -133,10 +133,6 @@ class KvClient {
   // would; the service reclaims it when the lease lapses.
   void Abandon();
 
-  // Recall replies seen so far, and bytes they reported.
-  uint64_t recalls_completed() const { return recalls_completed_.load(); }
-  uint64_t recall_bytes() const { return recall_bytes_.load(); }
-
  private:
   KvClient(KvClientOptions options, std::unique_ptr<UcxRegions> regions,
            std::shared_ptr<grpc::Channel> channel);
@@ -164,8 +160,6 @@ class KvClient {
   std::thread heartbeat_;
   absl::Notification stop_heartbeat_;
   std::atomic<bool> closed_{false};
-  std::atomic<uint64_t> recalls_completed_{0};
-  std::atomic<uint64_t> recall_bytes_{0};
 };
 
 }  // namespace freekv
