@@ -65,6 +65,32 @@ absl::Status DeviceBuffer::Zero() {
   return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize after zero");
 }
 
+absl::StatusOr<PinnedBuffer> PinnedBuffer::Allocate(size_t bytes) {
+  PinnedBuffer buf;
+  if (bytes == 0) return buf;
+  FREEKV_RETURN_IF_ERROR(
+      CudaStatus(cudaHostAlloc(&buf.ptr_, bytes, cudaHostAllocDefault),
+                 absl::StrCat("cudaHostAlloc of ", bytes, " bytes").c_str()));
+  buf.bytes_ = bytes;
+  return buf;
+}
+
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& other) noexcept
+    : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
+  if (this != &other) {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+    ptr_ = std::exchange(other.ptr_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (ptr_ != nullptr) cudaFreeHost(ptr_);
+}
+
 absl::StatusOr<CudaStream> CudaStream::Create() {
   CudaStream s;
   FREEKV_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s.stream_, cudaStreamNonBlocking));
@@ -90,10 +116,19 @@ absl::Status CudaStream::Synchronize() const {
   return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
 }
 
-absl::StatusOr<CudaEvent> CudaEvent::Create() {
+absl::StatusOr<CudaEvent> CudaEvent::Create(bool timing) {
   CudaEvent e;
-  FREEKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e.event_));
+  FREEKV_CUDA_RETURN_IF_ERROR(
+      cudaEventCreateWithFlags(&e.event_, timing ? cudaEventDefault : cudaEventDisableTiming));
   return e;
+}
+
+absl::Status CudaEvent::Synchronize() const {
+  return CudaStatus(cudaEventSynchronize(event_), "cudaEventSynchronize");
+}
+
+absl::Status CudaEvent::MakeStreamWait(cudaStream_t stream) const {
+  return CudaStatus(cudaStreamWaitEvent(stream, event_, 0), "cudaStreamWaitEvent");
 }
 
 CudaEvent::CudaEvent(CudaEvent&& other) noexcept
@@ -183,6 +218,17 @@ absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes,
                                 cudaStream_t stream) {
   return CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream),
                     "cudaMemcpyAsync device to device");
+}
+
+absl::Status CopyAsync(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  return CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream),
+                    "cudaMemcpyAsync");
+}
+
+absl::StatusOr<DeviceMemory> GetDeviceMemory() {
+  DeviceMemory m;
+  FREEKV_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&m.free_bytes, &m.total_bytes));
+  return m;
 }
 
 absl::Status DeviceSynchronize() {

@@ -68,6 +68,30 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// Owns `bytes` of page-locked host memory from cudaHostAlloc: the host side of
+// asynchronous copies (a copy to pageable memory would block the calling thread).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  static absl::StatusOr<PinnedBuffer> Allocate(size_t bytes);
+  PinnedBuffer(PinnedBuffer&& other) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer();
+
+  void* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  template <typename T>
+  absl::Span<T> span() const {
+    return absl::Span<T>(static_cast<T*>(ptr_), bytes_ / sizeof(T));
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // Owns a non-blocking CUDA stream.
 class CudaStream {
  public:
@@ -87,10 +111,11 @@ class CudaStream {
   cudaStream_t stream_ = nullptr;
 };
 
-// Owns a timing event.
+// Owns an event: a timing one by default, or (timing = false) a lighter one that only
+// orders work and lets a host thread wait.
 class CudaEvent {
  public:
-  static absl::StatusOr<CudaEvent> Create();
+  static absl::StatusOr<CudaEvent> Create(bool timing = true);
   CudaEvent(CudaEvent&& other) noexcept;
   CudaEvent& operator=(CudaEvent&& other) noexcept;
   CudaEvent(const CudaEvent&) = delete;
@@ -98,6 +123,10 @@ class CudaEvent {
   ~CudaEvent();
 
   absl::Status Record(cudaStream_t stream);
+  // Blocks the calling thread until the work before the last Record has run.
+  absl::Status Synchronize() const;
+  // Makes `stream` wait for the work before the last Record (the host does not wait).
+  absl::Status MakeStreamWait(cudaStream_t stream) const;
   // Milliseconds from `start` to this event; both must have completed (synchronises).
   absl::StatusOr<float> ElapsedMsSince(const CudaEvent& start) const;
 
@@ -144,6 +173,17 @@ absl::StatusOr<DeviceInfo> GetDeviceInfo();
 // Asynchronous device-to-device copy (the bandwidth ceiling of the benchmark).
 absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes,
                                 cudaStream_t stream);
+
+// Asynchronous copy in any direction (unified addressing); host memory must be
+// pinned for the call not to block.
+absl::Status CopyAsync(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+
+// Free and total bytes of the current device's memory.
+struct DeviceMemory {
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+};
+absl::StatusOr<DeviceMemory> GetDeviceMemory();
 
 // Waits for all device work; returns the first pending error.
 absl::Status DeviceSynchronize();
