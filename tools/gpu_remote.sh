@@ -5,16 +5,35 @@
 #   tools/gpu_remote.sh [test|bench]     (default: both kinds)
 # Each binary gets FREEKV_GPU_TIMEOUT seconds (default 300). When $OUT is set (the
 # lent device machine), every binary's full output is also written to $OUT/<name>.log.
+# FREEKV_GPU_ONLY (an extended regex) runs only the targets whose label matches it;
+# FREEKV_BENCH_ARGS are passed to every benchmark (e.g. smaller sweeps).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ ! -f .gpu/manifest.tsv ]]; then
   echo "gpu_remote: .gpu/manifest.tsv is missing; run tools/gpu_build.sh first" >&2
   exit 2
 fi
-export LD_LIBRARY_PATH="$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$PWD/.gpu/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # Tests that start the kvservice find it here (tools/gpu_build.sh stages it).
 export TEST_SRCDIR="$PWD/.gpu/runfiles" TEST_WORKSPACE=freekv
 only=${1:-}
+# The kvservice and the worker are two processes on one GPU. Without MPS the GPU
+# time-slices their contexts, and a recall's copies wait for the worker's slice to
+# end (measured on the H100: 2.4 ms per recall instead of 0.26 ms; bench/RESULTS.md).
+# So everything runs under a private MPS daemon when the machine has one
+# (FREEKV_MPS=0 turns it off, to measure that).
+if [[ ${FREEKV_MPS:-1} != 0 ]] && command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=${TMPDIR:-/tmp}/freekv-mps-pipe
+  export CUDA_MPS_LOG_DIRECTORY=${TMPDIR:-/tmp}/freekv-mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    echo "gpu_remote: running under MPS ($CUDA_MPS_PIPE_DIRECTORY)"
+  else
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "gpu_remote: MPS did not start; the GPU time-slices the processes" >&2
+  fi
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null ||
   echo "gpu_remote: nvidia-smi unavailable" >&2
 
@@ -24,11 +43,14 @@ failures=()
 while IFS=$'\t' read -r kind label path; do
   [[ -z $kind || $kind == \#* ]] && continue
   [[ -n $only && $kind != "$only" ]] && continue
+  [[ -n ${FREEKV_GPU_ONLY:-} && ! $label =~ ${FREEKV_GPU_ONLY} ]] && continue
+  args=()
+  [[ $kind == bench && -n ${FREEKV_BENCH_ARGS:-} ]] && read -ra args <<<"$FREEKV_BENCH_ARGS"
   echo "=== $kind $label"
   log=/dev/null
   [[ -n ${OUT:-} ]] && log="$OUT/$(basename "$path").log"
   start=$SECONDS
-  timeout "${FREEKV_GPU_TIMEOUT:-300}" ".gpu/$path" 2>&1 | tee "$log"
+  timeout "${FREEKV_GPU_TIMEOUT:-300}" ".gpu/$path" "${args[@]}" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   if [[ $rc -eq 0 ]]; then
     passed=$((passed + 1))

@@ -1,0 +1,104 @@
+// GpuDecoder: decode steps of a GpuLlama batch under one KV policy, all on the GPU:
+//   full      dense attention over every page of a GPU-resident cache;
+//   oracle    per KV head, select the top pages with the current query and attend to
+//             sink + selected + window as if the selected pages were resident (the
+//             compute of sparse attention with recall for free: the floor);
+//   freekv    FreeKV: pages for step t+1 are selected with q_t after attention and
+//             recalled from the kvservice while the rest of the step runs; at step
+//             t+1 heads whose query moved (cos < tau) are selected again and recalled
+//             before attention (correction);
+//   blocking  select with the current query, recall the missing pages, wait, attend
+//             (ArkVale-style retrieval; the same recall path as freekv).
+// Recalls go through a CUDA IPC session (CudaKvClient) and a RecallDriver; the decode
+// thread enqueues a whole step without waiting for the GPU, and the stream waits for
+// recalls at gates (resident_ops.h). The KV cache content and the page digests are
+// random (the benchmark's inputs); the decode input drifts slowly from a random base,
+// so that adjacent queries are similar as in a trained model (options.drift).
+//
+// Owns the per-layer device state, the streams, the events and the driver. Borrows
+// the model and the session, which must outlive it. One thread drives it.
+#ifndef FREEKV_WORKER_FREEKV_GPU_GPU_DECODER_H_
+#define FREEKV_WORKER_FREEKV_GPU_GPU_DECODER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "client/cuda_kv_client.h"
+#include "worker/freekv_gpu/resident_ops.h"
+#include "worker/gpu/gpu_llama.h"
+
+namespace freekv::gpu {
+
+enum class GpuPolicy { kFull, kOracle, kFreeKv, kBlocking };
+absl::StatusOr<GpuPolicy> ParseGpuPolicy(absl::string_view name);
+std::string GpuPolicyName(GpuPolicy policy);
+inline bool Recalls(GpuPolicy p) { return p == GpuPolicy::kFreeKv || p == GpuPolicy::kBlocking; }
+struct GpuDecoderOptions;
+bool NeedsSession(const GpuDecoderOptions& options);
+
+struct GpuDecoderOptions {
+  GpuPolicy policy = GpuPolicy::kFreeKv;
+  int32_t batch = 1;
+  int32_t layers = 1;           // the model's first `layers` layers
+  int64_t context = 0;          // tokens before the first decode step
+  int32_t max_steps = 64;       // sizes the digest tables and the full pool
+  ResidentLayout layout;        // 16 sink + 32 selected + 16 window pages
+  float tau = 0.8f;             // correction threshold
+  float drift = 0.05f;          // step-to-step change of the decode input
+  bool graphs = true;           // replay each layer's dense parts as CUDA graphs
+  // freekv/blocking for measuring only: every step's work but no recall (the stream
+  // opens its own gates), to separate the policy's compute from its recalls.
+  bool skip_recall = false;
+  // blocking only: the decode thread waits on the host for each layer's recall (the
+  // GPU idles meanwhile) instead of leaving the wait to a gate on the stream.
+  bool host_wait = false;
+  std::vector<uint64_t> sequence_ids;  // one per batch row (freekv, blocking)
+};
+
+struct GpuStepStats {
+  double step_ms = 0;          // median GPU time between the ends of adjacent steps
+  double wall_ms = 0;          // host wall time per step over the timed steps
+  double stall_ms = 0;         // median per step: the stream waiting at recall gates
+  double enqueue_ms = 0;       // decode thread's time per step to enqueue it
+  double recall_host_ms = 0;   // per step: building, sending and applying recalls
+  double slices_per_step = 0;  // 16 KiB (page, head) blocks recalled per step
+  double reply_ms = 0;         // mean per recall: request sent -> reply read
+  double corrected = 0;        // share of (layer, sequence, KV head) corrected
+};
+
+inline bool NeedsSession(const GpuDecoderOptions& o) {
+  return Recalls(o.policy) && !o.skip_recall;
+}
+
+class GpuDecoder {
+ public:
+  // `kv` is required for freekv and blocking: a CUDA IPC session of `layers` layers
+  // whose slots hold SlotBytes(options) and whose store holds pages [0, context / page)
+  // of every (sequence, layer); null otherwise.
+  static absl::StatusOr<std::unique_ptr<GpuDecoder>> Create(GpuLlama& model,
+                                                            const GpuDecoderOptions& options,
+                                                            CudaKvClient* kv);
+  // Staging slot bytes a session needs: one 16 KiB slice place per (sequence, head,
+  // selected page).
+  static uint64_t SlotBytes(const GpuDecoderOptions& options, const ModelConfig& config);
+  // Device bytes Create will allocate beyond the model (to check it fits first).
+  static uint64_t DeviceBytes(const GpuDecoderOptions& options, const ModelConfig& config);
+  ~GpuDecoder();
+
+  // Decodes warmup + steps steps (at most max_steps in the decoder's life) and times
+  // the last `steps`.
+  absl::StatusOr<GpuStepStats> Run(int32_t warmup, int32_t steps);
+
+ private:
+  struct Impl;
+  explicit GpuDecoder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace freekv::gpu
+
+#endif  // FREEKV_WORKER_FREEKV_GPU_GPU_DECODER_H_

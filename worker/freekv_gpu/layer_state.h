@@ -1,0 +1,81 @@
+// The device state of one layer under a GpuDecoder policy, and the buffers its steps
+// share. Internal to worker/freekv_gpu (gpu_decoder.cc); plain owners, one thread.
+#ifndef FREEKV_WORKER_FREEKV_GPU_LAYER_STATE_H_
+#define FREEKV_WORKER_FREEKV_GPU_LAYER_STATE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/cuda_util.h"
+#include "kernels/select.h"
+#include "kernels/similarity.h"
+#include "worker/freekv_gpu/recall_driver.h"
+#include "worker/freekv_gpu/resident_ops.h"
+
+namespace freekv::gpu {
+
+// Shape of the per-layer state: batch rows, heads, head_dim, pages.
+struct StateShape {
+  int32_t batch = 0, q_heads = 0, kv_heads = 0, head_dim = 0, page_tokens = 0;
+  bool sparse = true;
+  ResidentLayout layout;
+  int32_t digest_pages = 0;  // sparse: logical pages a digest table covers
+  int32_t full_pages = 0;    // full: pool pages per sequence
+
+  int32_t lists() const { return batch * kv_heads; }
+  int64_t page_elems() const { return int64_t{page_tokens} * kv_heads * head_dim; }
+  int64_t pool_pages() const {
+    return int64_t{batch} * (sparse ? layout.pages_per_seq() : full_pages);
+  }
+};
+
+// A selection diff on the device (one int32 block: pages, slots, counts, the
+// correction count, then the flags as bytes) and its pinned host mirror, with the
+// events that say the mirror is current (a ring: the decode thread runs ahead).
+struct DiffSet {
+  static constexpr int kRing = 3;
+  kernels::DeviceBuffer device;
+  kernels::PinnedBuffer host;
+  std::vector<kernels::CudaEvent> ready;
+  int32_t lists = 0, selected = 0;
+
+  static absl::StatusOr<DiffSet> Create(int32_t lists, int32_t selected);
+  size_t entries() const { return size_t(lists) * selected; }
+  int32_t* dev() const { return device.span<int32_t>().data(); }
+  int32_t* mirror() const { return host.span<int32_t>().data(); }
+  kernels::ResidentDiff Diff() const;
+  RecallDiff ReadOnlyDiff() const;
+  int32_t* num_flagged() const { return dev() + 2 * entries() + lists; }
+  absl::Span<uint8_t> flags() const {
+    return {reinterpret_cast<uint8_t*>(num_flagged() + 1), size_t(lists)};
+  }
+  // The same parts in the mirror.
+  const int32_t* host_counts() const { return mirror() + 2 * entries(); }
+  const int32_t* host_num_flagged() const { return host_counts() + lists; }
+  const uint8_t* host_flags() const {
+    return reinterpret_cast<const uint8_t*>(host_num_flagged() + 1);
+  }
+  absl::Status CopyToHost(cudaStream_t stream) const;
+};
+
+struct LayerState {
+  kernels::DeviceBuffer pool;
+  kernels::PagedKv<BFloat16> view;
+  kernels::DeviceBuffer digests;   // sparse
+  kernels::DeviceBuffer resident;  // sparse: [lists][selected], -1 when empty
+  kernels::DeviceBuffer q_prev;    // freekv
+  kernels::DeviceBuffer similarity;
+  DiffSet spec, corr;              // freekv / blocking
+
+  static absl::StatusOr<LayerState> Create(const StateShape& shape, bool recalls,
+                                           uint64_t seed, cudaStream_t stream);
+  LayerResidency Residency() const { return {view, resident.span<int32_t>()}; }
+};
+
+// Device bytes LayerState::Create allocates.
+uint64_t LayerStateBytes(const StateShape& shape, bool recalls);
+
+}  // namespace freekv::gpu
+
+#endif  // FREEKV_WORKER_FREEKV_GPU_LAYER_STATE_H_

@@ -1,0 +1,196 @@
+#include "worker/freekv_gpu/recall_driver.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/time/clock.h"
+
+namespace freekv::gpu {
+namespace {
+
+// A reply later than this means the kvservice is gone or stuck.
+constexpr absl::Duration kReplyDeadline = absl::Seconds(30);
+// Opening a gate this far past its value lets every later wait on it pass too.
+constexpr uint32_t kFarPast = 1u << 30;
+
+}  // namespace
+
+RecallDriver::RecallDriver(CudaKvClient& kv, std::vector<LayerResidency> layers,
+                           std::vector<uint64_t> sequence_ids, int32_t num_kv_heads,
+                           ResidentLayout layout, kernels::CudaStream stream)
+    : kv_(kv),
+      layers_(std::move(layers)),
+      sequence_ids_(std::move(sequence_ids)),
+      num_kv_heads_(num_kv_heads),
+      layout_(layout),
+      stream_(std::move(stream)) {
+  issuer_ = std::thread([this] { IssueLoop(); });
+  completer_ = std::thread([this] { CompleteLoop(); });
+}
+
+RecallDriver::~RecallDriver() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  issuer_.join();
+  completer_.join();
+}
+
+void RecallDriver::Push(const RecallItem& item) {
+  absl::MutexLock lock(&mu_);
+  to_issue_.push_back(item);
+  ++pushed_;
+}
+
+absl::Status RecallDriver::Finish() {
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](RecallDriver* d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu_) {
+          return d->done_ == d->pushed_;
+        },
+        this));
+  }
+  absl::Status drained = stream_.Synchronize();
+  absl::MutexLock lock(&mu_);
+  absl::Status first = std::exchange(first_error_, absl::OkStatus());
+  return first.ok() ? drained : first;
+}
+
+RecallDriverStats RecallDriver::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void RecallDriver::Fail(const absl::Status& status) {
+  absl::MutexLock lock(&mu_);
+  if (first_error_.ok()) first_error_ = status;
+}
+
+void RecallDriver::IssueLoop() {
+  std::vector<RecallSliceRef> slices;
+  for (;;) {
+    RecallItem item;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](RecallDriver* d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu_) {
+            return d->stop_ || !d->to_issue_.empty();
+          },
+          this));
+      if (to_issue_.empty()) return;
+      item = to_issue_.front();
+      to_issue_.pop_front();
+    }
+    Sent sent{item, std::nullopt, absl::Time(), false};
+    bool skip = false;
+    const absl::Status status = Issue(item, slices, &sent.ticket, &sent.sent_at, &skip);
+    if (!status.ok()) {
+      Fail(status);
+      sent.failed = true;
+    }
+    absl::MutexLock lock(&mu_);
+    if (skip) {
+      ++done_;
+    } else {
+      to_complete_.push_back(std::move(sent));
+    }
+  }
+}
+
+absl::Status RecallDriver::Issue(const RecallItem& item,
+                                 std::vector<RecallSliceRef>& slices,
+                                 std::optional<RecallTicket>* ticket, absl::Time* sent_at,
+                                 bool* skip) {
+  FREEKV_RETURN_IF_ERROR(item.diff_ready->Synchronize());
+  const absl::Time start = absl::Now();
+  if (item.host_num_flagged != nullptr) {
+    absl::MutexLock lock(&mu_);
+    stats_.flagged_heads += *item.host_num_flagged;
+  }
+  if (item.host_num_flagged != nullptr && *item.host_num_flagged == 0) {
+    *skip = true;  // the decode stream opened the gate itself
+    return absl::OkStatus();
+  }
+  const int32_t k = layout_.selected;
+  const uint64_t slice_bytes = kv_.client().geometry().head_slice_bytes();
+  slices.clear();
+  const int32_t lists = static_cast<int32_t>(sequence_ids_.size()) * num_kv_heads_;
+  for (int32_t list = 0; list < lists; ++list) {
+    if (item.host_flags != nullptr && item.host_flags[list] == 0) continue;
+    const int32_t count = std::min(item.host_counts[list], k);
+    for (int32_t j = 0; j < count; ++j) {
+      slices.push_back({sequence_ids_[list / num_kv_heads_],
+                        static_cast<uint32_t>(list % num_kv_heads_),
+                        static_cast<uint32_t>(item.host_pages[size_t(list) * k + j]),
+                        (uint64_t(list) * k + j) * slice_bytes});
+    }
+  }
+  if (!slices.empty()) {
+    *sent_at = absl::Now();
+    absl::StatusOr<RecallTicket> t = kv_.client().Recall(item.step, item.layer, slices);
+    if (!t.ok()) return t.status();
+    *ticket = *t;
+  }
+  absl::MutexLock lock(&mu_);
+  stats_.slices += slices.size();
+  stats_.recalls += slices.empty() ? 0 : 1;
+  stats_.corrections += item.host_flags != nullptr && !slices.empty();
+  stats_.host_work_seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  return absl::OkStatus();
+}
+
+void RecallDriver::CompleteLoop() {
+  for (;;) {
+    Sent sent;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](RecallDriver* d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu_) {
+            return !d->to_complete_.empty() || (d->stop_ && d->done_ == d->pushed_);
+          },
+          this));
+      if (to_complete_.empty()) return;
+      sent = std::move(to_complete_.front());
+      to_complete_.pop_front();
+    }
+    absl::Status status = sent.failed ? absl::OkStatus() : Complete(sent);
+    if (!status.ok()) Fail(status);
+    if (sent.failed || !status.ok()) {
+      // Let the decode stream drain; Finish reports the error.
+      SetGate(sent.item.gate, sent.item.gate_value + kFarPast, stream_.get()).IgnoreError();
+    }
+    absl::MutexLock lock(&mu_);
+    ++done_;
+  }
+}
+
+absl::Status RecallDriver::Complete(const Sent& sent) {
+  const RecallItem& item = sent.item;
+  if (sent.ticket.has_value()) {
+    const RecallTicket& t = *sent.ticket;
+    FREEKV_RETURN_IF_ERROR(kv_.client().Wait(t, absl::Now() + kReplyDeadline));
+    const absl::Time start = absl::Now();
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
+    }
+    const CudaRegions& regions = kv_.regions();
+    FREEKV_RETURN_IF_ERROR(regions.WaitSlotReady(t.layer, t.slot, stream_.get()));
+    const absl::Span<const BFloat16> slot(
+        reinterpret_cast<const BFloat16*>(regions.staging_slot(t.layer, t.slot)),
+        regions.slot_bytes() / sizeof(BFloat16));
+    const LayerResidency& layer = layers_[item.layer];
+    FREEKV_RETURN_IF_ERROR(ApplyRecallCuda(slot, item.device_diff, item.device_flags,
+                                           layer.pool, layout_, layer.resident,
+                                           stream_.get()));
+    FREEKV_RETURN_IF_ERROR(regions.MarkSlotFree(t.layer, t.slot, stream_.get()));
+    FREEKV_RETURN_IF_ERROR(kv_.client().Release(t));
+    absl::MutexLock lock(&mu_);
+    stats_.host_work_seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  }
+  return SetGate(item.gate, item.gate_value, stream_.get());
+}
+
+}  // namespace freekv::gpu

@@ -1,0 +1,229 @@
+// CUDA launchers of resident_ops.h. The copies move 16-byte vectors (head_dim * 2 bytes
+// must be a multiple of 16).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda_check.cuh"
+#include "worker/freekv_gpu/resident_ops.h"
+#include "worker/freekv_gpu/resident_ops_checks.h"
+
+namespace freekv::gpu {
+namespace {
+
+using kernels::CudaStatus;
+using kernels::LaunchStatus;
+
+constexpr int kThreads = 256;
+
+struct PoolArgs {
+  uint4* k;
+  uint4* v;
+  int64_t page_stride;  // vectors
+  int32_t page_tokens, num_kv_heads, vecs_per_row;
+};
+
+PoolArgs ToArgs(const kernels::PagedKv<BFloat16>& pool) {
+  const int32_t per_vec = 16 / sizeof(BFloat16);
+  return {reinterpret_cast<uint4*>(pool.k), reinterpret_cast<uint4*>(pool.v),
+          pool.page_stride / per_vec, pool.page_tokens, pool.num_kv_heads,
+          pool.head_dim / per_vec};
+}
+
+absl::Status CheckVectorisable(const kernels::PagedKv<BFloat16>& pool) {
+  if ((pool.head_dim * sizeof(BFloat16)) % 16 != 0 || pool.page_stride % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(pool.k) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(pool.v) % 16 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pool rows must be whole 16-byte vectors; head_dim ", pool.head_dim));
+  }
+  return absl::OkStatus();
+}
+
+// One block per diff entry (list, j); blockIdx.x = list, blockIdx.y = j.
+__global__ void __launch_bounds__(kThreads)
+    ApplyKernel(const uint4* slot, const int32_t* pages, const int32_t* slots,
+                const int32_t* counts, const uint8_t* mask, PoolArgs pool,
+                ResidentLayout layout, int32_t* resident) {
+  const int32_t list = blockIdx.x, j = blockIdx.y, k = layout.selected;
+  if ((mask != nullptr && mask[list] == 0) || j >= counts[list]) return;
+  const int32_t s = slots[list * k + j];
+  if (s < 0 || s >= k) return;  // the select kernel never writes one; be safe
+  const int32_t seq = list / pool.num_kv_heads, head = list % pool.num_kv_heads;
+  // ResidentLayout::selected_page, spelled out: the header is host-only C++.
+  const int64_t page = int64_t{seq} * (layout.sink + k + layout.window) + layout.sink + s;
+  const int32_t half = pool.page_tokens * pool.vecs_per_row;
+  const uint4* src = slot + (int64_t{list} * k + j) * 2 * half;
+  for (int32_t i = threadIdx.x; i < 2 * half; i += kThreads) {
+    const int32_t within = i % half;
+    const int32_t t = within / pool.vecs_per_row, vec = within % pool.vecs_per_row;
+    const int64_t dst = page * pool.page_stride +
+                        int64_t{t * pool.num_kv_heads + head} * pool.vecs_per_row + vec;
+    (i < half ? pool.k : pool.v)[dst] = src[i];
+  }
+  if (threadIdx.x == 0) resident[list * k + s] = pages[list * k + j];
+}
+
+__global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* pages,
+                             const int32_t* tokens, PoolArgs pool) {
+  const int32_t b = blockIdx.x, row = pool.num_kv_heads * pool.vecs_per_row;
+  const int64_t dst = pages[b] * pool.page_stride + int64_t{tokens[b]} * row;
+  for (int32_t i = threadIdx.x; i < 2 * row; i += blockDim.x) {
+    if (i < row) {
+      pool.k[dst + i] = k[int64_t{b} * row + i];
+    } else {
+      pool.v[dst + i - row] = v[int64_t{b} * row + i - row];
+    }
+  }
+}
+
+__global__ void SetGateKernel(uint32_t* gate, uint32_t value) { *gate = value; }
+
+__global__ void OpenGateIfNoneKernel(const int32_t* num_flagged, uint32_t* gate,
+                                     uint32_t value) {
+  if (*num_flagged == 0) *gate = value;
+}
+
+// splitmix64 of (seed, index) -> uniform in [-1, 1).
+__device__ __forceinline__ float Uniform(uint64_t seed, uint64_t index) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + index + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+__global__ void FillUniformKernel(__nv_bfloat16* data, int64_t n, uint64_t seed,
+                                  float scale) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    data[i] = __float2bfloat16_rn(scale * Uniform(seed, i));
+  }
+}
+
+// Element (pair, d) of a digest table: max row at pair * 2D + d, min row at + D.
+__global__ void FillDigestsKernel(__nv_bfloat16* data, int64_t pairs_x_dim, int32_t dim,
+                                  uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < pairs_x_dim;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const float a = Uniform(seed, 2 * i), b = Uniform(seed, 2 * i + 1);
+    const int64_t pair = i / dim, d = i % dim;
+    data[pair * 2 * dim + d] = __float2bfloat16_rn(fmaxf(a, b));
+    data[pair * 2 * dim + dim + d] = __float2bfloat16_rn(fminf(a, b));
+  }
+}
+
+__global__ void DriftKernel(const __nv_bfloat16* base, float eps, uint64_t seed,
+                            __nv_bfloat16* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = __float2bfloat16_rn(__bfloat162float(base[i]) + eps * Uniform(seed, i));
+  }
+}
+
+unsigned Blocks(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096);
+}
+
+// Holds its stream until the gate reaches `value`. A spinning kernel rather than the
+// driver's cuStreamWaitValue32: a blocked stream memory operation stalls the hardware
+// queue it sits in, which other streams (the one that would open the gate) may share,
+// and on the H100 that deadlocked; a running kernel blocks only its own stream. One
+// thread on one SM, sleeping between reads.
+__global__ void WaitGateKernel(const uint32_t* gate, uint32_t value) {
+  const volatile uint32_t* word = gate;
+  while (static_cast<int32_t>(*word - value) < 0) __nanosleep(256);
+  __threadfence();
+}
+
+}  // namespace
+
+absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& diff,
+                             absl::Span<const uint8_t> head_mask,
+                             const kernels::PagedKv<BFloat16>& pool,
+                             const ResidentLayout& layout, absl::Span<int32_t> resident,
+                             cudaStream_t stream) {
+  FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot.size(), diff, head_mask.size(), pool,
+                                          layout, resident.size()));
+  FREEKV_RETURN_IF_ERROR(CheckVectorisable(pool));
+  const dim3 grid(static_cast<unsigned>(diff.counts.size()), layout.selected);
+  ApplyKernel<<<grid, kThreads, 0, stream>>>(
+      reinterpret_cast<const uint4*>(slot.data()), diff.pages.data(), diff.slots.data(),
+      diff.counts.data(), head_mask.empty() ? nullptr : head_mask.data(), ToArgs(pool),
+      layout, resident.data());
+  return LaunchStatus("ApplyKernel");
+}
+
+absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat16> v,
+                          absl::Span<const int32_t> pages, absl::Span<const int32_t> tokens,
+                          const kernels::PagedKv<BFloat16>& pool, cudaStream_t stream) {
+  FREEKV_RETURN_IF_ERROR(
+      CheckAppendShapes(k.size(), v.size(), pages.size(), tokens.size(), pool));
+  FREEKV_RETURN_IF_ERROR(CheckVectorisable(pool));
+  AppendKernel<<<static_cast<unsigned>(pages.size()), kThreads, 0, stream>>>(
+      reinterpret_cast<const uint4*>(k.data()), reinterpret_cast<const uint4*>(v.data()),
+      pages.data(), tokens.data(), ToArgs(pool));
+  return LaunchStatus("AppendKernel");
+}
+
+void RequireEagerLoading() { setenv("CUDA_MODULE_LOADING", "EAGER", 1); }
+
+absl::Status WaitGate(const uint32_t* gate, uint32_t value, cudaStream_t stream) {
+  static const bool eager = [] {
+    const char* mode = getenv("CUDA_MODULE_LOADING");
+    return mode != nullptr && std::string(mode) == "EAGER";
+  }();
+  if (!eager) {
+    return absl::FailedPreconditionError(
+        "gates need CUDA_MODULE_LOADING=EAGER (call RequireEagerLoading() at the start of "
+        "main): a kernel loaded lazily while a gate holds a stream deadlocks");
+  }
+  WaitGateKernel<<<1, 1, 0, stream>>>(gate, value);
+  return LaunchStatus("WaitGateKernel");
+}
+
+absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream) {
+  SetGateKernel<<<1, 1, 0, stream>>>(gate, value);
+  return LaunchStatus("SetGateKernel");
+}
+
+absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, uint32_t value,
+                            cudaStream_t stream) {
+  OpenGateIfNoneKernel<<<1, 1, 0, stream>>>(num_flagged, gate, value);
+  return LaunchStatus("OpenGateIfNoneKernel");
+}
+
+absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,
+                             cudaStream_t stream) {
+  FillUniformKernel<<<Blocks(data.size()), kThreads, 0, stream>>>(
+      reinterpret_cast<__nv_bfloat16*>(data.data()), data.size(), seed, scale);
+  return LaunchStatus("FillUniformKernel");
+}
+
+absl::Status FillDigestsCuda(absl::Span<BFloat16> digests, int32_t head_dim, uint64_t seed,
+                             cudaStream_t stream) {
+  if (head_dim <= 0 || digests.size() % (2 * size_t(head_dim)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "digests of ", digests.size(), " elements are not rows of 2 x ", head_dim));
+  }
+  const int64_t n = digests.size() / 2;
+  FillDigestsKernel<<<Blocks(n), kThreads, 0, stream>>>(
+      reinterpret_cast<__nv_bfloat16*>(digests.data()), n, head_dim, seed);
+  return LaunchStatus("FillDigestsKernel");
+}
+
+absl::Status DriftCuda(absl::Span<const BFloat16> base, float eps, uint64_t seed,
+                       absl::Span<BFloat16> hidden, cudaStream_t stream) {
+  FREEKV_RETURN_IF_ERROR(kernels::CheckSize("hidden", hidden.size(), base.size()));
+  DriftKernel<<<Blocks(base.size()), kThreads, 0, stream>>>(
+      reinterpret_cast<const __nv_bfloat16*>(base.data()), eps, seed,
+      reinterpret_cast<__nv_bfloat16*>(hidden.data()), base.size());
+  return LaunchStatus("DriftKernel");
+}
+
+}  // namespace freekv::gpu

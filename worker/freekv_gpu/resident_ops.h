@@ -1,0 +1,113 @@
+// The device-side bookkeeping of FreeKV's resident set on the GPU, beyond the kernels of
+// kernels/: applying a recall that landed in a staging slot, appending the new token's
+// K and V, and the "gates" that let the compute stream wait for a recall without the
+// host waiting for the GPU.
+//
+// Resident layout (one per layer): sequence b owns pool pages
+//   [b * pages_per_seq, (b + 1) * pages_per_seq) of an NHD pool (kernels/paged_kv.h):
+//   first `sink` pages (attention sinks), then `selected` slots (the pages recalled
+//   for each KV head: FreeKV keeps a separate copy per head, so head h of slot s may
+//   hold a different logical page than head h' of the same slot), then `window` pages
+//   used as a ring (logical page w in pool page sink + selected + w % window).
+// resident [num_seqs][num_kv_heads][selected] names the logical page each head's slot
+// holds (-1: empty), as kernels/select.h's ResidentDiff expects.
+//
+// Staging slot layout: the slice recalled for diff entry (b, h, j) sits at slice index
+// (b * num_kv_heads + h) * selected + j, each slice [K|V][page_tokens][head_dim] (one
+// (page, head) block of the kvservice's HND store). Fixed places, so the slot can be
+// applied from the device-resident diff with no host-built list.
+//
+// Thread safety: stateless launchers; enqueue on one stream per buffer set.
+#ifndef FREEKV_WORKER_FREEKV_GPU_RESIDENT_OPS_H_
+#define FREEKV_WORKER_FREEKV_GPU_RESIDENT_OPS_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "kernels/bf16.h"
+#include "kernels/cuda_fwd.h"
+#include "kernels/paged_kv.h"
+
+namespace freekv::gpu {
+
+using kernels::BFloat16;
+
+struct ResidentLayout {
+  int32_t sink = 16;
+  int32_t selected = 32;
+  int32_t window = 16;
+
+  int32_t pages_per_seq() const { return sink + selected + window; }
+  int32_t selected_page(int32_t seq, int32_t slot) const {
+    return seq * pages_per_seq() + sink + slot;
+  }
+  int32_t window_page(int32_t seq, int64_t logical_page) const {
+    return seq * pages_per_seq() + sink + selected +
+           static_cast<int32_t>(logical_page % window);
+  }
+};
+
+// A diff as kernels::GroupSelectCuda writes it ([num_seqs][num_kv_heads][selected]
+// pages and slots, [num_seqs][num_kv_heads] counts), read-only here.
+struct RecallDiff {
+  absl::Span<const int32_t> pages;
+  absl::Span<const int32_t> slots;
+  absl::Span<const int32_t> counts;
+};
+
+// For every (b, h) whose head_mask byte is non-zero (every one when head_mask is
+// empty) and j < counts[b][h]: copies slot slice (b, h, j) into head h of pool page
+// layout.selected_page(b, slots[b][h][j]) and sets resident[b][h][slots..] to
+// pages[b][h][j]. The pool is bf16 with K and V interleaved per page (pool.v = pool.k
+// + page_elems); pool.num_pages >= num_seqs * pages_per_seq.
+absl::Status ApplyRecallRef(absl::Span<const BFloat16> slot, const RecallDiff& diff,
+                            absl::Span<const uint8_t> head_mask,
+                            const kernels::PagedKv<BFloat16>& pool,
+                            const ResidentLayout& layout, absl::Span<int32_t> resident);
+absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& diff,
+                             absl::Span<const uint8_t> head_mask,
+                             const kernels::PagedKv<BFloat16>& pool,
+                             const ResidentLayout& layout, absl::Span<int32_t> resident,
+                             cudaStream_t stream);
+
+// Writes the new token of each sequence: k and v [num_seqs][num_kv_heads][head_dim]
+// go to token tokens[b] of pool page pages[b] (every head).
+absl::Status AppendKvRef(absl::Span<const BFloat16> k, absl::Span<const BFloat16> v,
+                         absl::Span<const int32_t> pages, absl::Span<const int32_t> tokens,
+                         const kernels::PagedKv<BFloat16>& pool);
+absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat16> v,
+                          absl::Span<const int32_t> pages, absl::Span<const int32_t> tokens,
+                          const kernels::PagedKv<BFloat16>& pool, cudaStream_t stream);
+
+// Gates: a 32-bit device word per waiting point. WaitGate makes `stream` wait (a
+// one-thread kernel that polls the word; no host thread waits) until
+// (int32_t)(*gate - value) >= 0; SetGate writes `value` in stream order;
+// OpenGateIfNone writes it only when *num_flagged == 0 (so a layer with no corrected
+// head never waits for the host).
+// Gates need every kernel of the process loaded before the first wait: CUDA 12+ loads
+// modules lazily, and loading one while a gate holds a stream waits for that stream,
+// so a kernel launched for the first time behind a gate deadlocks. Call
+// RequireEagerLoading() first thing in main (before any CUDA call); WaitGate refuses
+// (FAILED_PRECONDITION) when CUDA_MODULE_LOADING is not EAGER.
+void RequireEagerLoading();
+absl::Status WaitGate(const uint32_t* gate, uint32_t value, cudaStream_t stream);
+absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream);
+absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, uint32_t value,
+                            cudaStream_t stream);
+
+// Benchmark inputs: uniform values in [-scale, scale) from (seed, index).
+absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,
+                             cudaStream_t stream);
+// A digest table's rows (kernels/digest.h: pairs of [head_dim] max and min rows) with
+// random values, max >= min element-wise.
+absl::Status FillDigestsCuda(absl::Span<BFloat16> digests, int32_t head_dim, uint64_t seed,
+                             cudaStream_t stream);
+// hidden = base + eps * uniform(seed) noise: the slowly drifting input of a benchmark
+// whose adjacent queries are as similar as a real model's.
+absl::Status DriftCuda(absl::Span<const BFloat16> base, float eps, uint64_t seed,
+                       absl::Span<BFloat16> hidden, cudaStream_t stream);
+
+}  // namespace freekv::gpu
+
+#endif  // FREEKV_WORKER_FREEKV_GPU_RESIDENT_OPS_H_

@@ -1,0 +1,188 @@
+// The CUDA launchers of resident_ops.h against the CPU references on random inputs
+// (bit for bit: they only move bytes), and the gates: a stream that waits on one
+// really stops until another stream opens it.
+#include <chrono>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda_util.h"
+#include "kernels/test_util.h"
+#include "worker/freekv_gpu/resident_ops.h"
+
+namespace freekv::gpu {
+namespace {
+
+// Before main, so before CUDA starts (see RequireEagerLoading).
+const bool kEager = (RequireEagerLoading(), true);
+
+using kernels::CudaStream;
+using kernels::DeviceBuffer;
+using kernels::RandomVector;
+
+template <typename T>
+T Ok(absl::StatusOr<T> v) {
+  EXPECT_TRUE(v.ok()) << v.status();
+  return *std::move(v);
+}
+
+// Llama geometry per page (8 KV heads, head_dim 128, 32 tokens), 3 sequences.
+constexpr int32_t kSeqs = 3, kHeads = 8, kTokens = 32, kDim = 128;
+const ResidentLayout kLayout{2, 4, 2};
+
+struct Pools {
+  std::vector<BFloat16> host;
+  DeviceBuffer device;
+  kernels::PagedKv<BFloat16> Host() {
+    return View(host.data());
+  }
+  kernels::PagedKv<BFloat16> Device() {
+    return View(device.span<BFloat16>().data());
+  }
+  static kernels::PagedKv<BFloat16> View(BFloat16* base) {
+    const int64_t page = int64_t{kTokens} * kHeads * kDim;
+    return {base, base + page, 2 * page, kSeqs * kLayout.pages_per_seq(), kTokens, kHeads,
+            kDim};
+  }
+};
+
+Pools RandomPools(std::mt19937& rng) {
+  Pools p;
+  p.host = RandomVector<BFloat16>(
+      rng, size_t{2} * kTokens * kHeads * kDim * kSeqs * kLayout.pages_per_seq());
+  p.device = Ok(DeviceBuffer::Upload<BFloat16>(p.host));
+  return p;
+}
+
+std::vector<BFloat16> Download(const DeviceBuffer& b) {
+  std::vector<BFloat16> out(b.bytes() / sizeof(BFloat16));
+  EXPECT_TRUE(b.Download(absl::MakeSpan(out)).ok());
+  return out;
+}
+
+bool SameBits(const std::vector<BFloat16>& a, const std::vector<BFloat16>& b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(),
+                    [](BFloat16 x, BFloat16 y) { return x.bits == y.bits; });
+}
+
+TEST(ApplyRecallCuda, MatchesTheReferenceOnRandomDiffs) {
+  std::mt19937 rng(21);
+  Pools pool = RandomPools(rng);
+  const int32_t lists = kSeqs * kHeads, k = kLayout.selected;
+  const std::vector<BFloat16> slot =
+      RandomVector<BFloat16>(rng, size_t{lists} * k * 2 * kTokens * kDim);
+  std::vector<int32_t> pages(lists * k, -1), slots(lists * k, -1), counts(lists);
+  std::vector<uint8_t> mask(lists);
+  for (int32_t l = 0; l < lists; ++l) {
+    counts[l] = rng() % (k + 1);
+    mask[l] = rng() % 4 != 0;
+    std::vector<int32_t> order(k);
+    for (int32_t s = 0; s < k; ++s) order[s] = s;
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int32_t j = 0; j < counts[l]; ++j) {
+      slots[l * k + j] = order[j];
+      pages[l * k + j] = 100 + rng() % 1000;
+    }
+  }
+  std::vector<int32_t> resident(lists * k);
+  for (int32_t& r : resident) r = rng() % 50;
+  auto d_slot = Ok(DeviceBuffer::Upload<BFloat16>(slot));
+  auto d_pages = Ok(DeviceBuffer::Upload<int32_t>(pages));
+  auto d_slots = Ok(DeviceBuffer::Upload<int32_t>(slots));
+  auto d_counts = Ok(DeviceBuffer::Upload<int32_t>(counts));
+  auto d_mask = Ok(DeviceBuffer::Upload<uint8_t>(mask));
+  auto d_resident = Ok(DeviceBuffer::Upload<int32_t>(resident));
+  auto stream = Ok(CudaStream::Create());
+  for (bool masked : {true, false}) {
+    const RecallDiff host_diff{pages, slots, counts};
+    ASSERT_TRUE(ApplyRecallRef(slot, host_diff, masked ? mask : std::vector<uint8_t>{},
+                               pool.Host(), kLayout, absl::MakeSpan(resident))
+                    .ok());
+    const RecallDiff device_diff{d_pages.span<int32_t>(), d_slots.span<int32_t>(),
+                                 d_counts.span<int32_t>()};
+    ASSERT_TRUE(ApplyRecallCuda(d_slot.span<BFloat16>(), device_diff,
+                                masked ? d_mask.span<uint8_t>() : absl::Span<uint8_t>(),
+                                pool.Device(), kLayout, d_resident.span<int32_t>(),
+                                stream.get())
+                    .ok());
+    ASSERT_TRUE(stream.Synchronize().ok());
+    EXPECT_TRUE(SameBits(Download(pool.device), pool.host)) << "masked " << masked;
+    std::vector<int32_t> got(resident.size());
+    ASSERT_TRUE(d_resident.Download(absl::MakeSpan(got)).ok());
+    EXPECT_EQ(got, resident) << "masked " << masked;
+  }
+}
+
+TEST(AppendKvCuda, MatchesTheReference) {
+  std::mt19937 rng(22);
+  Pools pool = RandomPools(rng);
+  const size_t row = size_t{kSeqs} * kHeads * kDim;
+  const std::vector<BFloat16> k = RandomVector<BFloat16>(rng, row);
+  const std::vector<BFloat16> v = RandomVector<BFloat16>(rng, row);
+  std::vector<int32_t> pages(kSeqs), tokens(kSeqs);
+  for (int32_t b = 0; b < kSeqs; ++b) {
+    pages[b] = kLayout.window_page(b, rng() % 1000);
+    tokens[b] = rng() % kTokens;
+  }
+  ASSERT_TRUE(AppendKvRef(k, v, pages, tokens, pool.Host()).ok());
+  auto d_k = Ok(DeviceBuffer::Upload<BFloat16>(k));
+  auto d_v = Ok(DeviceBuffer::Upload<BFloat16>(v));
+  auto d_pages = Ok(DeviceBuffer::Upload<int32_t>(pages));
+  auto d_tokens = Ok(DeviceBuffer::Upload<int32_t>(tokens));
+  auto stream = Ok(CudaStream::Create());
+  ASSERT_TRUE(AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
+                           d_pages.span<int32_t>(), d_tokens.span<int32_t>(),
+                           pool.Device(), stream.get())
+                  .ok());
+  ASSERT_TRUE(stream.Synchronize().ok());
+  EXPECT_TRUE(SameBits(Download(pool.device), pool.host));
+}
+
+// A marker buffer stays zero while `waiter` is held at the gate, and is filled once
+// the gate opens.
+bool MarkerWritten(const DeviceBuffer& marker) {
+  const std::vector<BFloat16> got = Download(marker);
+  for (BFloat16 x : got) {
+    if (x.bits != 0) return true;
+  }
+  return false;
+}
+
+TEST(Gates, AWaitingStreamRunsOnlyOnceAnotherStreamOpensTheGate) {
+  auto gate = Ok(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  auto marker = Ok(DeviceBuffer::Allocate(4096));
+  ASSERT_TRUE(gate.Zero().ok());
+  ASSERT_TRUE(marker.Zero().ok());
+  auto waiter = Ok(CudaStream::Create());
+  auto opener = Ok(CudaStream::Create());
+  uint32_t* word = gate.span<uint32_t>().data();
+  ASSERT_TRUE(SetGate(word, 4, opener.get()).ok());  // below the awaited value
+  ASSERT_TRUE(opener.Synchronize().ok());
+  ASSERT_TRUE(WaitGate(word, 5, waiter.get()).ok());
+  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past a closed gate";
+  ASSERT_TRUE(SetGate(word, 5, opener.get()).ok());
+  ASSERT_TRUE(waiter.Synchronize().ok());
+  EXPECT_TRUE(MarkerWritten(marker));
+}
+
+TEST(Gates, OpenGateIfNoneOpensOnlyWhenNothingIsFlagged) {
+  auto gate = Ok(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  ASSERT_TRUE(gate.Zero().ok());
+  auto stream = Ok(CudaStream::Create());
+  uint32_t* word = gate.span<uint32_t>().data();
+  for (int32_t flagged : {3, 0}) {
+    auto count = Ok(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
+    ASSERT_TRUE(OpenGateIfNone(count.span<int32_t>().data(), word, 7, stream.get()).ok());
+    ASSERT_TRUE(stream.Synchronize().ok());
+    uint32_t value = 0;
+    ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());
+    EXPECT_EQ(value, flagged == 0 ? 7u : 0u) << flagged << " flagged";
+  }
+}
+
+}  // namespace
+}  // namespace freekv::gpu
