@@ -16,6 +16,7 @@
 // blocks recalled per step and the share of heads corrected.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -53,20 +54,22 @@ using gpu::GpuDecoder;
 using gpu::GpuDecoderOptions;
 using gpu::GpuPolicy;
 
+// Failures end the process at once: a decoder's threads may be waiting on a GPU
+// that will not finish, so destructors could hang.
+[[noreturn]] void Fail(const char* what, const absl::Status& s) {
+  std::fprintf(stderr, "%s failed: %s\n", what, s.ToString().c_str());
+  std::fflush(nullptr);
+  std::_Exit(1);
+}
+
 template <typename T>
 T Unwrap(absl::StatusOr<T> value, const char* what) {
-  if (!value.ok()) {
-    std::fprintf(stderr, "%s failed: %s\n", what, value.status().ToString().c_str());
-    std::exit(1);
-  }
+  if (!value.ok()) Fail(what, value.status());
   return *std::move(value);
 }
 
 void Check(const absl::Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s failed: %s\n", what, s.ToString().c_str());
-    std::exit(1);
-  }
+  if (!s.ok()) Fail(what, s);
 }
 
 std::vector<int64_t> Ints(const std::string& list) {
@@ -180,7 +183,7 @@ std::vector<Row> RunRow(gpu::GpuLlama& model, testing::KvServiceProcess& service
       ko.geometry = KvGeometry(c, kPageTokens, DType::kBFloat16);
       ko.geometry.num_layers = layers;
       ko.slot_bytes = GpuDecoder::SlotBytes(options, c);
-      ko.offload_blocks = 512;
+      ko.offload_blocks = 2048;
       ko.client_name = "decode_step_bench";
       kv = Unwrap(CudaKvClient::Open(ko, 0), "CudaKvClient::Open");
       const absl::Time start = absl::Now();

@@ -62,7 +62,7 @@ struct GpuDecoderOptions {
 struct GpuStepStats {
   double step_ms = 0;          // median GPU time between the ends of adjacent steps
   double wall_ms = 0;          // host wall time per step over the timed steps
-  double stall_ms = 0;         // median per step: the stream waiting at recall gates
+  double stall_ms = 0;         // mean per step: the stream waiting at recall gates
   double enqueue_ms = 0;       // decode thread's time per step to enqueue it
   double recall_host_ms = 0;   // per step: building, sending and applying recalls
   double slices_per_step = 0;  // 16 KiB (page, head) blocks recalled per step

@@ -27,14 +27,10 @@ absl::StatusOr<DiffSet> DiffSet::Create(int32_t lists, int32_t selected) {
   if (!device.ok()) return device.status();
   d.device = *std::move(device);
   FREEKV_RETURN_IF_ERROR(d.device.Zero());
-  auto host = kernels::PinnedBuffer::Allocate(bytes);
+  auto host = kernels::PinnedBuffer::Allocate(bytes + sizeof(int32_t));  // + the stamp
   if (!host.ok()) return host.status();
   d.host = *std::move(host);
-  for (int i = 0; i < kRing; ++i) {
-    auto e = kernels::CudaEvent::Create(/*timing=*/false);
-    if (!e.ok()) return e.status();
-    d.ready.push_back(*std::move(e));
-  }
+  d.mirror()[bytes / sizeof(int32_t)] = -1;  // no step yet
   return d;
 }
 
@@ -49,8 +45,9 @@ RecallDiff DiffSet::ReadOnlyDiff() const {
   return {d.recall_pages, d.recall_slots, d.num_recall};
 }
 
-absl::Status DiffSet::CopyToHost(cudaStream_t stream) const {
-  return kernels::CopyAsync(host.data(), device.data(), device.bytes(), stream);
+absl::Status DiffSet::CopyToHost(const int32_t* step, cudaStream_t stream) const {
+  FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(host.data(), device.data(), device.bytes(), stream));
+  return kernels::CopyAsync(const_cast<int32_t*>(stamp()), step, sizeof(int32_t), stream);
 }
 
 uint64_t LayerStateBytes(const StateShape& s, bool recalls) {

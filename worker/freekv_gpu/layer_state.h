@@ -31,13 +31,16 @@ struct StateShape {
 };
 
 // A selection diff on the device (one int32 block: pages, slots, counts, the
-// correction count, then the flags as bytes) and its pinned host mirror, with the
-// events that say the mirror is current (a ring: the decode thread runs ahead).
+// correction count, then the flags as bytes) and its pinned host mirror, followed in
+// the mirror by a stamp: the step whose diff the mirror holds. The stream copies the
+// block, then the step number into the stamp, so a host thread that reads the stamp
+// (acquire) sees the whole block of that step. A stamp rather than an event because
+// the copies run inside CUDA graphs, whose event records a host thread cannot wait on
+// reliably (measured: it saw the previous step's record).
 struct DiffSet {
-  static constexpr int kRing = 3;
+  static constexpr int kRing = 3;  // pinned input buffers the decode thread rotates
   kernels::DeviceBuffer device;
   kernels::PinnedBuffer host;
-  std::vector<kernels::CudaEvent> ready;
   int32_t lists = 0, selected = 0;
 
   static absl::StatusOr<DiffSet> Create(int32_t lists, int32_t selected);
@@ -56,7 +59,9 @@ struct DiffSet {
   const uint8_t* host_flags() const {
     return reinterpret_cast<const uint8_t*>(host_num_flagged() + 1);
   }
-  absl::Status CopyToHost(cudaStream_t stream) const;
+  const int32_t* stamp() const { return mirror() + device.bytes() / sizeof(int32_t); }
+  // Copies the block to the mirror, then *step (device) to the stamp.
+  absl::Status CopyToHost(const int32_t* step, cudaStream_t stream) const;
 };
 
 struct LayerState {

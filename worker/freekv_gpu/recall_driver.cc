@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
 namespace freekv::gpu {
@@ -12,6 +13,22 @@ namespace {
 constexpr absl::Duration kReplyDeadline = absl::Seconds(30);
 // Opening a gate this far past its value lets every later wait on it pass too.
 constexpr uint32_t kFarPast = 1u << 30;
+
+// Spins (the issuer has a core to itself; a sleeping wait would add its wake-up to
+// every recall) until the stream's copy of the diff has landed.
+absl::Status AwaitStamp(const RecallItem& item) {
+  const absl::Time deadline = absl::Now() + kReplyDeadline;
+  for (uint32_t spins = 0;; ++spins) {
+    if (__atomic_load_n(item.stamp, __ATOMIC_ACQUIRE) == item.stamp_value) {
+      return absl::OkStatus();
+    }
+    if (spins % 4096 == 0 && absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the diff of step ", item.stamp_value, " layer ", item.layer,
+          " never reached the host (the GPU stopped?)"));
+    }
+  }
+}
 
 }  // namespace
 
@@ -103,7 +120,7 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
                                  std::vector<RecallSliceRef>& slices,
                                  std::optional<RecallTicket>* ticket, absl::Time* sent_at,
                                  bool* skip) {
-  FREEKV_RETURN_IF_ERROR(item.diff_ready->Synchronize());
+  FREEKV_RETURN_IF_ERROR(AwaitStamp(item));
   const absl::Time start = absl::Now();
   if (item.host_num_flagged != nullptr) {
     absl::MutexLock lock(&mu_);

@@ -2,8 +2,9 @@
 // decode thread enqueues a layer's selection and a copy of its diff to pinned memory,
 // records an event, and pushes an item; it never waits for the GPU. Two threads here
 // turn items into recalls and applied pages:
-//   issuer:    waits for the item's event, reads the diff (and, for a correction, the
-//              flags), sends the recall request (KvClient::Recall, no wait);
+//   issuer:    waits until the item's stamp shows its step (layer_state.h DiffSet),
+//              reads the diff (and, for a correction, the flags), sends the recall
+//              request (KvClient::Recall, no wait);
 //   completer: waits for each recall's reply in order, then on its own stream waits
 //              for the slot's ready event, applies the slot (ApplyRecallCuda), marks
 //              the slot free, releases it, and opens the item's gate (SetGate).
@@ -17,7 +18,7 @@
 // error.
 //
 // Thread safety: Push and Finish from one thread (the decode thread); the driver's
-// own threads do the rest. Items must be pushed after their event was recorded.
+// own threads do the rest. Items must be pushed after their copies were enqueued.
 #ifndef FREEKV_WORKER_FREEKV_GPU_RECALL_DRIVER_H_
 #define FREEKV_WORKER_FREEKV_GPU_RECALL_DRIVER_H_
 
@@ -46,7 +47,9 @@ struct LayerResidency {
 struct RecallItem {
   uint64_t step = 0;  // the step the recalled pages serve
   uint32_t layer = 0;
-  const kernels::CudaEvent* diff_ready = nullptr;  // recorded after the host copy
+  // The mirror's stamp (pinned): it reads `stamp_value` once the mirror holds the diff.
+  const int32_t* stamp = nullptr;
+  int32_t stamp_value = 0;
   const int32_t* host_pages = nullptr;
   const int32_t* host_counts = nullptr;
   // Corrections only: the flags (host) and their count; heads not flagged are skipped,

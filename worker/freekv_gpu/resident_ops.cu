@@ -84,8 +84,8 @@ __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* page
 __global__ void SetGateKernel(uint32_t* gate, uint32_t value) { *gate = value; }
 
 __global__ void OpenGateIfNoneKernel(const int32_t* num_flagged, uint32_t* gate,
-                                     uint32_t value) {
-  if (*num_flagged == 0) *gate = value;
+                                     const int32_t* step, int32_t offset) {
+  if (*num_flagged == 0) *gate = static_cast<uint32_t>(*step + offset);
 }
 
 // splitmix64 of (seed, index) -> uniform in [-1, 1).
@@ -117,8 +117,9 @@ __global__ void FillDigestsKernel(__nv_bfloat16* data, int64_t pairs_x_dim, int3
   }
 }
 
-__global__ void DriftKernel(const __nv_bfloat16* base, float eps, uint64_t seed,
+__global__ void DriftKernel(const __nv_bfloat16* base, float eps, const int32_t* seed_at,
                             __nv_bfloat16* out, int64_t n) {
+  const uint64_t seed = static_cast<uint32_t>(*seed_at);
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = __float2bfloat16_rn(__bfloat162float(base[i]) + eps * Uniform(seed, i));
@@ -135,10 +136,17 @@ unsigned Blocks(int64_t n) {
 // queue it sits in, which other streams (the one that would open the gate) may share,
 // and on the H100 that deadlocked; a running kernel blocks only its own stream. One
 // thread on one SM, sleeping between reads.
-__global__ void WaitGateKernel(const uint32_t* gate, uint32_t value) {
+__global__ void WaitGateKernel(const uint32_t* gate, const int32_t* step, int32_t offset,
+                               unsigned long long* waited_ns) {
+  const uint32_t value = static_cast<uint32_t>(*step + offset);
   const volatile uint32_t* word = gate;
+  if (static_cast<int32_t>(*word - value) >= 0) return;
+  uint64_t start, end;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
   while (static_cast<int32_t>(*word - value) < 0) __nanosleep(256);
   __threadfence();
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end));
+  if (waited_ns != nullptr) atomicAdd(waited_ns, static_cast<unsigned long long>(end - start));
 }
 
 }  // namespace
@@ -173,7 +181,8 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 
 void RequireEagerLoading() { setenv("CUDA_MODULE_LOADING", "EAGER", 1); }
 
-absl::Status WaitGate(const uint32_t* gate, uint32_t value, cudaStream_t stream) {
+absl::Status WaitGate(const uint32_t* gate, const int32_t* step, int32_t offset,
+                      unsigned long long* waited_ns, cudaStream_t stream) {
   static const bool eager = [] {
     const char* mode = getenv("CUDA_MODULE_LOADING");
     return mode != nullptr && std::string(mode) == "EAGER";
@@ -183,7 +192,7 @@ absl::Status WaitGate(const uint32_t* gate, uint32_t value, cudaStream_t stream)
         "gates need CUDA_MODULE_LOADING=EAGER (call RequireEagerLoading() at the start of "
         "main): a kernel loaded lazily while a gate holds a stream deadlocks");
   }
-  WaitGateKernel<<<1, 1, 0, stream>>>(gate, value);
+  WaitGateKernel<<<1, 1, 0, stream>>>(gate, step, offset, waited_ns);
   return LaunchStatus("WaitGateKernel");
 }
 
@@ -192,9 +201,9 @@ absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream) {
   return LaunchStatus("SetGateKernel");
 }
 
-absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, uint32_t value,
-                            cudaStream_t stream) {
-  OpenGateIfNoneKernel<<<1, 1, 0, stream>>>(num_flagged, gate, value);
+absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, const int32_t* step,
+                            int32_t offset, cudaStream_t stream) {
+  OpenGateIfNoneKernel<<<1, 1, 0, stream>>>(num_flagged, gate, step, offset);
   return LaunchStatus("OpenGateIfNoneKernel");
 }
 
@@ -217,7 +226,7 @@ absl::Status FillDigestsCuda(absl::Span<BFloat16> digests, int32_t head_dim, uin
   return LaunchStatus("FillDigestsKernel");
 }
 
-absl::Status DriftCuda(absl::Span<const BFloat16> base, float eps, uint64_t seed,
+absl::Status DriftCuda(absl::Span<const BFloat16> base, float eps, const int32_t* seed,
                        absl::Span<BFloat16> hidden, cudaStream_t stream) {
   FREEKV_RETURN_IF_ERROR(kernels::CheckSize("hidden", hidden.size(), base.size()));
   DriftKernel<<<Blocks(base.size()), kThreads, 0, stream>>>(

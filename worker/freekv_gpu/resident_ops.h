@@ -80,21 +80,25 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
                           absl::Span<const int32_t> pages, absl::Span<const int32_t> tokens,
                           const kernels::PagedKv<BFloat16>& pool, cudaStream_t stream);
 
-// Gates: a 32-bit device word per waiting point. WaitGate makes `stream` wait (a
-// one-thread kernel that polls the word; no host thread waits) until
-// (int32_t)(*gate - value) >= 0; SetGate writes `value` in stream order;
-// OpenGateIfNone writes it only when *num_flagged == 0 (so a layer with no corrected
-// head never waits for the host).
+// Gates: a 32-bit device word per waiting point, compared with a step number the
+// stream reads from device memory (`*step + offset`), so that one captured CUDA graph
+// serves every step. WaitGate holds `stream` (a one-thread kernel that polls the word;
+// no host thread waits) until (int32_t)(*gate - (*step + offset)) >= 0, and adds the
+// nanoseconds it waited to *waited_ns when that is non-null; OpenGateIfNone writes
+// *step + offset into the gate only when *num_flagged == 0 (a layer with no corrected
+// head never waits for the host); SetGate writes a value the host knows.
+//
 // Gates need every kernel of the process loaded before the first wait: CUDA 12+ loads
 // modules lazily, and loading one while a gate holds a stream waits for that stream,
 // so a kernel launched for the first time behind a gate deadlocks. Call
 // RequireEagerLoading() first thing in main (before any CUDA call); WaitGate refuses
 // (FAILED_PRECONDITION) when CUDA_MODULE_LOADING is not EAGER.
 void RequireEagerLoading();
-absl::Status WaitGate(const uint32_t* gate, uint32_t value, cudaStream_t stream);
+absl::Status WaitGate(const uint32_t* gate, const int32_t* step, int32_t offset,
+                      unsigned long long* waited_ns, cudaStream_t stream);
+absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, const int32_t* step,
+                            int32_t offset, cudaStream_t stream);
 absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream);
-absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, uint32_t value,
-                            cudaStream_t stream);
 
 // Benchmark inputs: uniform values in [-scale, scale) from (seed, index).
 absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,
@@ -103,9 +107,9 @@ absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float sca
 // random values, max >= min element-wise.
 absl::Status FillDigestsCuda(absl::Span<BFloat16> digests, int32_t head_dim, uint64_t seed,
                              cudaStream_t stream);
-// hidden = base + eps * uniform(seed) noise: the slowly drifting input of a benchmark
-// whose adjacent queries are as similar as a real model's.
-absl::Status DriftCuda(absl::Span<const BFloat16> base, float eps, uint64_t seed,
+// hidden = base + eps * uniform(*seed) noise (the seed read from device memory, so a
+// graph replays it with each step's value): the slowly drifting input of a benchmark.
+absl::Status DriftCuda(absl::Span<const BFloat16> base, float eps, const int32_t* seed,
                        absl::Span<BFloat16> hidden, cudaStream_t stream);
 
 }  // namespace freekv::gpu

@@ -153,30 +153,41 @@ bool MarkerWritten(const DeviceBuffer& marker) {
 TEST(Gates, AWaitingStreamRunsOnlyOnceAnotherStreamOpensTheGate) {
   auto gate = Ok(DeviceBuffer::Allocate(sizeof(uint32_t)));
   auto marker = Ok(DeviceBuffer::Allocate(4096));
+  auto step = Ok(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{3}));
+  auto waited = Ok(DeviceBuffer::Allocate(sizeof(uint64_t)));
   ASSERT_TRUE(gate.Zero().ok());
   ASSERT_TRUE(marker.Zero().ok());
+  ASSERT_TRUE(waited.Zero().ok());
   auto waiter = Ok(CudaStream::Create());
   auto opener = Ok(CudaStream::Create());
   uint32_t* word = gate.span<uint32_t>().data();
-  ASSERT_TRUE(SetGate(word, 4, opener.get()).ok());  // below the awaited value
+  ASSERT_TRUE(SetGate(word, 4, opener.get()).ok());  // below the awaited 3 + 2
   ASSERT_TRUE(opener.Synchronize().ok());
-  ASSERT_TRUE(WaitGate(word, 5, waiter.get()).ok());
+  ASSERT_TRUE(WaitGate(word, step.span<int32_t>().data(), 2,
+                       waited.span<unsigned long long>().data(), waiter.get())
+                  .ok());
   ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past a closed gate";
   ASSERT_TRUE(SetGate(word, 5, opener.get()).ok());
   ASSERT_TRUE(waiter.Synchronize().ok());
   EXPECT_TRUE(MarkerWritten(marker));
+  uint64_t waited_ns = 0;
+  ASSERT_TRUE(waited.CopyToHost(&waited_ns, sizeof(waited_ns)).ok());
+  EXPECT_GE(waited_ns, 90'000'000u) << "the wait lasted the 100 ms the gate was shut";
 }
 
 TEST(Gates, OpenGateIfNoneOpensOnlyWhenNothingIsFlagged) {
   auto gate = Ok(DeviceBuffer::Allocate(sizeof(uint32_t)));
   ASSERT_TRUE(gate.Zero().ok());
+  auto step = Ok(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{6}));
   auto stream = Ok(CudaStream::Create());
   uint32_t* word = gate.span<uint32_t>().data();
   for (int32_t flagged : {3, 0}) {
     auto count = Ok(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
-    ASSERT_TRUE(OpenGateIfNone(count.span<int32_t>().data(), word, 7, stream.get()).ok());
+    ASSERT_TRUE(OpenGateIfNone(count.span<int32_t>().data(), word,
+                               step.span<int32_t>().data(), 1, stream.get())
+                    .ok());
     ASSERT_TRUE(stream.Synchronize().ok());
     uint32_t value = 0;
     ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());

@@ -47,6 +47,7 @@ absl::StatusOr<StepInputs> StepInputs::Build(const StepShape& shape) {
     d[in.candidate_begin_at() + b] = shape.sparse ? lay.sink : 0;
     d[in.candidate_count_at() + b] = in.max_candidates_;
   }
+  d[in.step_at()] = shape.step;
   int32_t* indices = d.data() + in.indices_at();
   for (int32_t list = 0; list < in.lists_; ++list) {
     d[in.indptr_at() + list] = list * in.max_pages_;

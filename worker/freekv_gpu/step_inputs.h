@@ -28,6 +28,7 @@ struct StepShape {
   int32_t num_kv_heads = 0;
   int32_t page_tokens = 0;
   int64_t position = 0;  // of the new token (0-based): the context before it
+  int32_t step = 0;      // the decode step's number (gates and graphs read it)
   bool sparse = true;
   ResidentLayout layout;           // sparse only
   int32_t full_pages_per_seq = 0;  // full only
@@ -44,6 +45,12 @@ class StepInputs {
   int32_t num_lists() const { return lists_; }
   int32_t max_pages() const { return max_pages_; }  // the longest list
   int32_t max_candidates() const { return max_candidates_; }
+  // Equal keys: the same sizes and offsets, so work captured for one replays for the
+  // other with only the contents changed.
+  bool SameShape(const StepInputs& other) const {
+    return data_.size() == other.data_.size() && lists_ == other.lists_ &&
+           max_pages_ == other.max_pages_ && max_candidates_ == other.max_candidates_;
+  }
 
   // Offsets into all() (in elements), for views of the uploaded copy.
   size_t positions_at() const { return 0; }
@@ -51,7 +58,8 @@ class StepInputs {
   size_t append_tokens_at() const { return 2 * size_t(batch_); }
   size_t candidate_begin_at() const { return 3 * size_t(batch_); }
   size_t candidate_count_at() const { return 4 * size_t(batch_); }
-  size_t indptr_at() const { return 5 * size_t(batch_); }
+  size_t step_at() const { return 5 * size_t(batch_); }
+  size_t indptr_at() const { return step_at() + 1; }
   size_t last_len_at() const { return indptr_at() + lists_ + 1; }
   size_t indices_at() const { return last_len_at() + lists_; }
 

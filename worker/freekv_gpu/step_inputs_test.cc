@@ -12,6 +12,7 @@ TEST(StepInputs, SparseTablesListSinkSelectedAndTheWindowOldestFirst) {
   shape.page_tokens = 4;
   shape.layout = {1, 2, 3};  // 6 pool pages per sequence
   shape.position = 4 * 9 + 2;  // token 2 of logical page 9: pages 0..9
+  shape.step = 5;
   auto in = StepInputs::Build(shape);
   ASSERT_TRUE(in.ok()) << in.status();
   EXPECT_EQ(in->num_lists(), 4);
@@ -29,6 +30,11 @@ TEST(StepInputs, SparseTablesListSinkSelectedAndTheWindowOldestFirst) {
   EXPECT_EQ(all[in->candidate_begin_at()], 1);
   EXPECT_EQ(all[in->candidate_count_at() + 1], 6);
   EXPECT_EQ(all[in->indptr_at() + 4], 24);
+  EXPECT_EQ(all[in->step_at()], 5);
+  shape.position += 1;  // same page: same sizes, so a captured graph still fits
+  EXPECT_TRUE(in->SameShape(*StepInputs::Build(shape)));
+  shape.position += 4;  // a new page: one more candidate
+  EXPECT_FALSE(in->SameShape(*StepInputs::Build(shape)));
 }
 
 TEST(StepInputs, FullTablesListEveryPageOfTheSequence) {

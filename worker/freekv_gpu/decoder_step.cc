@@ -1,0 +1,219 @@
+// The enqueueing of GpuDecoder's steps (decoder_impl.h).
+#include <algorithm>
+#include <cmath>
+
+#include "absl/time/clock.h"
+#include "kernels/decode_attention.h"
+#include "kernels/score.h"
+#include "worker/freekv_gpu/decoder_impl.h"
+
+namespace freekv::gpu {
+
+absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in,
+                                      absl::Span<const uint8_t> mask, bool with_diff,
+                                      const DiffSet* diff) {
+  const ModelConfig& c = model->config();
+  const LayerState& st = layers[layer];
+  const absl::Span<const int32_t> dev = inputs.span<int32_t>();
+  const kernels::Candidates cands{dev.subspan(in.candidate_begin_at(), options.batch),
+                                  dev.subspan(in.candidate_count_at(), options.batch),
+                                  in.max_candidates()};
+  const size_t n = size_t(in.max_candidates());
+  const kernels::DigestTable<const BFloat16> digests{
+      st.digests.span<const BFloat16>(), options.batch, shape.digest_pages, c.num_kv_heads,
+      c.head_dim};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const absl::Span<float> s = scores.span<float>().subspan(0, options.batch * c.num_heads * n);
+  FREEKV_RETURN_IF_ERROR(kernels::PageScoreCuda<BFloat16>(
+      model->q().subspan(0, size_t(options.batch) * c.num_heads * c.head_dim),
+      c.num_heads, digests, cands, scale, mask, s, stream));
+  return kernels::GroupSelectCuda(
+      s, c.num_heads, c.num_kv_heads, cands, options.layout.selected,
+      with_diff ? st.resident.span<const int32_t>() : absl::Span<const int32_t>(),
+      options.layout.selected, mask, group_scores.span<float>().subspan(0, shape.lists() * n),
+      selected.span<int32_t>(), with_diff ? diff->Diff() : kernels::ResidentDiff{}, stream);
+}
+
+absl::Status GpuDecoder::Impl::Attend(int layer, const StepInputs& in) {
+  const ModelConfig& c = model->config();
+  const kernels::PagedKv<BFloat16>& v = layers[layer].view;
+  const kernels::PagedKv<const BFloat16> pool{v.k, v.v, v.page_stride, v.num_pages,
+                                              v.page_tokens, v.num_kv_heads, v.head_dim};
+  const absl::Span<const int32_t> dev = inputs.span<int32_t>();
+  const int32_t lists = in.num_lists();
+  const kernels::PageTable table{dev.subspan(in.indptr_at(), lists + 1),
+                                 dev.subspan(in.indices_at(), size_t(lists) * in.max_pages()),
+                                 dev.subspan(in.last_len_at(), lists),
+                                 shape.sparse ? c.num_kv_heads : 1};
+  kernels::DecodeOptions opt;
+  opt.num_q_heads = c.num_heads;
+  opt.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const size_t rows = size_t(options.batch) * c.num_heads * c.head_dim;
+  return kernels::PagedDecodeAttentionCuda<BFloat16>(
+      model->q().subspan(0, rows), pool, table, opt, in.max_pages(),
+      model->attn_out().subspan(0, rows), {}, workspace.span<uint8_t>(), stream);
+}
+
+absl::Status GpuDecoder::Impl::DiffToHost(const DiffSet& diff, const StepInputs& in) {
+  return diff.CopyToHost(step_number(in), stream);
+}
+
+// Spec gates open at the step they serve, correction gates at step + 1: the values
+// RecallItem::gate_value carries (PushLayerItems).
+absl::Status GpuDecoder::Impl::WaitAt(const StepInputs& in, int layer, bool correction) {
+  return WaitGate(gate(layer, correction), step_number(in), correction ? 1 : 0,
+                  waited_ns.span<unsigned long long>().data(), stream);
+}
+
+absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInputs& in) {
+  const ModelConfig& c = model->config();
+  LayerState& st = layers[layer];
+  cudaStream_t s = stream;
+  FREEKV_RETURN_IF_ERROR(model->PreAttention(layer, options.batch, s));
+  const size_t kv_rows = size_t(options.batch) * c.num_kv_heads * c.head_dim;
+  const absl::Span<const int32_t> dev = inputs.span<int32_t>();
+  FREEKV_RETURN_IF_ERROR(AppendKvCuda(model->k().subspan(0, kv_rows),
+                                      model->v().subspan(0, kv_rows),
+                                      dev.subspan(in.append_pages_at(), options.batch),
+                                      dev.subspan(in.append_tokens_at(), options.batch),
+                                      st.view, s));
+  const GpuPolicy p = options.policy;
+  // With recalls left out (skip_recall) the stream opens its own gates.
+  auto open_own = [&](bool correction) {
+    return options.skip_recall ? OpenGateIfNone(zero.span<int32_t>().data(),
+                                                gate(layer, correction), step_number(in),
+                                                correction ? 1 : 0, s)
+                               : absl::OkStatus();
+  };
+  if (p == GpuPolicy::kOracle) FREEKV_RETURN_IF_ERROR(Select(layer, in, {}, false, nullptr));
+  if (p == GpuPolicy::kBlocking || prime) {
+    // Select with the current query, recall what is missing, wait for it.
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, {}, true, &st.corr));
+    FREEKV_RETURN_IF_ERROR(DiffToHost(st.corr, in));
+    FREEKV_RETURN_IF_ERROR(open_own(true));
+    FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, true));
+  } else if (p == GpuPolicy::kFreeKv) {
+    // The speculative recall made at step t - 1, then correction of moved heads.
+    FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, false));
+    const size_t q_rows = size_t(options.batch) * c.num_heads * c.head_dim;
+    const kernels::SimilarityOutputs sim{st.similarity.span<float>(), st.corr.flags(),
+                                         {st.corr.num_flagged(), 1}};
+    FREEKV_RETURN_IF_ERROR(kernels::QuerySimilarityCuda<BFloat16>(
+        model->q().subspan(0, q_rows), st.q_prev.span<const BFloat16>(), c.num_heads,
+        c.num_kv_heads, c.head_dim, options.tau, sim, s));
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, st.corr.flags(), true, &st.corr));
+    FREEKV_RETURN_IF_ERROR(DiffToHost(st.corr, in));
+    FREEKV_RETURN_IF_ERROR(
+        OpenGateIfNone(st.corr.num_flagged(), gate(layer, true), step_number(in), 1, s));
+    FREEKV_RETURN_IF_ERROR(open_own(true));
+    FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, true));
+  }
+  if (p == GpuPolicy::kFreeKv) {
+    FREEKV_RETURN_IF_ERROR(
+        kernels::CopyAsync(st.q_prev.data(), model->q().data(), st.q_prev.bytes(), s));
+  }
+  FREEKV_RETURN_IF_ERROR(Attend(layer, in));
+  if (p == GpuPolicy::kFreeKv) {
+    // Speculation: select for step t + 1 with q_t and recall while the step goes on.
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, {}, true, &st.spec));
+    FREEKV_RETURN_IF_ERROR(DiffToHost(st.spec, in));
+    if (options.skip_recall) {
+      FREEKV_RETURN_IF_ERROR(OpenGateIfNone(zero.span<int32_t>().data(), gate(layer, false),
+                                            step_number(in), 1, s));
+    }
+  }
+  return model->PostAttention(layer, options.batch, s);
+}
+
+void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer) {
+  if (driver == nullptr) return;
+  const bool prime = options.policy == GpuPolicy::kFreeKv && t == 0;
+  auto push = [&](const DiffSet& d, bool correction, bool masked, uint64_t serves) {
+    RecallItem item;
+    item.step = serves;
+    item.layer = layer;
+    item.stamp = d.stamp();
+    item.stamp_value = t;
+    item.host_pages = d.mirror();
+    item.host_counts = d.host_counts();
+    if (masked) {
+      item.host_flags = d.host_flags();
+      item.host_num_flagged = d.host_num_flagged();
+      item.device_flags = d.flags();
+    }
+    item.device_diff = d.ReadOnlyDiff();
+    item.gate = gate(layer, correction);
+    item.gate_value = static_cast<uint32_t>(t + 1);
+    driver->Push(item);
+  };
+  const LayerState& st = layers[layer];
+  if (options.policy == GpuPolicy::kBlocking || prime) {
+    push(st.corr, true, false, t);
+  } else if (options.policy == GpuPolicy::kFreeKv) {
+    push(st.corr, true, true, t);
+  }
+  if (options.policy == GpuPolicy::kFreeKv) push(st.spec, false, false, t + 1);
+}
+
+absl::Status GpuDecoder::Impl::EnqueueStep(const StepInputs& in) {
+  const ModelConfig& c = model->config();
+  FREEKV_RETURN_IF_ERROR(DriftCuda(base.span<const BFloat16>(), options.drift,
+                                   step_number(in),
+                                   model->hidden().subspan(0, size_t(options.batch) * c.dim),
+                                   stream));
+  for (int l = 0; l < L(); ++l) FREEKV_RETURN_IF_ERROR(EnqueueLayer(false, l, in));
+  return absl::OkStatus();
+}
+
+absl::Status GpuDecoder::Impl::Step(int32_t t) {
+  const ModelConfig& c = model->config();
+  // Run at most two steps ahead of the GPU: the pinned input ring and the diff
+  // events are three deep.
+  if (t >= 2) FREEKV_RETURN_IF_ERROR(step_end[t - 2].Synchronize());
+  const absl::Time start = absl::Now();
+  StepShape step;
+  step.batch = options.batch;
+  step.num_kv_heads = c.num_kv_heads;
+  step.page_tokens = 32;
+  step.position = options.context + t;
+  step.step = t;
+  step.sparse = shape.sparse;
+  step.layout = options.layout;
+  step.full_pages_per_seq = shape.full_pages;
+  auto in = StepInputs::Build(step);
+  if (!in.ok()) return in.status();
+  const int r = t % DiffSet::kRing;
+  const kernels::PinnedBuffer& staged = staged_inputs[r];
+  std::copy(in->all().begin(), in->all().end(), staged.span<int32_t>().begin());
+  FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(inputs.data(), staged.data(),
+                                            in->all().size() * sizeof(int32_t), stream));
+  FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(model->positions().data(), inputs.data(),
+                                            options.batch * sizeof(int32_t), stream));
+  const bool prime = options.policy == GpuPolicy::kFreeKv && t == 0;
+  if (options.graphs && !prime && !options.host_wait) {
+    if (!graph_shape.has_value() || !graph_shape->SameShape(*in)) {
+      step_graphs.clear();
+      auto graph = kernels::CudaGraph::Capture(stream, [&] { return EnqueueStep(*in); });
+      if (!graph.ok()) return graph.status();
+      step_graphs.push_back(*std::move(graph));
+      graph_shape = *in;
+    }
+    FREEKV_RETURN_IF_ERROR(step_graphs[0].Launch(stream));
+    for (int l = 0; l < L(); ++l) PushLayerItems(t, l);
+  } else {
+    FREEKV_RETURN_IF_ERROR(DriftCuda(base.span<const BFloat16>(), options.drift,
+                                     step_number(*in),
+                                     model->hidden().subspan(0, size_t(options.batch) * c.dim),
+                                     stream));
+    for (int l = 0; l < L(); ++l) {
+      FREEKV_RETURN_IF_ERROR(EnqueueLayer(prime, l, *in));
+      PushLayerItems(t, l);
+      if (options.host_wait && driver != nullptr) FREEKV_RETURN_IF_ERROR(driver->Finish());
+    }
+  }
+  FREEKV_RETURN_IF_ERROR(step_end[t].Record(stream));
+  enqueue_seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  return absl::OkStatus();
+}
+
+}  // namespace freekv::gpu
