@@ -13,6 +13,7 @@
 #include "kernels/mlp.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "worker/model/rope_config.h"
 #include "kernels/shape.h"
 #include "worker/gpu/gpu_llama.h"
 
@@ -60,19 +61,6 @@ absl::StatusOr<DeviceBuffer> UploadTensor(absl::Span<const float> src) {
   if (!buf.ok()) return buf.status();
   FREEKV_RETURN_IF_ERROR(UploadBf16(src, buf->span<BFloat16>().data()));
   return buf;
-}
-
-// The RoPE of the ModelWeights convention (interleaved pairs), as Transformer uses it.
-kernels::RopeConfig RopeConfigOf(const ModelConfig& c) {
-  kernels::RopeConfig rope;
-  rope.head_dim = c.head_dim;
-  rope.theta = c.rope_theta;
-  rope.style = kernels::RopeStyle::kInterleaved;
-  rope.llama3_factor = c.rope_scaling.factor;
-  rope.llama3_low_freq_factor = c.rope_scaling.low_freq_factor;
-  rope.llama3_high_freq_factor = c.rope_scaling.high_freq_factor;
-  rope.llama3_original_max_positions = c.rope_scaling.original_max_positions;
-  return rope;
 }
 
 // hidden[b] = table[tokens[b]], one block per row; bf16 moved as raw bits.

@@ -8,6 +8,7 @@
 #include "kernels/mlp.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "worker/model/rope_config.h"
 
 namespace freekv {
 namespace {
@@ -28,15 +29,7 @@ absl::Status Residual(std::vector<float>& x, const std::vector<float>& delta) {
 absl::StatusOr<Transformer> Transformer::Create(const ModelWeights& weights) {
   if (auto s = ValidateModelWeights(weights); !s.ok()) return s;
   const ModelConfig& c = weights.config;
-  kernels::RopeConfig rope;
-  rope.head_dim = c.head_dim;
-  rope.theta = c.rope_theta;
-  rope.style = kernels::RopeStyle::kInterleaved;
-  rope.llama3_factor = c.rope_scaling.factor;
-  rope.llama3_low_freq_factor = c.rope_scaling.low_freq_factor;
-  rope.llama3_high_freq_factor = c.rope_scaling.high_freq_factor;
-  rope.llama3_original_max_positions = c.rope_scaling.original_max_positions;
-  absl::StatusOr<std::vector<float>> inv_freq = kernels::RopeInvFreq(rope);
+  absl::StatusOr<std::vector<float>> inv_freq = kernels::RopeInvFreq(RopeConfigOf(c));
   if (!inv_freq.ok()) return inv_freq.status();
   return Transformer(weights, std::move(*inv_freq));
 }
