@@ -209,15 +209,22 @@ class Stream {
   cudaStream_t stream_ = nullptr;
 };
 
-// Device memory from cudaMalloc, exportable to another process.
+// Device memory from cudaMalloc, exportable to another process. The allocation is
+// rounded up to whole 2 MiB: the driver may pack smaller ones into a shared 2 MiB
+// page, and an IPC handle names the allocation it sits in, not the pointer. (The
+// decode-step GPU test, whose regions were under 2 MiB, hung with an illegal address
+// in the kvservice; this is the suspected cause, and the fix is not yet checked on a
+// GPU. Every region that worked was 2 MiB or more.)
 class DeviceAllocation {
  public:
+  static constexpr size_t kIpcGranule = size_t{2} << 20;
   DeviceAllocation() = default;
   static absl::StatusOr<DeviceAllocation> Create(int device, size_t bytes) {
     DeviceGuard guard(device);
     DeviceAllocation allocation(device);
-    absl::Status s = CudaStatus(cudaMalloc(&allocation.data_, bytes),
-                                absl::StrCat("cudaMalloc of ", bytes, " bytes"));
+    const size_t rounded = (bytes + kIpcGranule - 1) / kIpcGranule * kIpcGranule;
+    absl::Status s = CudaStatus(cudaMalloc(&allocation.data_, rounded),
+                                absl::StrCat("cudaMalloc of ", rounded, " bytes"));
     if (!s.ok()) return s;
     allocation.bytes_ = bytes;
     return allocation;

@@ -55,7 +55,7 @@ absl::Status GpuDecoder::Impl::Attend(int layer, const StepInputs& in) {
 }
 
 absl::Status GpuDecoder::Impl::DiffToHost(const DiffSet& diff, const StepInputs& in) {
-  return diff.CopyToHost(step_number(in), stream);
+  return diff.Publish(step_number(in), stream);
 }
 
 // Spec gates open at the step they serve, correction gates at step + 1: the values

@@ -246,4 +246,24 @@ absl::StatusOr<GpuStepStats> GpuDecoder::Run(int32_t warmup, int32_t steps) {
   return out;
 }
 
+absl::StatusOr<GpuDecoder::ResidentSnapshot> GpuDecoder::Snapshot(int layer) const {
+  const Impl& m = *impl_;
+  if (!m.shape.sparse || layer < 0 || layer >= m.L()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Snapshot needs a sparse policy and a layer in [0, ", m.L(), "); got ", layer));
+  }
+  FREEKV_RETURN_IF_ERROR(m.stream_holder[0].Synchronize());
+  if (m.driver != nullptr) FREEKV_RETURN_IF_ERROR(m.driver->Finish());
+  const LayerState& st = m.layers[layer];
+  ResidentSnapshot out;
+  out.resident.resize(st.resident.bytes() / sizeof(int32_t));
+  FREEKV_RETURN_IF_ERROR(st.resident.Download(absl::MakeSpan(out.resident)));
+  out.pool_data.resize(st.pool.bytes() / sizeof(BFloat16));
+  FREEKV_RETURN_IF_ERROR(st.pool.Download(absl::MakeSpan(out.pool_data)));
+  out.pool = st.view;
+  out.pool.k = out.pool_data.data();
+  out.pool.v = out.pool_data.data() + (st.view.v - st.view.k);
+  return out;
+}
+
 }  // namespace freekv::gpu

@@ -93,6 +93,17 @@ class GpuDecoder {
   // the last `steps`.
   absl::StatusOr<GpuStepStats> Run(int32_t warmup, int32_t steps);
 
+  // Host copies of one layer's resident set after the last Run: for each (sequence,
+  // KV head, selected slot) the logical page it holds (-1: empty), and the NHD pool
+  // (K and V interleaved per page, as `pool` describes with host pointers into
+  // `pool_data`). For tests; synchronises. Sparse policies only.
+  struct ResidentSnapshot {
+    std::vector<int32_t> resident;
+    std::vector<BFloat16> pool_data;
+    kernels::PagedKv<BFloat16> pool;
+  };
+  absl::StatusOr<ResidentSnapshot> Snapshot(int layer) const;
+
  private:
   struct Impl;
   explicit GpuDecoder(std::unique_ptr<Impl> impl);

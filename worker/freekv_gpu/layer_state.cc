@@ -1,5 +1,6 @@
 #include "worker/freekv_gpu/layer_state.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace freekv::gpu {
@@ -18,24 +19,22 @@ uint64_t DigestBytes(const StateShape& s) {
 
 }  // namespace
 
+size_t DiffSet::block_ints() const { return DiffInts(lists, selected); }
+
 absl::StatusOr<DiffSet> DiffSet::Create(int32_t lists, int32_t selected) {
   DiffSet d;
   d.lists = lists;
   d.selected = selected;
-  const size_t bytes = DiffInts(lists, selected) * sizeof(int32_t);
-  auto device = DeviceBuffer::Allocate(bytes);
-  if (!device.ok()) return device.status();
-  d.device = *std::move(device);
-  FREEKV_RETURN_IF_ERROR(d.device.Zero());
-  auto host = kernels::PinnedBuffer::Allocate(bytes + sizeof(int32_t));  // + the stamp
+  auto host = kernels::PinnedBuffer::Allocate((d.block_ints() + 1) * sizeof(int32_t));
   if (!host.ok()) return host.status();
   d.host = *std::move(host);
-  d.mirror()[bytes / sizeof(int32_t)] = -1;  // no step yet
+  std::fill_n(d.dev(), d.block_ints(), 0);
+  *d.stamp() = -1;  // no step yet
   return d;
 }
 
 kernels::ResidentDiff DiffSet::Diff() const {
-  const absl::Span<int32_t> all = device.span<int32_t>();
+  const absl::Span<int32_t> all = host.span<int32_t>();
   return {all.subspan(0, entries()), all.subspan(entries(), entries()),
           all.subspan(2 * entries(), lists)};
 }
@@ -45,9 +44,8 @@ RecallDiff DiffSet::ReadOnlyDiff() const {
   return {d.recall_pages, d.recall_slots, d.num_recall};
 }
 
-absl::Status DiffSet::CopyToHost(const int32_t* step, cudaStream_t stream) const {
-  FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(host.data(), device.data(), device.bytes(), stream));
-  return kernels::CopyAsync(const_cast<int32_t*>(stamp()), step, sizeof(int32_t), stream);
+absl::Status DiffSet::Publish(const int32_t* step, cudaStream_t stream) const {
+  return StampCuda(stamp(), step, stream);
 }
 
 uint64_t LayerStateBytes(const StateShape& s, bool recalls) {
@@ -57,8 +55,7 @@ uint64_t LayerStateBytes(const StateShape& s, bool recalls) {
   }
   if (recalls) {
     bytes += uint64_t(s.batch) * s.q_heads * s.head_dim * sizeof(BFloat16) +
-             s.lists() * sizeof(float) +
-             2 * DiffInts(s.lists(), s.layout.selected) * sizeof(int32_t);
+             s.lists() * sizeof(float);  // the diffs live in pinned host memory
   }
   return bytes;
 }

@@ -30,38 +30,39 @@ struct StateShape {
   }
 };
 
-// A selection diff on the device (one int32 block: pages, slots, counts, the
-// correction count, then the flags as bytes) and its pinned host mirror, followed in
-// the mirror by a stamp: the step whose diff the mirror holds. The stream copies the
-// block, then the step number into the stamp, so a host thread that reads the stamp
-// (acquire) sees the whole block of that step. A stamp rather than an event because
-// the copies run inside CUDA graphs, whose event records a host thread cannot wait on
-// reliably (measured: it saw the previous step's record).
+// A selection diff (one int32 block: pages, slots, counts, the correction count, then
+// the flags as bytes) in pinned host memory that the kernels write and read directly
+// (zero-copy: on the H100 the copy nodes that brought the diff over cost as much as
+// the rest of freekv's extra work), followed by a stamp: the step whose diff the block
+// holds. The stream writes the stamp after the kernels that wrote the block, so a host
+// thread that reads the stamp (acquire) sees the whole block of that step. A stamp
+// rather than an event because steps run as CUDA graphs, whose event records a host
+// thread cannot wait on reliably (measured: it saw the previous step's record).
 struct DiffSet {
   static constexpr int kRing = 3;  // pinned input buffers the decode thread rotates
-  kernels::DeviceBuffer device;
   kernels::PinnedBuffer host;
   int32_t lists = 0, selected = 0;
 
   static absl::StatusOr<DiffSet> Create(int32_t lists, int32_t selected);
   size_t entries() const { return size_t(lists) * selected; }
-  int32_t* dev() const { return device.span<int32_t>().data(); }
-  int32_t* mirror() const { return host.span<int32_t>().data(); }
+  size_t block_ints() const;
+  // The block: kernels and the host use the same pointers (unified addressing).
+  int32_t* dev() const { return host.span<int32_t>().data(); }
+  const int32_t* mirror() const { return dev(); }
   kernels::ResidentDiff Diff() const;
   RecallDiff ReadOnlyDiff() const;
   int32_t* num_flagged() const { return dev() + 2 * entries() + lists; }
   absl::Span<uint8_t> flags() const {
     return {reinterpret_cast<uint8_t*>(num_flagged() + 1), size_t(lists)};
   }
-  // The same parts in the mirror.
   const int32_t* host_counts() const { return mirror() + 2 * entries(); }
   const int32_t* host_num_flagged() const { return host_counts() + lists; }
   const uint8_t* host_flags() const {
     return reinterpret_cast<const uint8_t*>(host_num_flagged() + 1);
   }
-  const int32_t* stamp() const { return mirror() + device.bytes() / sizeof(int32_t); }
-  // Copies the block to the mirror, then *step (device) to the stamp.
-  absl::Status CopyToHost(const int32_t* step, cudaStream_t stream) const;
+  int32_t* stamp() const { return dev() + block_ints(); }
+  // Writes *step (device) into the stamp, after the stream's work so far.
+  absl::Status Publish(const int32_t* step, cudaStream_t stream) const;
 };
 
 struct LayerState {

@@ -83,6 +83,11 @@ __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* page
 
 __global__ void SetGateKernel(uint32_t* gate, uint32_t value) { *gate = value; }
 
+__global__ void StampKernel(volatile int32_t* stamp, const int32_t* step) {
+  __threadfence_system();
+  *stamp = *step;
+}
+
 __global__ void OpenGateIfNoneKernel(const int32_t* num_flagged, uint32_t* gate,
                                      const int32_t* step, int32_t offset) {
   if (*num_flagged == 0) *gate = static_cast<uint32_t>(*step + offset);
@@ -199,6 +204,11 @@ absl::Status WaitGate(const uint32_t* gate, const int32_t* step, int32_t offset,
 absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream) {
   SetGateKernel<<<1, 1, 0, stream>>>(gate, value);
   return LaunchStatus("SetGateKernel");
+}
+
+absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream) {
+  StampKernel<<<1, 1, 0, stream>>>(stamp, step);
+  return LaunchStatus("StampKernel");
 }
 
 absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, const int32_t* step,

@@ -100,6 +100,10 @@ absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, const in
                             int32_t offset, cudaStream_t stream);
 absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream);
 
+// *stamp = *step after the stream's earlier work, with a system-wide fence first: the
+// publication mark a host thread polls (stamp may be pinned host memory).
+absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream);
+
 // Benchmark inputs: uniform values in [-scale, scale) from (seed, index).
 absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,
                              cudaStream_t stream);

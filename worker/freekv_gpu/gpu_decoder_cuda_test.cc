@@ -1,0 +1,151 @@
+// GpuDecoder end to end against the real kvservice process over CUDA IPC: after a few
+// freekv or blocking steps, every selected slot of every layer holds, byte for byte,
+// the page of the store its resident entry names (the diff, the request, the
+// kvservice's copies, the slot layout and the apply all agree), and the pages are
+// candidates (not sinks, not the window).
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "common/random_bytes.h"
+#include "gtest/gtest.h"
+#include "tests/integration/cuda_test_util.h"
+#include "tests/integration/kvservice_process.h"
+#include "worker/freekv_gpu/gpu_decoder.h"
+#include "worker/model/model_weights.h"
+
+namespace freekv::gpu {
+namespace {
+
+const bool kEager = (RequireEagerLoading(), true);  // before main: before CUDA starts
+
+template <typename T>
+T Must(absl::StatusOr<T> v) {
+  EXPECT_TRUE(v.ok()) << v.status();
+  if (!v.ok()) std::abort();
+  return *std::move(v);
+}
+
+constexpr int32_t kPages = 24;  // context: 24 full pages of 32 tokens
+constexpr int32_t kBatch = 2;
+const ResidentLayout kLayout{2, 4, 2};
+
+ModelConfig TinyConfig() {
+  ModelConfig c;
+  c.dim = 256;
+  c.hidden_dim = 512;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 128;  // the CUDA attention's smallest-but-one head size
+  c.vocab_size = 64;
+  c.max_seq_len = 4096;
+  return c;
+}
+
+// The stored bytes of (sequence, layer, page): distinct for each.
+std::vector<std::byte> PageBytes(size_t block, uint64_t seq, uint32_t layer, uint32_t page) {
+  return RandomBytes(block, seq * 1'000'003 + layer * 1'009 + page + 1);
+}
+
+void FillStore(CudaKvClient& kv, const std::vector<uint64_t>& seqs, int32_t layers) {
+  const size_t block = kv.client().geometry().block_bytes();
+  auto stream = Must(testing::TestStream::Create());
+  for (uint64_t seq : seqs) {
+    for (int32_t l = 0; l < layers; ++l) {
+      std::vector<OffloadPageRef> refs;
+      for (uint32_t p = 0; p < kPages; ++p) {
+        const std::vector<std::byte> bytes = PageBytes(block, seq, l, p);
+        ASSERT_TRUE(testing::CopyBytes(kv.regions().offload() + p * block, bytes.data(),
+                                       block)
+                        .ok());
+        refs.push_back({seq, uint32_t(l), p, p * block});
+      }
+      ASSERT_TRUE(kv.regions().MarkOffloadWritten(stream->get()).ok());
+      ASSERT_TRUE(kv.client().Offload(refs).ok());
+    }
+  }
+}
+
+class GpuDecoderTest : public ::testing::TestWithParam<GpuPolicy> {};
+
+TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
+  const ModelConfig config = TinyConfig();
+  const ModelWeights weights = Must(RandomModelWeights(config, {}));
+  auto model = Must(GpuLlama::Create(weights, kBatch));
+  auto service = Must(testing::KvServiceProcess::Start({"--pin_store=true"}));
+  GpuDecoderOptions options;
+  options.policy = GetParam();
+  options.batch = kBatch;
+  options.layers = config.num_layers;
+  options.context = int64_t{kPages} * 32;
+  options.max_steps = 6;
+  options.layout = kLayout;
+  options.drift = 0.5f;  // a large drift: pages change from step to step
+  options.sequence_ids = {11, 12};
+  KvClientOptions ko;
+  ko.target = service->target();
+  ko.geometry = KvGeometry(config, 32, DType::kBFloat16);
+  ko.slot_bytes = GpuDecoder::SlotBytes(options, config);
+  ko.offload_blocks = 256;  // 8 MiB: regions of the size the benchmark uses
+  auto kv = Must(CudaKvClient::Open(ko, 0));
+  std::fprintf(stderr, "session open\n");
+  FillStore(*kv, options.sequence_ids, config.num_layers);
+  std::fprintf(stderr, "store filled\n");
+  auto decoder = Must(GpuDecoder::Create(*model, options, kv.get()));
+  Must(decoder->Run(/*warmup=*/1, /*steps=*/4));
+  std::fprintf(stderr, "decoded\n");
+
+  const size_t block = ko.geometry.block_bytes(), slice = ko.geometry.head_slice_bytes();
+  const size_t row = config.head_dim * sizeof(BFloat16);
+  int checked = 0;
+  for (int32_t layer = 0; layer < config.num_layers; ++layer) {
+    const GpuDecoder::ResidentSnapshot snap = Must(decoder->Snapshot(layer));
+    for (int32_t b = 0; b < kBatch; ++b) {
+      for (int32_t h = 0; h < config.num_kv_heads; ++h) {
+        for (int32_t s = 0; s < kLayout.selected; ++s) {
+          const int32_t page = snap.resident[(b * config.num_kv_heads + h) * kLayout.selected + s];
+          ASSERT_GE(page, kLayout.sink) << "an empty slot or a sink page";
+          ASSERT_LT(page, kPages + 1 - kLayout.window) << "a window page";
+          const std::vector<std::byte> want =
+              PageBytes(block, options.sequence_ids[b], layer, page);
+          const std::byte* k_rows = want.data() + h * slice;  // [K|V][token][dim]
+          const int32_t pool_page = kLayout.selected_page(b, s);
+          for (int32_t t = 0; t < 32; ++t) {
+            const int64_t at = snap.pool.offset(pool_page, t, h);
+            ASSERT_EQ(std::memcmp(snap.pool.k + at, k_rows + t * row, row), 0)
+                << "layer " << layer << " seq " << b << " head " << h << " slot " << s
+                << " page " << page << " K token " << t;
+            ASSERT_EQ(std::memcmp(snap.pool.v + at, k_rows + (32 + t) * row, row), 0)
+                << "V token " << t;
+          }
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, config.num_layers * kBatch * config.num_kv_heads * kLayout.selected);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, GpuDecoderTest,
+                         ::testing::Values(GpuPolicy::kFreeKv, GpuPolicy::kBlocking),
+                         [](const auto& info) { return GpuPolicyName(info.param); });
+
+TEST(GpuDecoderCreate, RefusesARecallingPolicyWithoutASession) {
+  const ModelWeights weights = Must(RandomModelWeights(TinyConfig(), {}));
+  auto model = Must(GpuLlama::Create(weights, 1));
+  GpuDecoderOptions options;
+  options.policy = GpuPolicy::kFreeKv;
+  options.context = int64_t{kPages} * 32;
+  options.layout = kLayout;
+  EXPECT_EQ(GpuDecoder::Create(*model, options, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.policy = GpuPolicy::kOracle;
+  options.batch = 2;  // over the model's max_batch
+  EXPECT_EQ(GpuDecoder::Create(*model, options, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace freekv::gpu
