@@ -14,7 +14,6 @@ namespace freekv::gpu {
 namespace {
 
 using kernels::CudaEvent;
-using kernels::CudaGraph;
 using kernels::CudaStream;
 using kernels::DeviceBuffer;
 using kernels::PinnedBuffer;
