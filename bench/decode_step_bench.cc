@@ -85,7 +85,7 @@ std::vector<int64_t> Ints(const std::string& list) {
   return out;
 }
 
-constexpr int kPageTokens = 32;
+using gpu::kPageTokens;
 
 struct Row {
   int64_t context = 0;

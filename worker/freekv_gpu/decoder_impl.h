@@ -9,6 +9,7 @@
 #ifndef FREEKV_WORKER_FREEKV_GPU_DECODER_IMPL_H_
 #define FREEKV_WORKER_FREEKV_GPU_DECODER_IMPL_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -24,6 +25,9 @@ namespace freekv::gpu {
 StateShape ShapeOf(const GpuDecoderOptions& o, const ModelConfig& c);
 
 struct GpuDecoder::Impl {
+  // Pinned buffers the step inputs rotate through while earlier copies may be pending.
+  static constexpr int kInputRing = 3;
+
   GpuLlama* model = nullptr;
   GpuDecoderOptions options;
   StateShape shape;
@@ -36,9 +40,9 @@ struct GpuDecoder::Impl {
   kernels::DeviceBuffer scores, group_scores, selected, workspace, inputs, base, gates;
   kernels::DeviceBuffer zero;       // an int32 0 (a flag count that opens a gate)
   kernels::DeviceBuffer waited_ns;  // time the stream spent at gates (WaitGate)
-  std::vector<kernels::PinnedBuffer> staged_inputs;  // a ring of DiffSet::kRing
+  std::vector<kernels::PinnedBuffer> staged_inputs;  // kInputRing of them
   std::vector<kernels::CudaEvent> step_end;          // one per step run, timing
-  std::vector<kernels::CudaGraph> step_graphs;       // the step, captured (one)
+  std::optional<kernels::CudaGraph> step_graph;      // the step, captured
   std::optional<StepInputs> graph_shape;             // what they were captured for
   int32_t steps_run = 0;
   double enqueue_seconds = 0;
@@ -52,8 +56,12 @@ struct GpuDecoder::Impl {
   }
   absl::Status Init();
   absl::Status Step(int32_t t);
-  // The GPU work of a step or of one layer; `prime` for freekv's first step.
-  absl::Status EnqueueStep(const StepInputs& in);
+  // The shape of step t (its position is the context plus t).
+  StepShape ShapeAt(int32_t t) const;
+  // The GPU work of a step, calling after_layer(l) once layer l is enqueued (graph
+  // capture passes a no-op), or of one layer; `prime` for freekv's first step.
+  absl::Status EnqueueStep(const StepInputs& in, bool prime,
+                           const std::function<absl::Status(int)>& after_layer);
   absl::Status EnqueueLayer(bool prime, int layer, const StepInputs& in);
   // What the recall driver must do for (step, layer), in the order the GPU waits.
   void PushLayerItems(int32_t t, int layer);

@@ -134,14 +134,11 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer) {
     item.layer = layer;
     item.stamp = d.stamp();
     item.stamp_value = t;
-    item.host_pages = d.mirror();
-    item.host_counts = d.host_counts();
+    item.diff = d.ReadOnlyDiff();
     if (masked) {
-      item.host_flags = d.host_flags();
-      item.host_num_flagged = d.host_num_flagged();
-      item.device_flags = d.flags();
+      item.flags = d.flags();
+      item.num_flagged = d.num_flagged();
     }
-    item.device_diff = d.ReadOnlyDiff();
     item.gate = gate(layer, correction);
     item.gate_value = static_cast<uint32_t>(t + 1);
     driver->Push(item);
@@ -155,35 +152,40 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer) {
   if (options.policy == GpuPolicy::kFreeKv) push(st.spec, false, false, t + 1);
 }
 
-absl::Status GpuDecoder::Impl::EnqueueStep(const StepInputs& in) {
-  const ModelConfig& c = model->config();
-  FREEKV_RETURN_IF_ERROR(DriftCuda(base.span<const BFloat16>(), options.drift,
-                                   step_number(in),
-                                   model->hidden().subspan(0, size_t(options.batch) * c.dim),
-                                   stream));
-  for (int l = 0; l < L(); ++l) FREEKV_RETURN_IF_ERROR(EnqueueLayer(false, l, in));
-  return absl::OkStatus();
-}
-
-absl::Status GpuDecoder::Impl::Step(int32_t t) {
-  const ModelConfig& c = model->config();
-  // Run at most two steps ahead of the GPU: the pinned input ring and the diff
-  // events are three deep.
-  if (t >= 2) FREEKV_RETURN_IF_ERROR(step_end[t - 2].Synchronize());
-  const absl::Time start = absl::Now();
+StepShape GpuDecoder::Impl::ShapeAt(int32_t t) const {
   StepShape step;
   step.batch = options.batch;
-  step.num_kv_heads = c.num_kv_heads;
-  step.page_tokens = 32;
+  step.num_kv_heads = model->config().num_kv_heads;
+  step.page_tokens = shape.page_tokens;
   step.position = options.context + t;
   step.step = t;
   step.sparse = shape.sparse;
   step.layout = options.layout;
   step.full_pages_per_seq = shape.full_pages;
-  auto in = StepInputs::Build(step);
+  return step;
+}
+
+absl::Status GpuDecoder::Impl::EnqueueStep(
+    const StepInputs& in, bool prime, const std::function<absl::Status(int)>& after_layer) {
+  const ModelConfig& c = model->config();
+  FREEKV_RETURN_IF_ERROR(DriftCuda(base.span<const BFloat16>(), options.drift,
+                                   step_number(in),
+                                   model->hidden().subspan(0, size_t(options.batch) * c.dim),
+                                   stream));
+  for (int l = 0; l < L(); ++l) {
+    FREEKV_RETURN_IF_ERROR(EnqueueLayer(prime, l, in));
+    FREEKV_RETURN_IF_ERROR(after_layer(l));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuDecoder::Impl::Step(int32_t t) {
+  // Run at most two steps ahead of the GPU: the pinned input ring is three deep.
+  if (t >= 2) FREEKV_RETURN_IF_ERROR(step_end[t - 2].Synchronize());
+  const absl::Time start = absl::Now();
+  auto in = StepInputs::Build(ShapeAt(t));
   if (!in.ok()) return in.status();
-  const int r = t % DiffSet::kRing;
-  const kernels::PinnedBuffer& staged = staged_inputs[r];
+  const kernels::PinnedBuffer& staged = staged_inputs[t % kInputRing];
   std::copy(in->all().begin(), in->all().end(), staged.span<int32_t>().begin());
   FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(inputs.data(), staged.data(),
                                             in->all().size() * sizeof(int32_t), stream));
@@ -192,24 +194,21 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
   const bool prime = options.policy == GpuPolicy::kFreeKv && t == 0;
   if (options.graphs && !prime && !options.host_wait) {
     if (!graph_shape.has_value() || !graph_shape->SameShape(*in)) {
-      step_graphs.clear();
-      auto graph = kernels::CudaGraph::Capture(stream, [&] { return EnqueueStep(*in); });
+      step_graph.reset();
+      auto graph = kernels::CudaGraph::Capture(stream, [&] {
+        return EnqueueStep(*in, false, [](int) { return absl::OkStatus(); });
+      });
       if (!graph.ok()) return graph.status();
-      step_graphs.push_back(*std::move(graph));
+      step_graph.emplace(*std::move(graph));
       graph_shape = *in;
     }
-    FREEKV_RETURN_IF_ERROR(step_graphs[0].Launch(stream));
+    FREEKV_RETURN_IF_ERROR(step_graph->Launch(stream));
     for (int l = 0; l < L(); ++l) PushLayerItems(t, l);
   } else {
-    FREEKV_RETURN_IF_ERROR(DriftCuda(base.span<const BFloat16>(), options.drift,
-                                     step_number(*in),
-                                     model->hidden().subspan(0, size_t(options.batch) * c.dim),
-                                     stream));
-    for (int l = 0; l < L(); ++l) {
-      FREEKV_RETURN_IF_ERROR(EnqueueLayer(prime, l, *in));
+    FREEKV_RETURN_IF_ERROR(EnqueueStep(*in, prime, [&](int l) {
       PushLayerItems(t, l);
-      if (options.host_wait && driver != nullptr) FREEKV_RETURN_IF_ERROR(driver->Finish());
-    }
+      return options.host_wait && driver != nullptr ? driver->Finish() : absl::OkStatus();
+    }));
   }
   FREEKV_RETURN_IF_ERROR(step_end[t].Record(stream));
   enqueue_seconds += absl::ToDoubleSeconds(absl::Now() - start);

@@ -47,10 +47,10 @@ StateShape ShapeOf(const GpuDecoderOptions& o, const ModelConfig& c) {
   s.q_heads = c.num_heads;
   s.kv_heads = c.num_kv_heads;
   s.head_dim = c.head_dim;
-  s.page_tokens = 32;
+  s.page_tokens = kPageTokens;
   s.sparse = o.policy != GpuPolicy::kFull;
   s.layout = o.layout;
-  const int32_t pages = static_cast<int32_t>((o.context + o.max_steps) / 32 + 1);
+  const int32_t pages = static_cast<int32_t>((o.context + o.max_steps) / kPageTokens + 1);
   s.digest_pages = pages;
   s.full_pages = pages;
   return s;
@@ -76,7 +76,7 @@ std::string GpuPolicyName(GpuPolicy p) {
 }
 
 uint64_t GpuDecoder::SlotBytes(const GpuDecoderOptions& o, const ModelConfig& c) {
-  return uint64_t(o.batch) * c.num_kv_heads * o.layout.selected * 2 * 32 * c.head_dim *
+  return uint64_t(o.batch) * c.num_kv_heads * o.layout.selected * 2 * kPageTokens * c.head_dim *
          sizeof(BFloat16);
 }
 
@@ -115,19 +115,12 @@ absl::Status GpuDecoder::Impl::Init() {
   FREEKV_RETURN_IF_ERROR(workspace.Zero());
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(size_t(L()) * 2 * 4), &gates));
   FREEKV_RETURN_IF_ERROR(gates.Zero());
-  StepShape probe;
-  probe.batch = options.batch;
-  probe.num_kv_heads = c.num_kv_heads;
-  probe.page_tokens = 32;
-  probe.position = options.context + options.max_steps;
-  probe.sparse = shape.sparse;
-  probe.layout = options.layout;
-  probe.full_pages_per_seq = shape.full_pages;
-  auto largest = StepInputs::Build(probe);  // the inputs only grow with the position
+  // The inputs only grow with the position: size the buffers for the last step.
+  auto largest = StepInputs::Build(ShapeAt(options.max_steps));
   if (!largest.ok()) return largest.status();
   const size_t input_bytes = largest->all().size() * 4;
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(input_bytes), &inputs));
-  for (int i = 0; i < DiffSet::kRing; ++i) {
+  for (int i = 0; i < kInputRing; ++i) {
     PinnedBuffer b;
     FREEKV_RETURN_IF_ERROR(Assign(PinnedBuffer::Allocate(input_bytes), &b));
     staged_inputs.push_back(std::move(b));

@@ -33,6 +33,9 @@
 
 namespace freekv::gpu {
 
+// Tokens per page: FreeKV's (and the kvservice sessions' the decoder opens).
+constexpr int32_t kPageTokens = 32;
+
 enum class GpuPolicy { kFull, kOracle, kFreeKv, kBlocking };
 absl::StatusOr<GpuPolicy> ParseGpuPolicy(absl::string_view name);
 std::string GpuPolicyName(GpuPolicy policy);

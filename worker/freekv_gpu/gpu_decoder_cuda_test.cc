@@ -12,6 +12,7 @@
 
 #include "common/random_bytes.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda_test_util.h"
 #include "tests/integration/cuda_test_util.h"
 #include "tests/integration/kvservice_process.h"
 #include "worker/freekv_gpu/gpu_decoder.h"
@@ -22,12 +23,7 @@ namespace {
 
 const bool kEager = (RequireEagerLoading(), true);  // before main: before CUDA starts
 
-template <typename T>
-T Must(absl::StatusOr<T> v) {
-  EXPECT_TRUE(v.ok()) << v.status();
-  if (!v.ok()) std::abort();
-  return *std::move(v);
-}
+using kernels::Must;
 
 constexpr int32_t kPages = 24;  // context: 24 full pages of 32 tokens
 constexpr int32_t kBatch = 2;

@@ -28,7 +28,7 @@ absl::StatusOr<DiffSet> DiffSet::Create(int32_t lists, int32_t selected) {
   auto host = kernels::PinnedBuffer::Allocate((d.block_ints() + 1) * sizeof(int32_t));
   if (!host.ok()) return host.status();
   d.host = *std::move(host);
-  std::fill_n(d.dev(), d.block_ints(), 0);
+  std::fill_n(d.host.span<int32_t>().data(), d.block_ints(), 0);
   *d.stamp() = -1;  // no step yet
   return d;
 }

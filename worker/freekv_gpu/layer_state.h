@@ -39,30 +39,26 @@ struct StateShape {
 // rather than an event because steps run as CUDA graphs, whose event records a host
 // thread cannot wait on reliably (measured: it saw the previous step's record).
 struct DiffSet {
-  static constexpr int kRing = 3;  // pinned input buffers the decode thread rotates
   kernels::PinnedBuffer host;
   int32_t lists = 0, selected = 0;
 
   static absl::StatusOr<DiffSet> Create(int32_t lists, int32_t selected);
   size_t entries() const { return size_t(lists) * selected; }
   size_t block_ints() const;
-  // The block: kernels and the host use the same pointers (unified addressing).
-  int32_t* dev() const { return host.span<int32_t>().data(); }
-  const int32_t* mirror() const { return dev(); }
+  // The parts of the block: kernels and host threads use the same pointers (unified
+  // addressing).
   kernels::ResidentDiff Diff() const;
   RecallDiff ReadOnlyDiff() const;
-  int32_t* num_flagged() const { return dev() + 2 * entries() + lists; }
+  int32_t* num_flagged() const { return block() + 2 * entries() + lists; }
   absl::Span<uint8_t> flags() const {
     return {reinterpret_cast<uint8_t*>(num_flagged() + 1), size_t(lists)};
   }
-  const int32_t* host_counts() const { return mirror() + 2 * entries(); }
-  const int32_t* host_num_flagged() const { return host_counts() + lists; }
-  const uint8_t* host_flags() const {
-    return reinterpret_cast<const uint8_t*>(host_num_flagged() + 1);
-  }
-  int32_t* stamp() const { return dev() + block_ints(); }
+  int32_t* stamp() const { return block() + block_ints(); }
   // Writes *step (device) into the stamp, after the stream's work so far.
   absl::Status Publish(const int32_t* step, cudaStream_t stream) const;
+
+ private:
+  int32_t* block() const { return host.span<int32_t>().data(); }
 };
 
 struct LayerState {

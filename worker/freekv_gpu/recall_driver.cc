@@ -122,11 +122,11 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
                                  bool* skip) {
   FREEKV_RETURN_IF_ERROR(AwaitStamp(item));
   const absl::Time start = absl::Now();
-  if (item.host_num_flagged != nullptr) {
+  if (item.num_flagged != nullptr) {
     absl::MutexLock lock(&mu_);
-    stats_.flagged_heads += *item.host_num_flagged;
+    stats_.flagged_heads += *item.num_flagged;
   }
-  if (item.host_num_flagged != nullptr && *item.host_num_flagged == 0) {
+  if (item.num_flagged != nullptr && *item.num_flagged == 0) {
     *skip = true;  // the decode stream opened the gate itself
     return absl::OkStatus();
   }
@@ -135,12 +135,12 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
   slices.clear();
   const int32_t lists = static_cast<int32_t>(sequence_ids_.size()) * num_kv_heads_;
   for (int32_t list = 0; list < lists; ++list) {
-    if (item.host_flags != nullptr && item.host_flags[list] == 0) continue;
-    const int32_t count = std::min(item.host_counts[list], k);
+    if (!item.flags.empty() && item.flags[list] == 0) continue;
+    const int32_t count = std::min(item.diff.counts[list], k);
     for (int32_t j = 0; j < count; ++j) {
       slices.push_back({sequence_ids_[list / num_kv_heads_],
                         static_cast<uint32_t>(list % num_kv_heads_),
-                        static_cast<uint32_t>(item.host_pages[size_t(list) * k + j]),
+                        static_cast<uint32_t>(item.diff.pages[size_t(list) * k + j]),
                         (uint64_t(list) * k + j) * slice_bytes});
     }
   }
@@ -153,7 +153,7 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
   absl::MutexLock lock(&mu_);
   stats_.slices += slices.size();
   stats_.recalls += slices.empty() ? 0 : 1;
-  stats_.corrections += item.host_flags != nullptr && !slices.empty();
+  stats_.corrections += !item.flags.empty() && !slices.empty();
   stats_.host_work_seconds += absl::ToDoubleSeconds(absl::Now() - start);
   return absl::OkStatus();
 }
@@ -199,7 +199,7 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
         reinterpret_cast<const BFloat16*>(regions.staging_slot(t.layer, t.slot)),
         regions.slot_bytes() / sizeof(BFloat16));
     const LayerResidency& layer = layers_[item.layer];
-    FREEKV_RETURN_IF_ERROR(ApplyRecallCuda(slot, item.device_diff, item.device_flags,
+    FREEKV_RETURN_IF_ERROR(ApplyRecallCuda(slot, item.diff, item.flags,
                                            layer.pool, layout_, layer.resident,
                                            stream_.get()));
     FREEKV_RETURN_IF_ERROR(regions.MarkSlotFree(t.layer, t.slot, stream_.get()));

@@ -42,22 +42,19 @@ struct LayerResidency {
   absl::Span<int32_t> resident;
 };
 
-// A diff the decode stream copied to pinned memory ([lists][selected] pages,
-// [lists] counts) and its device original.
+// One selection's diff to recall: in pinned host memory that the selection kernels
+// wrote and that both the driver (building the request) and the apply kernel read.
 struct RecallItem {
   uint64_t step = 0;  // the step the recalled pages serve
   uint32_t layer = 0;
-  // The mirror's stamp (pinned): it reads `stamp_value` once the mirror holds the diff.
+  // The diff's stamp (pinned): it reads `stamp_value` once the diff is complete.
   const int32_t* stamp = nullptr;
   int32_t stamp_value = 0;
-  const int32_t* host_pages = nullptr;
-  const int32_t* host_counts = nullptr;
-  // Corrections only: the flags (host) and their count; heads not flagged are skipped,
-  // and nothing is sent when host_num_flagged reads 0. Null: every head.
-  const uint8_t* host_flags = nullptr;
-  const int32_t* host_num_flagged = nullptr;
-  RecallDiff device_diff;
-  absl::Span<const uint8_t> device_flags;  // empty: every head
+  RecallDiff diff;
+  // Corrections: only flagged heads are recalled, and nothing is sent when
+  // *num_flagged reads 0. Empty / null: every head.
+  absl::Span<const uint8_t> flags;
+  const int32_t* num_flagged = nullptr;
   uint32_t* gate = nullptr;
   uint32_t gate_value = 0;
 };

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda_test_util.h"
 #include "kernels/cuda_util.h"
 #include "kernels/test_util.h"
 #include "worker/freekv_gpu/resident_ops.h"
@@ -19,13 +20,8 @@ const bool kEager = (RequireEagerLoading(), true);
 
 using kernels::CudaStream;
 using kernels::DeviceBuffer;
+using kernels::Must;
 using kernels::RandomVector;
-
-template <typename T>
-T Ok(absl::StatusOr<T> v) {
-  EXPECT_TRUE(v.ok()) << v.status();
-  return *std::move(v);
-}
 
 // Llama geometry per page (8 KV heads, head_dim 128, 32 tokens), 3 sequences.
 constexpr int32_t kSeqs = 3, kHeads = 8, kTokens = 32, kDim = 128;
@@ -51,7 +47,7 @@ Pools RandomPools(std::mt19937& rng) {
   Pools p;
   p.host = RandomVector<BFloat16>(
       rng, size_t{2} * kTokens * kHeads * kDim * kSeqs * kLayout.pages_per_seq());
-  p.device = Ok(DeviceBuffer::Upload<BFloat16>(p.host));
+  p.device = Must(DeviceBuffer::Upload<BFloat16>(p.host));
   return p;
 }
 
@@ -88,13 +84,13 @@ TEST(ApplyRecallCuda, MatchesTheReferenceOnRandomDiffs) {
   }
   std::vector<int32_t> resident(lists * k);
   for (int32_t& r : resident) r = rng() % 50;
-  auto d_slot = Ok(DeviceBuffer::Upload<BFloat16>(slot));
-  auto d_pages = Ok(DeviceBuffer::Upload<int32_t>(pages));
-  auto d_slots = Ok(DeviceBuffer::Upload<int32_t>(slots));
-  auto d_counts = Ok(DeviceBuffer::Upload<int32_t>(counts));
-  auto d_mask = Ok(DeviceBuffer::Upload<uint8_t>(mask));
-  auto d_resident = Ok(DeviceBuffer::Upload<int32_t>(resident));
-  auto stream = Ok(CudaStream::Create());
+  auto d_slot = Must(DeviceBuffer::Upload<BFloat16>(slot));
+  auto d_pages = Must(DeviceBuffer::Upload<int32_t>(pages));
+  auto d_slots = Must(DeviceBuffer::Upload<int32_t>(slots));
+  auto d_counts = Must(DeviceBuffer::Upload<int32_t>(counts));
+  auto d_mask = Must(DeviceBuffer::Upload<uint8_t>(mask));
+  auto d_resident = Must(DeviceBuffer::Upload<int32_t>(resident));
+  auto stream = Must(CudaStream::Create());
   for (bool masked : {true, false}) {
     const RecallDiff host_diff{pages, slots, counts};
     ASSERT_TRUE(ApplyRecallRef(slot, host_diff, masked ? mask : std::vector<uint8_t>{},
@@ -127,11 +123,11 @@ TEST(AppendKvCuda, MatchesTheReference) {
     tokens[b] = rng() % kTokens;
   }
   ASSERT_TRUE(AppendKvRef(k, v, pages, tokens, pool.Host()).ok());
-  auto d_k = Ok(DeviceBuffer::Upload<BFloat16>(k));
-  auto d_v = Ok(DeviceBuffer::Upload<BFloat16>(v));
-  auto d_pages = Ok(DeviceBuffer::Upload<int32_t>(pages));
-  auto d_tokens = Ok(DeviceBuffer::Upload<int32_t>(tokens));
-  auto stream = Ok(CudaStream::Create());
+  auto d_k = Must(DeviceBuffer::Upload<BFloat16>(k));
+  auto d_v = Must(DeviceBuffer::Upload<BFloat16>(v));
+  auto d_pages = Must(DeviceBuffer::Upload<int32_t>(pages));
+  auto d_tokens = Must(DeviceBuffer::Upload<int32_t>(tokens));
+  auto stream = Must(CudaStream::Create());
   ASSERT_TRUE(AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
                            d_pages.span<int32_t>(), d_tokens.span<int32_t>(),
                            pool.Device(), stream.get())
@@ -151,15 +147,15 @@ bool MarkerWritten(const DeviceBuffer& marker) {
 }
 
 TEST(Gates, AWaitingStreamRunsOnlyOnceAnotherStreamOpensTheGate) {
-  auto gate = Ok(DeviceBuffer::Allocate(sizeof(uint32_t)));
-  auto marker = Ok(DeviceBuffer::Allocate(4096));
-  auto step = Ok(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{3}));
-  auto waited = Ok(DeviceBuffer::Allocate(sizeof(uint64_t)));
+  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  auto marker = Must(DeviceBuffer::Allocate(4096));
+  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{3}));
+  auto waited = Must(DeviceBuffer::Allocate(sizeof(uint64_t)));
   ASSERT_TRUE(gate.Zero().ok());
   ASSERT_TRUE(marker.Zero().ok());
   ASSERT_TRUE(waited.Zero().ok());
-  auto waiter = Ok(CudaStream::Create());
-  auto opener = Ok(CudaStream::Create());
+  auto waiter = Must(CudaStream::Create());
+  auto opener = Must(CudaStream::Create());
   uint32_t* word = gate.span<uint32_t>().data();
   ASSERT_TRUE(SetGate(word, 4, opener.get()).ok());  // below the awaited 3 + 2
   ASSERT_TRUE(opener.Synchronize().ok());
@@ -178,13 +174,13 @@ TEST(Gates, AWaitingStreamRunsOnlyOnceAnotherStreamOpensTheGate) {
 }
 
 TEST(Gates, OpenGateIfNoneOpensOnlyWhenNothingIsFlagged) {
-  auto gate = Ok(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
   ASSERT_TRUE(gate.Zero().ok());
-  auto step = Ok(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{6}));
-  auto stream = Ok(CudaStream::Create());
+  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{6}));
+  auto stream = Must(CudaStream::Create());
   uint32_t* word = gate.span<uint32_t>().data();
   for (int32_t flagged : {3, 0}) {
-    auto count = Ok(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
+    auto count = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
     ASSERT_TRUE(OpenGateIfNone(count.span<int32_t>().data(), word,
                                step.span<int32_t>().data(), 1, stream.get())
                     .ok());
