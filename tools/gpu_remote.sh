@@ -4,7 +4,8 @@
 # output, then one line "N passed, N failed". Exit status 0 only when all passed.
 #   tools/gpu_remote.sh [test|bench]     (default: both kinds)
 # Each binary gets FREEKV_GPU_TIMEOUT seconds (default 300). When $OUT is set (the
-# lent device machine), every binary's full output is also written to $OUT/<name>.log.
+# lent device machine), every binary's full output is also kept in $OUT/<name>.log.
+# FREEKV_TRACE_RECALLS=1 makes the GPU decoder log each recall's progress.
 # FREEKV_GPU_ONLY (an extended regex) runs only the targets whose label matches it;
 # FREEKV_BENCH_ARGS are passed to every benchmark (e.g. smaller sweeps).
 set -uo pipefail
@@ -47,11 +48,15 @@ while IFS=$'\t' read -r kind label path; do
   args=()
   [[ $kind == bench && -n ${FREEKV_BENCH_ARGS:-} ]] && read -ra args <<<"$FREEKV_BENCH_ARGS"
   echo "=== $kind $label"
-  log=/dev/null
-  [[ -n ${OUT:-} ]] && log="$OUT/$(basename "$path").log"
+  log=${OUT:-${TMPDIR:-/tmp}}/$(basename "$path").log
   start=$SECONDS
-  timeout "${FREEKV_GPU_TIMEOUT:-300}" ".gpu/$path" "${args[@]}" 2>&1 | tee "$log"
-  rc=${PIPESTATUS[0]}
+  # Into a file, not a pipe: a child the binary leaves behind (a kvservice whose test
+  # died) cannot then hold the run open. Its own session, so that whatever it started
+  # goes down with it (SIGKILL 10 s after the timeout's SIGTERM).
+  timeout -k 10 "${FREEKV_GPU_TIMEOUT:-300}" setsid ".gpu/$path" "${args[@]}" >"$log" 2>&1
+  rc=$?
+  pkill -KILL -f '\.gpu/(bin|runfiles)/' 2>/dev/null
+  cat "$log"
   if [[ $rc -eq 0 ]]; then
     passed=$((passed + 1))
     echo "--- PASS $label ($((SECONDS - start)) s)"

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -99,9 +100,14 @@ absl::StatusOr<std::unique_ptr<KvServiceProcess>> KvServiceProcess::Start(
   std::vector<char*> argv;
   for (std::string& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
+    // A test that dies (a crash, a watchdog's SIGALRM) takes its kvservice with it:
+    // an orphan would keep the test's output pipe open and hold its pinned store.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
     execv(argv[0], argv.data());
     _exit(127);
   }

@@ -109,8 +109,10 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, true));
   }
   if (p == GpuPolicy::kFreeKv) {
-    FREEKV_RETURN_IF_ERROR(
-        kernels::CopyAsync(st.q_prev.data(), model->q().data(), st.q_prev.bytes(), s));
+    const size_t words = st.q_prev.bytes() / sizeof(int32_t);
+    FREEKV_RETURN_IF_ERROR(CopyWordsCuda(
+        st.q_prev.span<int32_t>().subspan(0, words),
+        absl::MakeConstSpan(reinterpret_cast<const int32_t*>(model->q().data()), words), s));
   }
   FREEKV_RETURN_IF_ERROR(Attend(layer, in));
   if (p == GpuPolicy::kFreeKv) {
@@ -189,8 +191,9 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
   std::copy(in->all().begin(), in->all().end(), staged.span<int32_t>().begin());
   FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(inputs.data(), staged.data(),
                                             in->all().size() * sizeof(int32_t), stream));
-  FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(model->positions().data(), inputs.data(),
-                                            options.batch * sizeof(int32_t), stream));
+  FREEKV_RETURN_IF_ERROR(CopyWordsCuda(model->positions().subspan(0, options.batch),
+                                       inputs.span<const int32_t>().subspan(0, options.batch),
+                                       stream));
   const bool prime = options.policy == GpuPolicy::kFreeKv && t == 0;
   if (options.graphs && !prime && !options.host_wait) {
     if (!graph_shape.has_value() || !graph_shape->SameShape(*in)) {

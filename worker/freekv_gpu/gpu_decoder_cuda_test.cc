@@ -95,6 +95,7 @@ TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
   FillStore(*kv, options.sequence_ids, config.num_layers);
   std::fprintf(stderr, "store filled\n");
   auto decoder = Must(GpuDecoder::Create(*model, options, kv.get()));
+  std::fprintf(stderr, "decoder created\n");
   Must(decoder->Run(/*warmup=*/1, /*steps=*/4));
   std::fprintf(stderr, "decoded\n");
 
@@ -133,6 +134,27 @@ TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
 INSTANTIATE_TEST_SUITE_P(Policies, GpuDecoderTest,
                          ::testing::Values(GpuPolicy::kFreeKv, GpuPolicy::kBlocking),
                          [](const auto& info) { return GpuPolicyName(info.param); });
+
+// The policies that keep every page on the GPU need no kvservice: the tiny model's
+// steps run (graphs and all) and take time.
+TEST(GpuDecoderLocal, FullAndOracleDecodeWithoutASession) {
+  alarm(60);
+  const ModelWeights weights = Must(RandomModelWeights(TinyConfig(), {}));
+  auto model = Must(GpuLlama::Create(weights, kBatch));
+  for (GpuPolicy policy : {GpuPolicy::kFull, GpuPolicy::kOracle}) {
+    GpuDecoderOptions options;
+    options.policy = policy;
+    options.batch = kBatch;
+    options.layers = 2;
+    options.context = int64_t{kPages} * 32;
+    options.max_steps = 5;
+    options.layout = kLayout;
+    auto decoder = Must(GpuDecoder::Create(*model, options, nullptr));
+    const GpuStepStats stats = Must(decoder->Run(/*warmup=*/1, /*steps=*/4));
+    EXPECT_GT(stats.step_ms, 0) << GpuPolicyName(policy);
+  }
+  alarm(0);
+}
 
 TEST(GpuDecoderCreate, RefusesARecallingPolicyWithoutASession) {
   const ModelWeights weights = Must(RandomModelWeights(TinyConfig(), {}));

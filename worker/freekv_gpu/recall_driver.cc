@@ -1,13 +1,18 @@
 #include "worker/freekv_gpu/recall_driver.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 
 namespace freekv::gpu {
 namespace {
+
+// FREEKV_TRACE_RECALLS=1 logs every item's progress (a hung GPU run shows where).
+const bool kTrace = std::getenv("FREEKV_TRACE_RECALLS") != nullptr;
 
 // A reply later than this means the kvservice is gone or stuck.
 constexpr absl::Duration kReplyDeadline = absl::Seconds(30);
@@ -103,6 +108,11 @@ void RecallDriver::IssueLoop() {
     Sent sent{item, std::nullopt, absl::Time(), false};
     bool skip = false;
     const absl::Status status = Issue(item, slices, &sent.ticket, &sent.sent_at, &skip);
+    if (kTrace) {
+      Log(LogLevel::kInfo, "recall step %d layer %d gate %d: %s, %d slices, slot %d%s",
+          item.step, item.layer, item.gate_value, status.ToString(), slices.size(),
+          sent.ticket ? int(sent.ticket->slot) : -1, skip ? " (skipped)" : "");
+    }
     if (!status.ok()) {
       Fail(status);
       sent.failed = true;
@@ -174,6 +184,10 @@ void RecallDriver::CompleteLoop() {
     }
     absl::Status status = sent.failed ? absl::OkStatus() : Complete(sent);
     if (!status.ok()) Fail(status);
+    if (kTrace) {
+      Log(LogLevel::kInfo, "applied step %d layer %d, gate %d opened: %s", sent.item.step,
+          sent.item.layer, sent.item.gate_value, status.ToString());
+    }
     if (sent.failed || !status.ok()) {
       // Let the decode stream drain; Finish reports the error.
       SetGate(sent.item.gate, sent.item.gate_value + kFarPast, stream_.get()).IgnoreError();

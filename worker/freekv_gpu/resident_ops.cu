@@ -81,6 +81,13 @@ __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* page
   }
 }
 
+__global__ void CopyWordsKernel(int32_t* dst, const int32_t* src, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
 __global__ void SetGateKernel(uint32_t* gate, uint32_t value) { *gate = value; }
 
 __global__ void StampKernel(volatile int32_t* stamp, const int32_t* step) {
@@ -199,6 +206,18 @@ absl::Status WaitGate(const uint32_t* gate, const int32_t* step, int32_t offset,
   }
   WaitGateKernel<<<1, 1, 0, stream>>>(gate, step, offset, waited_ns);
   return LaunchStatus("WaitGateKernel");
+}
+
+absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> src,
+                           cudaStream_t stream) {
+  if (dst.size() != src.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("CopyWordsCuda: ", src.size(),
+                                                   " words into ", dst.size()));
+  }
+  if (src.empty()) return absl::OkStatus();
+  CopyWordsKernel<<<Blocks(int64_t(src.size())), kThreads, 0, stream>>>(
+      dst.data(), src.data(), int64_t(src.size()));
+  return LaunchStatus("CopyWordsKernel");
 }
 
 absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream) {

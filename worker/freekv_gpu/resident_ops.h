@@ -93,12 +93,20 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 // so a kernel launched for the first time behind a gate deadlocks. Call
 // RequireEagerLoading() first thing in main (before any CUDA call); WaitGate refuses
 // (FAILED_PRECONDITION) when CUDA_MODULE_LOADING is not EAGER.
+// The same holds for the driver's own kernels, which EAGER does not load: a
+// device-to-device cudaMemcpyAsync issued for the first time behind a gate hung the
+// first freekv step on the H100. Copies within the device on a gated stream use
+// CopyWordsCuda, a kernel of this module.
 void RequireEagerLoading();
 absl::Status WaitGate(const uint32_t* gate, const int32_t* step, int32_t offset,
                       unsigned long long* waited_ns, cudaStream_t stream);
 absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, const int32_t* step,
                             int32_t offset, cudaStream_t stream);
 absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream);
+
+// dst = src, within the device (word by word: both are 4-byte aligned).
+absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> src,
+                           cudaStream_t stream);
 
 // *stamp = *step after the stream's earlier work, with a system-wide fence first: the
 // publication mark a host thread polls (stamp may be pinned host memory).

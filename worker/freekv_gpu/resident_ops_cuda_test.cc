@@ -1,5 +1,5 @@
 // The CUDA launchers of resident_ops.h against the CPU references on random inputs
-// (bit for bit: they only move bytes), and the gates: a stream that waits on one
+// (bit for bit: they only move bytes), the device copy, and the gates: a stream that waits on one
 // really stops until another stream opens it.
 #include <chrono>
 #include <random>
@@ -134,6 +134,27 @@ TEST(AppendKvCuda, MatchesTheReference) {
                   .ok());
   ASSERT_TRUE(stream.Synchronize().ok());
   EXPECT_TRUE(SameBits(Download(pool.device), pool.host));
+}
+
+TEST(CopyWordsCuda, CopiesEveryWordAndRefusesMismatchedSizes) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int32_t> word;
+  std::vector<int32_t> src(300'007);  // not a multiple of any block size
+  for (int32_t& w : src) w = word(rng);
+  const DeviceBuffer from = Must(DeviceBuffer::Upload<int32_t>(src));
+  DeviceBuffer to = Must(DeviceBuffer::Allocate(src.size() * sizeof(int32_t)));
+  Must(to.Poison());
+  auto stream = Must(CudaStream::Create());
+  Must(kernels::DeviceSynchronize());  // Poison runs on the legacy stream
+  Must(CopyWordsCuda(to.span<int32_t>(), from.span<const int32_t>(), stream.get()));
+  Must(stream.Synchronize());
+  std::vector<int32_t> got(src.size());
+  Must(to.Download(absl::MakeSpan(got)));
+  EXPECT_EQ(got, src);
+  EXPECT_EQ(CopyWordsCuda(to.span<int32_t>().subspan(1), from.span<const int32_t>(),
+                          stream.get())
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // A marker buffer stays zero while `waiter` is held at the gate, and is filled once
