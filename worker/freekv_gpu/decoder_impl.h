@@ -65,8 +65,9 @@ struct GpuDecoder::Impl {
   absl::Status EnqueueLayer(bool prime, int layer, const StepInputs& in);
   // What the recall driver must do for (step, layer), in the order the GPU waits.
   void PushLayerItems(int32_t t, int layer);
-  absl::Status Select(int layer, const StepInputs& in, absl::Span<const uint8_t> mask,
-                      bool with_diff, const DiffSet* diff);
+  // Scores and selects the pages of every head; with `diff`, also what the resident
+  // set lacks (the diff's block, in pinned memory).
+  absl::Status Select(int layer, const StepInputs& in, const DiffSet* diff);
   absl::Status Attend(int layer, const StepInputs& in);
   absl::Status DiffToHost(const DiffSet& diff, const StepInputs& in);
   absl::Status WaitAt(const StepInputs& in, int layer, bool correction);

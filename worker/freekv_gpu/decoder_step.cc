@@ -9,9 +9,7 @@
 
 namespace freekv::gpu {
 
-absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in,
-                                      absl::Span<const uint8_t> mask, bool with_diff,
-                                      const DiffSet* diff) {
+absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in, const DiffSet* diff) {
   const ModelConfig& c = model->config();
   const LayerState& st = layers[layer];
   const absl::Span<const int32_t> dev = inputs.span<int32_t>();
@@ -26,11 +24,12 @@ absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in,
   const absl::Span<float> s = scores.span<float>().subspan(0, options.batch * c.num_heads * n);
   FREEKV_RETURN_IF_ERROR(kernels::PageScoreCuda<BFloat16>(
       model->q().subspan(0, size_t(options.batch) * c.num_heads * c.head_dim),
-      c.num_heads, digests, cands, scale, mask, s, stream));
+      c.num_heads, digests, cands, scale, {}, s, stream));
+  const bool with_diff = diff != nullptr;
   return kernels::GroupSelectCuda(
       s, c.num_heads, c.num_kv_heads, cands, options.layout.selected,
       with_diff ? st.resident.span<const int32_t>() : absl::Span<const int32_t>(),
-      options.layout.selected, mask, group_scores.span<float>().subspan(0, shape.lists() * n),
+      options.layout.selected, {}, group_scores.span<float>().subspan(0, shape.lists() * n),
       selected.span<int32_t>(), with_diff ? diff->Diff() : kernels::ResidentDiff{}, stream);
 }
 
@@ -78,34 +77,43 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
                                       dev.subspan(in.append_tokens_at(), options.batch),
                                       st.view, s));
   const GpuPolicy p = options.policy;
-  // With recalls left out (skip_recall) the stream opens its own gates.
-  auto open_own = [&](bool correction) {
-    return options.skip_recall ? OpenGateIfNone(zero.span<int32_t>().data(),
-                                                gate(layer, correction), step_number(in),
-                                                correction ? 1 : 0, s)
-                               : absl::OkStatus();
+  // Opens a gate from the stream, to the value a recall of this step would set (step
+  // + 1): with recalls left out (skip_recall), or when there is nothing to recall.
+  auto open_now = [&](bool correction) {
+    return OpenGateIfNone(zero.span<int32_t>().data(), gate(layer, correction),
+                          step_number(in), 1, s);
   };
-  if (p == GpuPolicy::kOracle) FREEKV_RETURN_IF_ERROR(Select(layer, in, {}, false, nullptr));
+  const bool own = options.skip_recall;
+  if (p == GpuPolicy::kOracle) FREEKV_RETURN_IF_ERROR(Select(layer, in, nullptr));
   if (p == GpuPolicy::kBlocking || prime) {
     // Select with the current query, recall what is missing, wait for it.
-    FREEKV_RETURN_IF_ERROR(Select(layer, in, {}, true, &st.corr));
-    FREEKV_RETURN_IF_ERROR(DiffToHost(st.corr, in));
-    FREEKV_RETURN_IF_ERROR(open_own(true));
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff));
+    FREEKV_RETURN_IF_ERROR(DiffToHost(st.diff, in));
+    if (own) FREEKV_RETURN_IF_ERROR(open_now(true));
     FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, true));
+    // The next step's speculation would select with this same query: nothing is left
+    // to recall, so its gate opens here.
+    if (prime) FREEKV_RETURN_IF_ERROR(open_now(false));
   } else if (p == GpuPolicy::kFreeKv) {
-    // The speculative recall made at step t - 1, then correction of moved heads.
+    // The speculative recall made at step t - 1 has landed. One selection with q_t
+    // then serves both of FreeKV's recalls: the heads whose query moved (similarity
+    // below tau) are corrected now and waited for below; the other heads' part of the
+    // same diff is the speculation for step t + 1, recalled while the step goes on.
     FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, false));
     const size_t q_rows = size_t(options.batch) * c.num_heads * c.head_dim;
-    const kernels::SimilarityOutputs sim{st.similarity.span<float>(), st.corr.flags(),
-                                         {st.corr.num_flagged(), 1}};
+    const kernels::SimilarityOutputs sim{st.similarity.span<float>(), st.diff.flags(),
+                                         {st.diff.num_flagged(), 1}};
     FREEKV_RETURN_IF_ERROR(kernels::QuerySimilarityCuda<BFloat16>(
         model->q().subspan(0, q_rows), st.q_prev.span<const BFloat16>(), c.num_heads,
         c.num_kv_heads, c.head_dim, options.tau, sim, s));
-    FREEKV_RETURN_IF_ERROR(Select(layer, in, st.corr.flags(), true, &st.corr));
-    FREEKV_RETURN_IF_ERROR(DiffToHost(st.corr, in));
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff));
+    FREEKV_RETURN_IF_ERROR(DiffToHost(st.diff, in));
     FREEKV_RETURN_IF_ERROR(
-        OpenGateIfNone(st.corr.num_flagged(), gate(layer, true), step_number(in), 1, s));
-    FREEKV_RETURN_IF_ERROR(open_own(true));
+        OpenGateIfNone(st.diff.num_flagged(), gate(layer, true), step_number(in), 1, s));
+    if (own) {
+      FREEKV_RETURN_IF_ERROR(open_now(true));
+      FREEKV_RETURN_IF_ERROR(open_now(false));
+    }
     FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, true));
   }
   if (p == GpuPolicy::kFreeKv) {
@@ -115,43 +123,32 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
         absl::MakeConstSpan(reinterpret_cast<const int32_t*>(model->q().data()), words), s));
   }
   FREEKV_RETURN_IF_ERROR(Attend(layer, in));
-  if (p == GpuPolicy::kFreeKv) {
-    // Speculation: select for step t + 1 with q_t and recall while the step goes on.
-    FREEKV_RETURN_IF_ERROR(Select(layer, in, {}, true, &st.spec));
-    FREEKV_RETURN_IF_ERROR(DiffToHost(st.spec, in));
-    if (options.skip_recall) {
-      FREEKV_RETURN_IF_ERROR(OpenGateIfNone(zero.span<int32_t>().data(), gate(layer, false),
-                                            step_number(in), 1, s));
-    }
-  }
   return model->PostAttention(layer, options.batch, s);
 }
 
 void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer) {
   if (driver == nullptr) return;
   const bool prime = options.policy == GpuPolicy::kFreeKv && t == 0;
-  auto push = [&](const DiffSet& d, bool correction, bool masked, uint64_t serves) {
+  const DiffSet& d = layers[layer].diff;
+  auto push = [&](bool correction, HeadMask heads, uint64_t serves) {
     RecallItem item;
     item.step = serves;
     item.layer = layer;
     item.stamp = d.stamp();
     item.stamp_value = t;
     item.diff = d.ReadOnlyDiff();
-    if (masked) {
-      item.flags = d.flags();
-      item.num_flagged = d.num_flagged();
-    }
+    item.heads = heads;
+    if (correction && !heads.flags.empty()) item.num_flagged = d.num_flagged();
     item.gate = gate(layer, correction);
     item.gate_value = static_cast<uint32_t>(t + 1);
     driver->Push(item);
   };
-  const LayerState& st = layers[layer];
   if (options.policy == GpuPolicy::kBlocking || prime) {
-    push(st.corr, true, false, t);
+    push(true, HeadMask{}, t);
   } else if (options.policy == GpuPolicy::kFreeKv) {
-    push(st.corr, true, true, t);
+    push(true, HeadMask{d.flags(), false}, t);
+    push(false, HeadMask{d.flags(), true}, t + 1);
   }
-  if (options.policy == GpuPolicy::kFreeKv) push(st.spec, false, false, t + 1);
 }
 
 StepShape GpuDecoder::Impl::ShapeAt(int32_t t) const {

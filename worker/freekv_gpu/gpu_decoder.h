@@ -3,10 +3,12 @@
 //   oracle    per KV head, select the top pages with the current query and attend to
 //             sink + selected + window as if the selected pages were resident (the
 //             compute of sparse attention with recall for free: the floor);
-//   freekv    FreeKV: pages for step t+1 are selected with q_t after attention and
-//             recalled from the kvservice while the rest of the step runs; at step
-//             t+1 heads whose query moved (cos < tau) are selected again and recalled
-//             before attention (correction);
+//   freekv    FreeKV: each layer selects once per step, with q_t, once the pages
+//             recalled for it at step t-1 have landed. Heads whose query moved
+//             (cos(q_t, q_{t-1}) < tau) have their part of that diff recalled at once
+//             and waited for before attention (correction); the other heads' part is
+//             recalled while the step goes on and serves step t+1 (speculation: both
+//             would select with q_t, so one selection serves both);
 //   blocking  select with the current query, recall the missing pages, wait, attend
 //             (ArkVale-style retrieval; the same recall path as freekv).
 // Recalls go through a CUDA IPC session (CudaKvClient) and a RecallDriver; the decode

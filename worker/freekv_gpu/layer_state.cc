@@ -86,16 +86,13 @@ absl::StatusOr<LayerState> LayerState::Create(const StateShape& s, bool recalls,
   if (!recalls) return l;
   auto q_prev = DeviceBuffer::Allocate(size_t(s.batch) * s.q_heads * s.head_dim * 2);
   auto similarity = DeviceBuffer::Allocate(size_t(s.lists()) * sizeof(float));
-  auto spec = DiffSet::Create(s.lists(), s.layout.selected);
-  auto corr = DiffSet::Create(s.lists(), s.layout.selected);
-  for (const absl::Status& st : {q_prev.status(), similarity.status(), spec.status(),
-                                 corr.status()}) {
+  auto diff = DiffSet::Create(s.lists(), s.layout.selected);
+  for (const absl::Status& st : {q_prev.status(), similarity.status(), diff.status()}) {
     FREEKV_RETURN_IF_ERROR(st);
   }
   l.q_prev = *std::move(q_prev);
   l.similarity = *std::move(similarity);
-  l.spec = *std::move(spec);
-  l.corr = *std::move(corr);
+  l.diff = *std::move(diff);
   return l;
 }
 

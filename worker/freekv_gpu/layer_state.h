@@ -68,7 +68,7 @@ struct LayerState {
   kernels::DeviceBuffer resident;  // sparse: [lists][selected], -1 when empty
   kernels::DeviceBuffer q_prev;    // freekv
   kernels::DeviceBuffer similarity;
-  DiffSet spec, corr;              // freekv / blocking
+  DiffSet diff;                    // freekv / blocking: each step's selection
 
   static absl::StatusOr<LayerState> Create(const StateShape& shape, bool recalls,
                                            uint64_t seed, cudaStream_t stream);

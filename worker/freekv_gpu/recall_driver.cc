@@ -145,7 +145,7 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
   slices.clear();
   const int32_t lists = static_cast<int32_t>(sequence_ids_.size()) * num_kv_heads_;
   for (int32_t list = 0; list < lists; ++list) {
-    if (!item.flags.empty() && item.flags[list] == 0) continue;
+    if (!item.heads.covers(list)) continue;
     const int32_t count = std::min(item.diff.counts[list], k);
     for (int32_t j = 0; j < count; ++j) {
       slices.push_back({sequence_ids_[list / num_kv_heads_],
@@ -163,7 +163,7 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
   absl::MutexLock lock(&mu_);
   stats_.slices += slices.size();
   stats_.recalls += slices.empty() ? 0 : 1;
-  stats_.corrections += !item.flags.empty() && !slices.empty();
+  stats_.corrections += item.num_flagged != nullptr && !slices.empty();
   stats_.host_work_seconds += absl::ToDoubleSeconds(absl::Now() - start);
   return absl::OkStatus();
 }
@@ -213,7 +213,7 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
         reinterpret_cast<const BFloat16*>(regions.staging_slot(t.layer, t.slot)),
         regions.slot_bytes() / sizeof(BFloat16));
     const LayerResidency& layer = layers_[item.layer];
-    FREEKV_RETURN_IF_ERROR(ApplyRecallCuda(slot, item.diff, item.flags,
+    FREEKV_RETURN_IF_ERROR(ApplyRecallCuda(slot, item.diff, item.heads,
                                            layer.pool, layout_, layer.resident,
                                            stream_.get()));
     FREEKV_RETURN_IF_ERROR(regions.MarkSlotFree(t.layer, t.slot, stream_.get()));

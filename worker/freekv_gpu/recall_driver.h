@@ -3,7 +3,7 @@
 // records an event, and pushes an item; it never waits for the GPU. Two threads here
 // turn items into recalls and applied pages:
 //   issuer:    waits until the item's stamp shows its step (layer_state.h DiffSet),
-//              reads the diff (and, for a correction, the flags), sends the recall
+//              reads the diff (and the flags, for an item of some heads), sends the recall
 //              request (KvClient::Recall, no wait);
 //   completer: waits for each recall's reply in order, then on its own stream waits
 //              for the slot's ready event, applies the slot (ApplyRecallCuda), marks
@@ -51,9 +51,11 @@ struct RecallItem {
   const int32_t* stamp = nullptr;
   int32_t stamp_value = 0;
   RecallDiff diff;
-  // Corrections: only flagged heads are recalled, and nothing is sent when
-  // *num_flagged reads 0. Empty / null: every head.
-  absl::Span<const uint8_t> flags;
+  // The heads whose part of the diff this item recalls and applies (the flags are
+  // read once the stamp shows the step). freekv's correction takes the flagged heads
+  // and sets num_flagged: nothing is sent when *num_flagged reads 0. Its speculation
+  // takes the unflagged heads of the same diff.
+  HeadMask heads;
   const int32_t* num_flagged = nullptr;
   uint32_t* gate = nullptr;
   uint32_t gate_value = 0;

@@ -47,10 +47,10 @@ absl::Status CheckVectorisable(const kernels::PagedKv<BFloat16>& pool) {
 // One block per diff entry (list, j); blockIdx.x = list, blockIdx.y = j.
 __global__ void __launch_bounds__(kThreads)
     ApplyKernel(const uint4* slot, const int32_t* pages, const int32_t* slots,
-                const int32_t* counts, const uint8_t* mask, PoolArgs pool,
+                const int32_t* counts, const uint8_t* flags, bool unflagged, PoolArgs pool,
                 ResidentLayout layout, int32_t* resident) {
   const int32_t list = blockIdx.x, j = blockIdx.y, k = layout.selected;
-  if ((mask != nullptr && mask[list] == 0) || j >= counts[list]) return;
+  if ((flags != nullptr && (flags[list] != 0) == unflagged) || j >= counts[list]) return;
   const int32_t s = slots[list * k + j];
   if (s < 0 || s >= k) return;  // the select kernel never writes one; be safe
   const int32_t seq = list / pool.num_kv_heads, head = list % pool.num_kv_heads;
@@ -164,18 +164,17 @@ __global__ void WaitGateKernel(const uint32_t* gate, const int32_t* step, int32_
 }  // namespace
 
 absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& diff,
-                             absl::Span<const uint8_t> head_mask,
-                             const kernels::PagedKv<BFloat16>& pool,
+                             const HeadMask& heads, const kernels::PagedKv<BFloat16>& pool,
                              const ResidentLayout& layout, absl::Span<int32_t> resident,
                              cudaStream_t stream) {
-  FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot.size(), diff, head_mask.size(), pool,
+  FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot.size(), diff, heads.flags.size(), pool,
                                           layout, resident.size()));
   FREEKV_RETURN_IF_ERROR(CheckVectorisable(pool));
   const dim3 grid(static_cast<unsigned>(diff.counts.size()), layout.selected);
   ApplyKernel<<<grid, kThreads, 0, stream>>>(
       reinterpret_cast<const uint4*>(slot.data()), diff.pages.data(), diff.slots.data(),
-      diff.counts.data(), head_mask.empty() ? nullptr : head_mask.data(), ToArgs(pool),
-      layout, resident.data());
+      diff.counts.data(), heads.flags.empty() ? nullptr : heads.flags.data(),
+      heads.unflagged, ToArgs(pool), layout, resident.data());
   return LaunchStatus("ApplyKernel");
 }
 

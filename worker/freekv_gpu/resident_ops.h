@@ -56,18 +56,28 @@ struct RecallDiff {
   absl::Span<const int32_t> counts;
 };
 
-// For every (b, h) whose head_mask byte is non-zero (every one when head_mask is
-// empty) and j < counts[b][h]: copies slot slice (b, h, j) into head h of pool page
+// Which (sequence, KV head) lists an operation covers: every one when `flags` is
+// empty; otherwise those whose flag byte is non-zero, or with `unflagged` those whose
+// flag is zero. freekv splits one selection's diff so: the flagged heads are corrected
+// at once, the others are recalled speculatively for the next step.
+struct HeadMask {
+  absl::Span<const uint8_t> flags;
+  bool unflagged = false;
+
+  bool covers(size_t list) const {
+    return flags.empty() || (flags[list] != 0) != unflagged;
+  }
+};
+
+// For every (b, h) `heads` covers and j < counts[b][h]: copies slot slice (b, h, j) into head h of pool page
 // layout.selected_page(b, slots[b][h][j]) and sets resident[b][h][slots..] to
 // pages[b][h][j]. The pool is bf16 with K and V interleaved per page (pool.v = pool.k
 // + page_elems); pool.num_pages >= num_seqs * pages_per_seq.
 absl::Status ApplyRecallRef(absl::Span<const BFloat16> slot, const RecallDiff& diff,
-                            absl::Span<const uint8_t> head_mask,
-                            const kernels::PagedKv<BFloat16>& pool,
+                            const HeadMask& heads, const kernels::PagedKv<BFloat16>& pool,
                             const ResidentLayout& layout, absl::Span<int32_t> resident);
 absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& diff,
-                             absl::Span<const uint8_t> head_mask,
-                             const kernels::PagedKv<BFloat16>& pool,
+                             const HeadMask& heads, const kernels::PagedKv<BFloat16>& pool,
                              const ResidentLayout& layout, absl::Span<int32_t> resident,
                              cudaStream_t stream);
 

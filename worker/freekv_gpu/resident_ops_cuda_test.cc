@@ -91,23 +91,27 @@ TEST(ApplyRecallCuda, MatchesTheReferenceOnRandomDiffs) {
   auto d_mask = Must(DeviceBuffer::Upload<uint8_t>(mask));
   auto d_resident = Must(DeviceBuffer::Upload<int32_t>(resident));
   auto stream = Must(CudaStream::Create());
-  for (bool masked : {true, false}) {
+  // Flagged heads, then the unflagged ones, then every head.
+  for (int mode = 0; mode < 3; ++mode) {
     const RecallDiff host_diff{pages, slots, counts};
-    ASSERT_TRUE(ApplyRecallRef(slot, host_diff, masked ? mask : std::vector<uint8_t>{},
-                               pool.Host(), kLayout, absl::MakeSpan(resident))
+    const HeadMask host_heads{mode < 2 ? absl::MakeConstSpan(mask) : absl::Span<const uint8_t>(),
+                              mode == 1};
+    ASSERT_TRUE(ApplyRecallRef(slot, host_diff, host_heads, pool.Host(), kLayout,
+                               absl::MakeSpan(resident))
                     .ok());
     const RecallDiff device_diff{d_pages.span<int32_t>(), d_slots.span<int32_t>(),
                                  d_counts.span<int32_t>()};
-    ASSERT_TRUE(ApplyRecallCuda(d_slot.span<BFloat16>(), device_diff,
-                                masked ? d_mask.span<uint8_t>() : absl::Span<uint8_t>(),
+    const HeadMask device_heads{
+        mode < 2 ? d_mask.span<const uint8_t>() : absl::Span<const uint8_t>(), mode == 1};
+    ASSERT_TRUE(ApplyRecallCuda(d_slot.span<BFloat16>(), device_diff, device_heads,
                                 pool.Device(), kLayout, d_resident.span<int32_t>(),
                                 stream.get())
                     .ok());
     ASSERT_TRUE(stream.Synchronize().ok());
-    EXPECT_TRUE(SameBits(Download(pool.device), pool.host)) << "masked " << masked;
+    EXPECT_TRUE(SameBits(Download(pool.device), pool.host)) << "mode " << mode;
     std::vector<int32_t> got(resident.size());
     ASSERT_TRUE(d_resident.Download(absl::MakeSpan(got)).ok());
-    EXPECT_EQ(got, resident) << "masked " << masked;
+    EXPECT_EQ(got, resident) << "mode " << mode;
   }
 }
 

@@ -29,7 +29,7 @@ absl::Status CheckApplyShapes(size_t slot_elems, const RecallDiff& diff,
   FREEKV_RETURN_IF_ERROR(kernels::CheckSize("diff.slots", diff.slots.size(), entries));
   FREEKV_RETURN_IF_ERROR(kernels::CheckSize("resident", resident_size, entries));
   if (head_mask_size != 0) {
-    FREEKV_RETURN_IF_ERROR(kernels::CheckSize("head_mask", head_mask_size, lists));
+    FREEKV_RETURN_IF_ERROR(kernels::CheckSize("heads.flags", head_mask_size, lists));
   }
   const size_t slice = 2 * size_t(pool.page_tokens) * pool.head_dim;
   FREEKV_RETURN_IF_ERROR(kernels::CheckSize("slot", slot_elems, entries * slice));
@@ -56,16 +56,15 @@ absl::Status CheckAppendShapes(size_t k_size, size_t v_size, size_t pages_size,
 }
 
 absl::Status ApplyRecallRef(absl::Span<const BFloat16> slot, const RecallDiff& diff,
-                            absl::Span<const uint8_t> head_mask,
-                            const kernels::PagedKv<BFloat16>& pool,
+                            const HeadMask& heads, const kernels::PagedKv<BFloat16>& pool,
                             const ResidentLayout& layout, absl::Span<int32_t> resident) {
-  FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot.size(), diff, head_mask.size(), pool,
+  FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot.size(), diff, heads.flags.size(), pool,
                                           layout, resident.size()));
-  const int32_t heads = pool.num_kv_heads, k = layout.selected;
+  const int32_t k = layout.selected;
   const int64_t row = pool.head_dim, half = int64_t{pool.page_tokens} * row;
   for (size_t list = 0; list < diff.counts.size(); ++list) {
-    if (!head_mask.empty() && head_mask[list] == 0) continue;
-    const int32_t seq = list / heads, head = list % heads;
+    if (!heads.covers(list)) continue;
+    const int32_t seq = list / pool.num_kv_heads, head = list % pool.num_kv_heads;
     for (int32_t j = 0; j < std::min(diff.counts[list], k); ++j) {
       const int32_t s = diff.slots[list * k + j];
       if (s < 0 || s >= k) {

@@ -47,8 +47,8 @@ TEST(ApplyRecallRef, WritesEachListedSliceIntoItsHeadAndCommitsIt) {
   const std::vector<int32_t> counts = {1, 2, 0, 1};
   const std::vector<uint8_t> mask = {1, 1, 1, 0};
   std::vector<int32_t> resident(entries, -1);
-  ASSERT_TRUE(ApplyRecallRef(slot, {pages, slots, counts}, mask, pool.view, kLayout,
-                             absl::MakeSpan(resident))
+  ASSERT_TRUE(ApplyRecallRef(slot, {pages, slots, counts}, HeadMask{mask}, pool.view,
+                             kLayout, absl::MakeSpan(resident))
                   .ok());
   EXPECT_EQ(resident, (std::vector<int32_t>{-1, 7, 3, 9, -1, -1, -1, -1}));
   struct Moved {
@@ -74,6 +74,12 @@ TEST(ApplyRecallRef, WritesEachListedSliceIntoItsHeadAndCommitsIt) {
       ASSERT_EQ(pool.data[i].bits, before[i].bits) << "element " << i;
     }
   }
+  // The other half of the same diff: only the list whose flag is zero.
+  std::vector<int32_t> rest(entries, -1);
+  ASSERT_TRUE(ApplyRecallRef(slot, {pages, slots, counts}, HeadMask{mask, true}, pool.view,
+                             kLayout, absl::MakeSpan(rest))
+                  .ok());
+  EXPECT_EQ(rest, (std::vector<int32_t>{-1, -1, -1, -1, -1, -1, 5, -1}));
 }
 
 TEST(ApplyRecallRef, RefusesMismatchedShapesAndBadSlots) {
