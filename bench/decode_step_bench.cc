@@ -13,7 +13,9 @@
 // Prints one markdown table (bench/RESULTS.md keeps it): per row the median GPU step
 // time, the ratio to oracle, the time the stream stalled at recall gates, the host
 // time spent on recall requests and their bookkeeping (both as shares of the step),
-// blocks recalled per step and the share of heads corrected.
+// blocks recalled per step, the share of heads corrected, and for capacity the
+// row's KV cache (every layer run, in the kvservice's store) against the GPU memory
+// the worker has (--gpu_gib, or the device's), and the tokens per second.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -44,6 +46,10 @@ ABSL_FLAG(int32_t, steps, 16, "Timed steps per policy.");
 ABSL_FLAG(double, tau, 0.8, "Correction threshold.");
 ABSL_FLAG(double, drift, 0.05, "Step-to-step change of the decode input.");
 ABSL_FLAG(bool, graphs, true, "Replay each layer's dense parts as CUDA graphs.");
+ABSL_FLAG(int32_t, gpu_gib, 0,
+          "GiB of GPU memory the worker may use, weights included (0: the device's). It "
+          "sizes the layers; run under an MPS limit (CUDA_MPS_PINNED_DEVICE_MEM_LIMIT) so "
+          "that the device enforces it (the capacity run, bench/RESULTS.md).");
 ABSL_FLAG(std::string, service_flags, "",
           "Extra kvservice flags, space-separated (e.g. --cuda_copy_method=gather).");
 
@@ -92,6 +98,7 @@ struct Row {
   int32_t batch = 0, layers = 0;
   std::string policy;
   gpu::GpuStepStats stats;
+  double kv_bytes = 0;  // the row's KV cache, every layer run
 };
 
 // Stores pages [0, context / 32) of every (sequence, layer) through the session's
@@ -125,18 +132,41 @@ void FillStore(CudaKvClient& kv, const std::vector<uint64_t>& sequences, int32_t
   flush();
 }
 
+// The GPU memory the worker has: --gpu_gib, or the device's.
+double GpuBytes() {
+  const int32_t cap = absl::GetFlag(FLAGS_gpu_gib);
+  if (cap > 0) return double(cap) * (1 << 30);
+  return double(Unwrap(kernels::GetDeviceMemory(), "device memory").total_bytes);
+}
+
+// Device bytes a decoder may still allocate (90%, for the CUDA context and cuBLAS).
+double DecoderBytes(const gpu::GpuLlama& model) {
+  const auto memory = Unwrap(kernels::GetDeviceMemory(), "device memory");
+  double free = memory.free_bytes;
+  if (absl::GetFlag(FLAGS_gpu_gib) > 0) {
+    free = std::min(free, GpuBytes() - double(model.weight_bytes()));
+  }
+  return 0.9 * free;
+}
+
+// Bytes of KV cache (K and V of every token) of `layers` layers of a batch.
+double KvBytes(const ModelConfig& c, int64_t context, int32_t batch, int32_t layers) {
+  return double(batch) * context * layers * c.num_kv_heads * c.head_dim * 2 *
+         sizeof(kernels::BFloat16);
+}
+
 // The layers a row runs with: what the store and the GPU hold, at most --max_layers.
-int32_t LayersFor(int64_t context, int32_t batch, const ModelConfig& config,
+int32_t LayersFor(int64_t context, int32_t batch, const gpu::GpuLlama& model,
                   GpuDecoderOptions probe) {
-  const double per_layer = double(batch) * context * config.num_kv_heads * config.head_dim *
-                           2 * sizeof(kernels::BFloat16);
+  const ModelConfig& config = model.config();
+  const double per_layer = KvBytes(config, context, batch, 1);
   int32_t layers = std::min<int32_t>(absl::GetFlag(FLAGS_max_layers),
                                      (double(absl::GetFlag(FLAGS_store_gib)) * (1 << 30) * 0.95) /
                                          per_layer);
-  const auto memory = Unwrap(kernels::GetDeviceMemory(), "device memory");
+  const double room = DecoderBytes(model);
   for (; layers > 0; --layers) {
     probe.layers = layers;
-    if (GpuDecoder::DeviceBytes(probe, config) < memory.free_bytes * 0.9) break;
+    if (GpuDecoder::DeviceBytes(probe, config) < room) break;
   }
   return layers;
 }
@@ -152,7 +182,7 @@ std::vector<Row> RunRow(gpu::GpuLlama& model, testing::KvServiceProcess& service
   base.drift = absl::GetFlag(FLAGS_drift);
   base.graphs = absl::GetFlag(FLAGS_graphs);
   base.policy = GpuPolicy::kFreeKv;
-  const int32_t layers = LayersFor(context, batch, c, base);
+  const int32_t layers = LayersFor(context, batch, model, base);
   if (layers == 0) {
     std::fprintf(stderr, "context %ld batch %d: no layer fits; skipped\n", long(context), batch);
     return {};
@@ -170,8 +200,7 @@ std::vector<Row> RunRow(gpu::GpuLlama& model, testing::KvServiceProcess& service
     options.host_wait = absl::ConsumeSuffix(&name, "-hostwait");
     options.policy = Unwrap(gpu::ParseGpuPolicy(name), "policy");
     if (options.policy == GpuPolicy::kFull) {
-      const auto memory = Unwrap(kernels::GetDeviceMemory(), "device memory");
-      if (GpuDecoder::DeviceBytes(options, c) > memory.free_bytes * 0.9) {
+      if (GpuDecoder::DeviceBytes(options, c) > DecoderBytes(model)) {
         std::fprintf(stderr, "context %ld batch %d: full does not fit; skipped\n",
                      long(context), batch);
         continue;
@@ -196,7 +225,8 @@ std::vector<Row> RunRow(gpu::GpuLlama& model, testing::KvServiceProcess& service
         "GpuDecoder::Create");
     Row row{context, batch, layers, std::string(label),
             Unwrap(decoder->Run(absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_steps)),
-                   "Run")};
+                   "Run"),
+            KvBytes(c, context, batch, layers)};
     std::fprintf(stderr, "context %ld batch %d %s: %.3f ms/step\n", long(context), batch,
                  row.policy.c_str(), row.stats.step_ms);
     rows.push_back(row);
@@ -216,8 +246,9 @@ void PrintTable(const std::vector<Row>& rows) {
   std::printf(
       "\n| context | batch | layers | policy | step ms | ms/layer | vs oracle | "
       "blocking/freekv | stall | recall host | blocks/step | reply ms | corrected | wall ms "
-      "|\n| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-      "| ---: | ---: |\n");
+      "| KV GiB | KV / GPU | tok/s |\n| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: "
+      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  const double gpu_bytes = GpuBytes();
   for (const Row& r : rows) {
     const auto key = std::make_pair(r.context, r.batch);
     const gpu::GpuStepStats& s = r.stats;
@@ -228,7 +259,8 @@ void PrintTable(const std::vector<Row>& rows) {
                                         : "-";
     const bool recalls = absl::StartsWith(r.policy, "freekv") ||
                          absl::StartsWith(r.policy, "blocking");
-    std::printf("| %ldK | %d | %d | %s | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s | %.3f |\n",
+    std::printf("| %ldK | %d | %d | %s | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s | %.3f "
+                "| %.1f | %.2f | %.0f |\n",
                 long(r.context / 1024), r.batch, r.layers, r.policy.c_str(), s.step_ms,
                 s.step_ms / r.layers, vs_oracle.c_str(), over_freekv.c_str(),
                 recalls ? absl::StrFormat("%.1f%%", 100 * s.stall_ms / s.step_ms).c_str() : "-",
@@ -238,7 +270,8 @@ void PrintTable(const std::vector<Row>& rows) {
                 recalls ? absl::StrFormat("%.3f", s.reply_ms).c_str() : "-",
                 r.policy == "freekv" ? absl::StrFormat("%.1f%%", 100 * s.corrected).c_str()
                                      : "-",
-                s.wall_ms);
+                s.wall_ms, r.kv_bytes / (1 << 30), r.kv_bytes / gpu_bytes,
+                1e3 * r.batch / s.step_ms);
   }
 }
 
@@ -259,6 +292,10 @@ int Main() {
   std::fprintf(stderr, "model: %d layers, %.1f GiB of bf16 weights on %s in %.1f s\n",
                config.num_layers, model->weight_bytes() / double(1 << 30), info.name.c_str(),
                absl::ToDoubleSeconds(absl::Now() - start));
+  // Under an MPS memory limit the device reports the limit as its total.
+  const auto memory = Unwrap(kernels::GetDeviceMemory(), "device memory");
+  std::fprintf(stderr, "device memory as this process sees it: %.1f GiB total, %.1f free\n",
+               memory.total_bytes / double(1 << 30), memory.free_bytes / double(1 << 30));
   std::vector<std::string> service_flags = {
       absl::StrFormat("--capacity=%dG", absl::GetFlag(FLAGS_store_gib) + 1),
       "--chunk_bytes=1G", "--pin_store=true", "--max_request_blocks=1000000"};
@@ -276,9 +313,13 @@ int Main() {
     }
   }
   std::printf("\nDecode step on %s, Llama-3.1-8B geometry (random bf16 weights), page 32, "
-              "budget 16+32+16 pages, tau %.2f, median of %d steps%s.\n",
-              info.name.c_str(), absl::GetFlag(FLAGS_tau), absl::GetFlag(FLAGS_steps),
-              absl::GetFlag(FLAGS_graphs) ? ", dense parts as CUDA graphs" : "");
+              "budget 16+32+16 pages, tau %.2f, drift %.3f, median of %d steps%s; GPU "
+              "memory for the worker %.1f GiB%s.\n",
+              info.name.c_str(), absl::GetFlag(FLAGS_tau), absl::GetFlag(FLAGS_drift),
+              absl::GetFlag(FLAGS_steps),
+              absl::GetFlag(FLAGS_graphs) ? ", dense parts as CUDA graphs" : "",
+              GpuBytes() / (1 << 30),
+              absl::GetFlag(FLAGS_gpu_gib) > 0 ? " (--gpu_gib)" : " (the device's)");
   PrintTable(rows);
   return 0;
 }

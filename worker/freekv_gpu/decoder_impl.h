@@ -69,8 +69,8 @@ struct GpuDecoder::Impl {
   // set lacks (the diff's block, in pinned memory).
   absl::Status Select(int layer, const StepInputs& in, const DiffSet* diff);
   absl::Status Attend(int layer, const StepInputs& in);
-  absl::Status DiffToHost(const DiffSet& diff, const StepInputs& in);
-  absl::Status WaitAt(const StepInputs& in, int layer, bool correction);
+  // The spec (or correction) gate of a layer, as step `in` waits for it.
+  GateHold HoldAt(const StepInputs& in, int layer, bool correction) const;
 };
 
 }  // namespace freekv::gpu

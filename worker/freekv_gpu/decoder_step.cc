@@ -53,15 +53,11 @@ absl::Status GpuDecoder::Impl::Attend(int layer, const StepInputs& in) {
       model->attn_out().subspan(0, rows), {}, workspace.span<uint8_t>(), stream);
 }
 
-absl::Status GpuDecoder::Impl::DiffToHost(const DiffSet& diff, const StepInputs& in) {
-  return diff.Publish(step_number(in), stream);
-}
-
 // Spec gates open at the step they serve, correction gates at step + 1: the values
 // RecallItem::gate_value carries (PushLayerItems).
-absl::Status GpuDecoder::Impl::WaitAt(const StepInputs& in, int layer, bool correction) {
-  return WaitGate(gate(layer, correction), step_number(in), correction ? 1 : 0,
-                  waited_ns.span<unsigned long long>().data(), stream);
+GateHold GpuDecoder::Impl::HoldAt(const StepInputs& in, int layer, bool correction) const {
+  return {gate(layer, correction), step_number(in), correction ? 1 : 0,
+          waited_ns.span<unsigned long long>().data()};
 }
 
 absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInputs& in) {
@@ -71,26 +67,30 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
   FREEKV_RETURN_IF_ERROR(model->PreAttention(layer, options.batch, s));
   const size_t kv_rows = size_t(options.batch) * c.num_kv_heads * c.head_dim;
   const absl::Span<const int32_t> dev = inputs.span<int32_t>();
+  const GpuPolicy p = options.policy;
+  const bool speculates = p == GpuPolicy::kFreeKv && !prime;
+  // freekv: the append also holds the stream until the speculative recall made for
+  // this layer at step t - 1 has landed (one launch, not two).
   FREEKV_RETURN_IF_ERROR(AppendKvCuda(model->k().subspan(0, kv_rows),
                                       model->v().subspan(0, kv_rows),
                                       dev.subspan(in.append_pages_at(), options.batch),
                                       dev.subspan(in.append_tokens_at(), options.batch),
-                                      st.view, s));
-  const GpuPolicy p = options.policy;
+                                      st.view, s,
+                                      speculates ? HoldAt(in, layer, false) : GateHold{}));
   // Opens a gate from the stream, to the value a recall of this step would set (step
   // + 1): with recalls left out (skip_recall), or when there is nothing to recall.
   auto open_now = [&](bool correction) {
-    return OpenGateIfNone(zero.span<int32_t>().data(), gate(layer, correction),
-                          step_number(in), 1, s);
+    return OpenGateIfNone(
+        {zero.span<int32_t>().data(), gate(layer, correction), step_number(in), 1}, s);
   };
   const bool own = options.skip_recall;
   if (p == GpuPolicy::kOracle) FREEKV_RETURN_IF_ERROR(Select(layer, in, nullptr));
   if (p == GpuPolicy::kBlocking || prime) {
     // Select with the current query, recall what is missing, wait for it.
     FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff));
-    FREEKV_RETURN_IF_ERROR(DiffToHost(st.diff, in));
+    FREEKV_RETURN_IF_ERROR(st.diff.Publish(step_number(in), s));
     if (own) FREEKV_RETURN_IF_ERROR(open_now(true));
-    FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, true));
+    FREEKV_RETURN_IF_ERROR(WaitGate(HoldAt(in, layer, true), s));
     // The next step's speculation would select with this same query: nothing is left
     // to recall, so its gate opens here.
     if (prime) FREEKV_RETURN_IF_ERROR(open_now(false));
@@ -99,7 +99,6 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     // then serves both of FreeKV's recalls: the heads whose query moved (similarity
     // below tau) are corrected now and waited for below; the other heads' part of the
     // same diff is the speculation for step t + 1, recalled while the step goes on.
-    FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, false));
     const size_t q_rows = size_t(options.batch) * c.num_heads * c.head_dim;
     const kernels::SimilarityOutputs sim{st.similarity.span<float>(), st.diff.flags(),
                                          {st.diff.num_flagged(), 1}};
@@ -107,20 +106,23 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
         model->q().subspan(0, q_rows), st.q_prev.span<const BFloat16>(), c.num_heads,
         c.num_kv_heads, c.head_dim, options.tau, sim, s));
     FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff));
-    FREEKV_RETURN_IF_ERROR(DiffToHost(st.diff, in));
-    FREEKV_RETURN_IF_ERROR(
-        OpenGateIfNone(st.diff.num_flagged(), gate(layer, true), step_number(in), 1, s));
+    // With no head flagged, the correction gate opens in the same launch.
+    FREEKV_RETURN_IF_ERROR(st.diff.Publish(
+        step_number(in), s,
+        {st.diff.num_flagged(), gate(layer, true), step_number(in), 1}));
     if (own) {
       FREEKV_RETURN_IF_ERROR(open_now(true));
       FREEKV_RETURN_IF_ERROR(open_now(false));
     }
-    FREEKV_RETURN_IF_ERROR(WaitAt(in, layer, true));
   }
   if (p == GpuPolicy::kFreeKv) {
+    // q_t becomes the next step's q_prev; the copy also holds the stream until the
+    // correction has landed.
     const size_t words = st.q_prev.bytes() / sizeof(int32_t);
     FREEKV_RETURN_IF_ERROR(CopyWordsCuda(
         st.q_prev.span<int32_t>().subspan(0, words),
-        absl::MakeConstSpan(reinterpret_cast<const int32_t*>(model->q().data()), words), s));
+        absl::MakeConstSpan(reinterpret_cast<const int32_t*>(model->q().data()), words), s,
+        speculates ? HoldAt(in, layer, true) : GateHold{}));
   }
   FREEKV_RETURN_IF_ERROR(Attend(layer, in));
   return model->PostAttention(layer, options.batch, s);

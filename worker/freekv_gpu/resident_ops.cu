@@ -68,8 +68,37 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) resident[list * k + s] = pages[list * k + j];
 }
 
+// Holds its stream until the gate reaches `value` (thread 0 of block 0; the launch
+// ends when every thread has). A spinning kernel rather than the driver's
+// cuStreamWaitValue32: a blocked stream memory operation stalls the hardware queue it
+// sits in, which other streams (the one that would open the gate) may share, and on
+// the H100 that deadlocked; a running kernel blocks only its own stream. It sleeps
+// between reads.
+__device__ void HoldAtGate(const GateHold& hold) {
+  if (hold.gate == nullptr || blockIdx.x != 0 || threadIdx.x != 0) return;
+  const uint32_t value = static_cast<uint32_t>(*hold.step + hold.offset);
+  const volatile uint32_t* word = hold.gate;
+  if (static_cast<int32_t>(*word - value) >= 0) return;
+  uint64_t start, end;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  while (static_cast<int32_t>(*word - value) < 0) __nanosleep(256);
+  __threadfence();
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end));
+  if (hold.waited_ns != nullptr) {
+    atomicAdd(hold.waited_ns, static_cast<unsigned long long>(end - start));
+  }
+}
+
+__device__ void OpenIfNone(const GateIfNone& open) {
+  if (open.num_flagged != nullptr && *open.num_flagged == 0) {
+    *open.gate = static_cast<uint32_t>(*open.step + open.offset);
+  }
+}
+
+__global__ void WaitGateKernel(GateHold hold) { HoldAtGate(hold); }
+
 __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* pages,
-                             const int32_t* tokens, PoolArgs pool) {
+                             const int32_t* tokens, PoolArgs pool, GateHold hold) {
   const int32_t b = blockIdx.x, row = pool.num_kv_heads * pool.vecs_per_row;
   const int64_t dst = pages[b] * pool.page_stride + int64_t{tokens[b]} * row;
   for (int32_t i = threadIdx.x; i < 2 * row; i += blockDim.x) {
@@ -79,26 +108,27 @@ __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* page
       pool.v[dst + i - row] = v[int64_t{b} * row + i - row];
     }
   }
+  HoldAtGate(hold);
 }
 
-__global__ void CopyWordsKernel(int32_t* dst, const int32_t* src, int64_t n) {
+__global__ void CopyWordsKernel(int32_t* dst, const int32_t* src, int64_t n,
+                                GateHold hold) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     dst[i] = src[i];
   }
+  HoldAtGate(hold);
 }
 
 __global__ void SetGateKernel(uint32_t* gate, uint32_t value) { *gate = value; }
 
-__global__ void StampKernel(volatile int32_t* stamp, const int32_t* step) {
+__global__ void StampKernel(volatile int32_t* stamp, const int32_t* step, GateIfNone open) {
   __threadfence_system();
   *stamp = *step;
+  OpenIfNone(open);
 }
 
-__global__ void OpenGateIfNoneKernel(const int32_t* num_flagged, uint32_t* gate,
-                                     const int32_t* step, int32_t offset) {
-  if (*num_flagged == 0) *gate = static_cast<uint32_t>(*step + offset);
-}
+__global__ void OpenGateIfNoneKernel(GateIfNone open) { OpenIfNone(open); }
 
 // splitmix64 of (seed, index) -> uniform in [-1, 1).
 __device__ __forceinline__ float Uniform(uint64_t seed, uint64_t index) {
@@ -143,22 +173,18 @@ unsigned Blocks(int64_t n) {
   return static_cast<unsigned>(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096);
 }
 
-// Holds its stream until the gate reaches `value`. A spinning kernel rather than the
-// driver's cuStreamWaitValue32: a blocked stream memory operation stalls the hardware
-// queue it sits in, which other streams (the one that would open the gate) may share,
-// and on the H100 that deadlocked; a running kernel blocks only its own stream. One
-// thread on one SM, sleeping between reads.
-__global__ void WaitGateKernel(const uint32_t* gate, const int32_t* step, int32_t offset,
-                               unsigned long long* waited_ns) {
-  const uint32_t value = static_cast<uint32_t>(*step + offset);
-  const volatile uint32_t* word = gate;
-  if (static_cast<int32_t>(*word - value) >= 0) return;
-  uint64_t start, end;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-  while (static_cast<int32_t>(*word - value) < 0) __nanosleep(256);
-  __threadfence();
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end));
-  if (waited_ns != nullptr) atomicAdd(waited_ns, static_cast<unsigned long long>(end - start));
+// Gates need eager module loading (resident_ops.h).
+absl::Status CheckHold(const GateHold& hold) {
+  static const bool eager = [] {
+    const char* mode = getenv("CUDA_MODULE_LOADING");
+    return mode != nullptr && std::string(mode) == "EAGER";
+  }();
+  if (hold.gate != nullptr && !eager) {
+    return absl::FailedPreconditionError(
+        "gates need CUDA_MODULE_LOADING=EAGER (call RequireEagerLoading() at the start of "
+        "main): a kernel loaded lazily while a gate holds a stream deadlocks");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -180,42 +206,36 @@ absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& 
 
 absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat16> v,
                           absl::Span<const int32_t> pages, absl::Span<const int32_t> tokens,
-                          const kernels::PagedKv<BFloat16>& pool, cudaStream_t stream) {
+                          const kernels::PagedKv<BFloat16>& pool, cudaStream_t stream,
+                          const GateHold& hold) {
   FREEKV_RETURN_IF_ERROR(
       CheckAppendShapes(k.size(), v.size(), pages.size(), tokens.size(), pool));
   FREEKV_RETURN_IF_ERROR(CheckVectorisable(pool));
+  FREEKV_RETURN_IF_ERROR(CheckHold(hold));
   AppendKernel<<<static_cast<unsigned>(pages.size()), kThreads, 0, stream>>>(
       reinterpret_cast<const uint4*>(k.data()), reinterpret_cast<const uint4*>(v.data()),
-      pages.data(), tokens.data(), ToArgs(pool));
+      pages.data(), tokens.data(), ToArgs(pool), hold);
   return LaunchStatus("AppendKernel");
 }
 
 void RequireEagerLoading() { setenv("CUDA_MODULE_LOADING", "EAGER", 1); }
 
-absl::Status WaitGate(const uint32_t* gate, const int32_t* step, int32_t offset,
-                      unsigned long long* waited_ns, cudaStream_t stream) {
-  static const bool eager = [] {
-    const char* mode = getenv("CUDA_MODULE_LOADING");
-    return mode != nullptr && std::string(mode) == "EAGER";
-  }();
-  if (!eager) {
-    return absl::FailedPreconditionError(
-        "gates need CUDA_MODULE_LOADING=EAGER (call RequireEagerLoading() at the start of "
-        "main): a kernel loaded lazily while a gate holds a stream deadlocks");
-  }
-  WaitGateKernel<<<1, 1, 0, stream>>>(gate, step, offset, waited_ns);
+absl::Status WaitGate(const GateHold& hold, cudaStream_t stream) {
+  if (hold.gate == nullptr) return absl::InvalidArgumentError("WaitGate: no gate");
+  FREEKV_RETURN_IF_ERROR(CheckHold(hold));
+  WaitGateKernel<<<1, 1, 0, stream>>>(hold);
   return LaunchStatus("WaitGateKernel");
 }
 
 absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> src,
-                           cudaStream_t stream) {
+                           cudaStream_t stream, const GateHold& hold) {
   if (dst.size() != src.size()) {
     return absl::InvalidArgumentError(absl::StrCat("CopyWordsCuda: ", src.size(),
                                                    " words into ", dst.size()));
   }
-  if (src.empty()) return absl::OkStatus();
+  FREEKV_RETURN_IF_ERROR(CheckHold(hold));
   CopyWordsKernel<<<Blocks(int64_t(src.size())), kThreads, 0, stream>>>(
-      dst.data(), src.data(), int64_t(src.size()));
+      dst.data(), src.data(), int64_t(src.size()), hold);
   return LaunchStatus("CopyWordsKernel");
 }
 
@@ -224,14 +244,17 @@ absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream) {
   return LaunchStatus("SetGateKernel");
 }
 
-absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream) {
-  StampKernel<<<1, 1, 0, stream>>>(stamp, step);
+absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream,
+                       const GateIfNone& open) {
+  StampKernel<<<1, 1, 0, stream>>>(stamp, step, open);
   return LaunchStatus("StampKernel");
 }
 
-absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, const int32_t* step,
-                            int32_t offset, cudaStream_t stream) {
-  OpenGateIfNoneKernel<<<1, 1, 0, stream>>>(num_flagged, gate, step, offset);
+absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream) {
+  if (open.num_flagged == nullptr) {
+    return absl::InvalidArgumentError("OpenGateIfNone: no flag count");
+  }
+  OpenGateIfNoneKernel<<<1, 1, 0, stream>>>(open);
   return LaunchStatus("OpenGateIfNoneKernel");
 }
 

@@ -69,6 +69,21 @@ struct HeadMask {
   }
 };
 
+// A gate to hold a stream at (WaitGate, below), and one to open when nothing is flagged
+// (OpenGateIfNone).
+struct GateHold {
+  const uint32_t* gate = nullptr;  // null: no gate to hold
+  const int32_t* step = nullptr;
+  int32_t offset = 0;
+  unsigned long long* waited_ns = nullptr;
+};
+struct GateIfNone {
+  const int32_t* num_flagged = nullptr;  // null: nothing to open
+  uint32_t* gate = nullptr;
+  const int32_t* step = nullptr;
+  int32_t offset = 0;
+};
+
 // For every (b, h) `heads` covers and j < counts[b][h]: copies slot slice (b, h, j) into head h of pool page
 // layout.selected_page(b, slots[b][h][j]) and sets resident[b][h][slots..] to
 // pages[b][h][j]. The pool is bf16 with K and V interleaved per page (pool.v = pool.k
@@ -86,9 +101,11 @@ absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& 
 absl::Status AppendKvRef(absl::Span<const BFloat16> k, absl::Span<const BFloat16> v,
                          absl::Span<const int32_t> pages, absl::Span<const int32_t> tokens,
                          const kernels::PagedKv<BFloat16>& pool);
+// `hold` (the gates below): the launch also holds the stream at a gate.
 absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat16> v,
                           absl::Span<const int32_t> pages, absl::Span<const int32_t> tokens,
-                          const kernels::PagedKv<BFloat16>& pool, cudaStream_t stream);
+                          const kernels::PagedKv<BFloat16>& pool, cudaStream_t stream,
+                          const GateHold& hold = {});
 
 // Gates: a 32-bit device word per waiting point, compared with a step number the
 // stream reads from device memory (`*step + offset`), so that one captured CUDA graph
@@ -107,20 +124,24 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 // device-to-device cudaMemcpyAsync issued for the first time behind a gate hung the
 // first freekv step on the H100. Copies within the device on a gated stream use
 // CopyWordsCuda, a kernel of this module.
+//
+// A launch on the critical path costs the step a few microseconds however little it
+// does, and a layer has several gates; so AppendKvCuda and CopyWordsCuda can hold a
+// gate (GateHold) while they do their own work, and StampCuda can do OpenGateIfNone's.
 void RequireEagerLoading();
-absl::Status WaitGate(const uint32_t* gate, const int32_t* step, int32_t offset,
-                      unsigned long long* waited_ns, cudaStream_t stream);
-absl::Status OpenGateIfNone(const int32_t* num_flagged, uint32_t* gate, const int32_t* step,
-                            int32_t offset, cudaStream_t stream);
+absl::Status WaitGate(const GateHold& hold, cudaStream_t stream);
+absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream);
 absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream);
 
 // dst = src, within the device (word by word: both are 4-byte aligned).
 absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> src,
-                           cudaStream_t stream);
+                           cudaStream_t stream, const GateHold& hold = {});
 
 // *stamp = *step after the stream's earlier work, with a system-wide fence first: the
-// publication mark a host thread polls (stamp may be pinned host memory).
-absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream);
+// publication mark a host thread polls (stamp may be pinned host memory). Then
+// OpenGateIfNone(open), when open.num_flagged is set.
+absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream,
+                       const GateIfNone& open = {});
 
 // Benchmark inputs: uniform values in [-scale, scale) from (seed, index).
 absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,

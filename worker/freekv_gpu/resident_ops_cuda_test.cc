@@ -184,8 +184,9 @@ TEST(Gates, AWaitingStreamRunsOnlyOnceAnotherStreamOpensTheGate) {
   uint32_t* word = gate.span<uint32_t>().data();
   ASSERT_TRUE(SetGate(word, 4, opener.get()).ok());  // below the awaited 3 + 2
   ASSERT_TRUE(opener.Synchronize().ok());
-  ASSERT_TRUE(WaitGate(word, step.span<int32_t>().data(), 2,
-                       waited.span<unsigned long long>().data(), waiter.get())
+  ASSERT_TRUE(WaitGate({word, step.span<int32_t>().data(), 2,
+                        waited.span<unsigned long long>().data()},
+                       waiter.get())
                   .ok());
   ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -204,16 +205,75 @@ TEST(Gates, OpenGateIfNoneOpensOnlyWhenNothingIsFlagged) {
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{6}));
   auto stream = Must(CudaStream::Create());
   uint32_t* word = gate.span<uint32_t>().data();
-  for (int32_t flagged : {3, 0}) {
-    auto count = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
-    ASSERT_TRUE(OpenGateIfNone(count.span<int32_t>().data(), word,
-                               step.span<int32_t>().data(), 1, stream.get())
-                    .ok());
-    ASSERT_TRUE(stream.Synchronize().ok());
-    uint32_t value = 0;
-    ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());
-    EXPECT_EQ(value, flagged == 0 ? 7u : 0u) << flagged << " flagged";
+  auto stamp = Must(DeviceBuffer::Allocate(sizeof(int32_t)));
+  // Alone, then inside the stamp's launch.
+  for (bool with_stamp : {false, true}) {
+    ASSERT_TRUE(gate.Zero().ok());
+    for (int32_t flagged : {3, 0}) {
+      auto count = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
+      const GateIfNone open{count.span<int32_t>().data(), word, step.span<int32_t>().data(),
+                            1};
+      ASSERT_TRUE((with_stamp ? StampCuda(stamp.span<int32_t>().data(),
+                                          step.span<int32_t>().data(), stream.get(), open)
+                              : OpenGateIfNone(open, stream.get()))
+                      .ok());
+      ASSERT_TRUE(stream.Synchronize().ok());
+      uint32_t value = 0;
+      ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());
+      EXPECT_EQ(value, flagged == 0 ? 7u : 0u) << flagged << " flagged, stamp " << with_stamp;
+    }
   }
+  int32_t stamped = 0;
+  ASSERT_TRUE(stamp.CopyToHost(&stamped, sizeof(stamped)).ok());
+  EXPECT_EQ(stamped, 6);
+}
+
+// AppendKvCuda and CopyWordsCuda holding a gate: their own work is done, but the
+// stream goes no further until the gate opens.
+TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
+  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{9}));
+  auto opener = Must(CudaStream::Create());
+  auto waiter = Must(CudaStream::Create());
+  std::mt19937 rng(8);
+  std::vector<int32_t> words(4099);
+  for (int32_t& w : words) w = static_cast<int32_t>(rng());
+  const DeviceBuffer src = Must(DeviceBuffer::Upload<int32_t>(words));
+  DeviceBuffer dst = Must(DeviceBuffer::Allocate(words.size() * sizeof(int32_t)));
+  Pools pool = RandomPools(rng);
+  const std::vector<BFloat16> k = RandomVector<BFloat16>(rng, size_t{kSeqs} * kHeads * kDim);
+  const std::vector<BFloat16> v = RandomVector<BFloat16>(rng, k.size());
+  const std::vector<int32_t> pages = {1, kLayout.pages_per_seq() + 3, 2 * kLayout.pages_per_seq()};
+  const std::vector<int32_t> tokens = {0, 17, 31};
+  const DeviceBuffer d_k = kernels::Up(k), d_v = kernels::Up(v);
+  const DeviceBuffer d_pages = kernels::Up(pages), d_tokens = kernels::Up(tokens);
+  ASSERT_TRUE(AppendKvRef(k, v, pages, tokens, pool.Host()).ok());
+  for (int which = 0; which < 2; ++which) {
+    auto marker = Must(DeviceBuffer::Allocate(4096));
+    ASSERT_TRUE(gate.Zero().ok());
+    ASSERT_TRUE(marker.Zero().ok());
+    ASSERT_TRUE(dst.Zero().ok());
+    Must(kernels::DeviceSynchronize());
+    const GateHold hold{gate.span<uint32_t>().data(), step.span<int32_t>().data(), 1, nullptr};
+    ASSERT_TRUE((which == 0 ? CopyWordsCuda(dst.span<int32_t>(), src.span<const int32_t>(),
+                                            waiter.get(), hold)
+                            : AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
+                                           d_pages.span<int32_t>(), d_tokens.span<int32_t>(),
+                                           pool.Device(), waiter.get(), hold))
+                    .ok());
+    ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_FALSE(MarkerWritten(marker)) << "launch " << which << " did not hold the gate";
+    ASSERT_TRUE(SetGate(gate.span<uint32_t>().data(), 10, opener.get()).ok());
+    ASSERT_TRUE(waiter.Synchronize().ok());
+    EXPECT_TRUE(MarkerWritten(marker));
+    if (which == 0) {
+      std::vector<int32_t> copied(words.size());
+      ASSERT_TRUE(dst.Download(absl::MakeSpan(copied)).ok());
+      EXPECT_EQ(copied, words) << "the copy's own work";
+    }
+  }
+  EXPECT_TRUE(SameBits(Download(pool.device), pool.host)) << "the append's own work";
 }
 
 }  // namespace
