@@ -51,8 +51,9 @@ while IFS=$'\t' read -r kind label path; do
   log=${OUT:-${TMPDIR:-/tmp}}/$(basename "$path").log
   start=$SECONDS
   # Into a file, not a pipe: a child the binary leaves behind (a kvservice whose test
-  # died) cannot then hold the run open. Its own session, so that whatever it started
-  # goes down with it (SIGKILL 10 s after the timeout's SIGTERM).
+  # died) cannot then hold the run open. Its own session (setsid), away from this
+  # script's signals; SIGKILL 10 s after the timeout's SIGTERM; then anything still
+  # running from .gpu/ (such a leftover child) is killed.
   timeout -k 10 "${FREEKV_GPU_TIMEOUT:-300}" setsid ".gpu/$path" "${args[@]}" >"$log" 2>&1
   rc=$?
   pkill -KILL -f '\.gpu/(bin|runfiles)/' 2>/dev/null
