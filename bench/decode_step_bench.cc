@@ -12,7 +12,9 @@
 //
 // Prints one markdown table (bench/RESULTS.md keeps it): per row the median GPU step
 // time, the ratio to oracle, the time the stream stalled at recall gates, the host
-// time spent on recall requests and their bookkeeping (both as shares of the step),
+// time spent on recall requests and their bookkeeping by the recall driver's threads
+// and the decode thread's own time per step (building the step's inputs, launching
+// its graph, handing recalls to the driver), all as shares of the step,
 // blocks recalled per step, the share of heads corrected, and for capacity the
 // row's KV cache (every layer run, in the kvservice's store) against the GPU memory
 // the worker has (--gpu_gib, or the device's), and the tokens per second.
@@ -246,8 +248,8 @@ void PrintTable(const std::vector<Row>& rows) {
   std::printf(
       "\n| context | batch | layers | policy | step ms | ms/layer | vs oracle | "
       "blocking/freekv | stall | recall host | blocks/step | reply ms | corrected | wall ms "
-      "| KV GiB | KV / GPU | tok/s |\n| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: "
-      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+      "| KV GiB | KV / GPU | tok/s | decode host |\n| ---: | ---: | ---: | --- | ---: | ---: "
+      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   const double gpu_bytes = GpuBytes();
   for (const Row& r : rows) {
     const auto key = std::make_pair(r.context, r.batch);
@@ -260,7 +262,7 @@ void PrintTable(const std::vector<Row>& rows) {
     const bool recalls = absl::StartsWith(r.policy, "freekv") ||
                          absl::StartsWith(r.policy, "blocking");
     std::printf("| %ldK | %d | %d | %s | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s | %.3f "
-                "| %.1f | %.2f | %.0f |\n",
+                "| %.1f | %.2f | %.0f | %.1f%% |\n",
                 long(r.context / 1024), r.batch, r.layers, r.policy.c_str(), s.step_ms,
                 s.step_ms / r.layers, vs_oracle.c_str(), over_freekv.c_str(),
                 recalls ? absl::StrFormat("%.1f%%", 100 * s.stall_ms / s.step_ms).c_str() : "-",
@@ -271,7 +273,7 @@ void PrintTable(const std::vector<Row>& rows) {
                 r.policy == "freekv" ? absl::StrFormat("%.1f%%", 100 * s.corrected).c_str()
                                      : "-",
                 s.wall_ms, r.kv_bytes / (1 << 30), r.kv_bytes / gpu_bytes,
-                1e3 * r.batch / s.step_ms);
+                1e3 * r.batch / s.step_ms, 100 * s.enqueue_ms / s.step_ms);
   }
 }
 
