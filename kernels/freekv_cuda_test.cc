@@ -209,8 +209,17 @@ TEST(GroupSelectCudaTest, MatchesReferenceChainAtLongContexts) {
   }
 }
 
-TEST(SimilarityCudaTest, MatchesReferenceAndCountsFlags) {
-  std::mt19937 rng(303);
+// Llama-3.1-8B's GQA (group 4), stories15M's (no GQA, head_dim 48) and a group larger
+// than the kernel reduces at once (16).
+struct SimilarityShape {
+  int hq, hkv, dim;
+};
+
+class SimilarityCudaTest : public ::testing::TestWithParam<SimilarityShape> {};
+
+TEST_P(SimilarityCudaTest, MatchesReferenceAndCountsFlags) {
+  const auto [kHq, kHkv, kDim] = GetParam();
+  std::mt19937 rng(303 + kHq + kDim);
   const int seqs = 32;
   for (float tau : {0.5f, 0.9f}) {
     const std::vector<BFloat16> q = RandomVector<BFloat16>(rng, seqs * kHq * kDim);
@@ -218,7 +227,7 @@ TEST(SimilarityCudaTest, MatchesReferenceAndCountsFlags) {
     std::normal_distribution<float> noise(0.0f, 1.0f);
     for (size_t i = 0; i < prev.size(); ++i) {
       constexpr float kNoise[] = {0.0f, 0.3f, 0.6f, 1.0f, 2.0f};  // cos ~ 1 .. 0.3
-      const float amount = kNoise[(i / (kDim * 4)) % 5];
+      const float amount = kNoise[(i / (kDim * (kHq / kHkv))) % 5];
       prev[i] = ToBFloat16(ToFloat(prev[i]) + amount * noise(rng));
     }
     std::vector<float> sim(seqs * kHkv);
@@ -249,6 +258,15 @@ TEST(SimilarityCudaTest, MatchesReferenceAndCountsFlags) {
     EXPECT_LT(count[0], static_cast<int>(flags.size()));
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SimilarityCudaTest,
+                         ::testing::Values(SimilarityShape{32, 8, 128}, SimilarityShape{6, 6, 48},
+                                           SimilarityShape{16, 1, 64}),
+                         [](const auto& info) {
+                           return "hq" + std::to_string(info.param.hq) + "_hkv" +
+                                  std::to_string(info.param.hkv) + "_d" +
+                                  std::to_string(info.param.dim);
+                         });
 
 }  // namespace
 }  // namespace kernels
