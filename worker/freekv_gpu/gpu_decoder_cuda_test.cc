@@ -2,7 +2,8 @@
 // freekv or blocking steps, every selected slot of every layer holds, byte for byte,
 // the page of the store its resident entry names (the diff, the request, the
 // kvservice's copies, the slot layout and the apply all agree), and the pages are
-// candidates (not sinks, not the window).
+// candidates (not sinks, not the window); a kvservice that dies ends the next run with
+// an error instead of a hang. Without a session, full and oracle still decode.
 #include <unistd.h>
 
 #include <cstdio>
@@ -66,38 +67,53 @@ void FillStore(CudaKvClient& kv, const std::vector<uint64_t>& seqs, int32_t laye
   }
 }
 
+// A tiny model, a kvservice process whose store holds every page of both sequences,
+// and a CUDA IPC session to it: what a recalling policy needs.
+struct Rig {
+  ModelConfig config = TinyConfig();
+  std::unique_ptr<GpuLlama> model;
+  std::unique_ptr<testing::KvServiceProcess> service;
+  GpuDecoderOptions options;
+  KvClientOptions ko;
+  std::unique_ptr<CudaKvClient> kv;
+};
+
+std::unique_ptr<Rig> MakeRig(GpuPolicy policy, int32_t max_steps) {
+  auto rig = std::make_unique<Rig>();
+  const ModelWeights weights = Must(RandomModelWeights(rig->config, {}));
+  rig->model = Must(GpuLlama::Create(weights, kBatch));
+  rig->service = Must(testing::KvServiceProcess::Start({"--pin_store=true"}));
+  GpuDecoderOptions& options = rig->options;
+  options.policy = policy;
+  options.batch = kBatch;
+  options.layers = rig->config.num_layers;
+  options.context = int64_t{kPages} * 32;
+  options.max_steps = max_steps;
+  options.layout = kLayout;
+  options.drift = 0.5f;  // a large drift: pages change from step to step
+  options.sequence_ids = {11, 12};
+  KvClientOptions& ko = rig->ko;
+  ko.target = rig->service->target();
+  ko.geometry = KvGeometry(rig->config, 32, DType::kBFloat16);
+  ko.slot_bytes = GpuDecoder::SlotBytes(options, rig->config);
+  ko.offload_blocks = 256;  // 8 MiB: regions of the size the benchmark uses
+  rig->kv = Must(CudaKvClient::Open(ko, 0));
+  FillStore(*rig->kv, options.sequence_ids, rig->config.num_layers);
+  return rig;
+}
+
 class GpuDecoderTest : public ::testing::TestWithParam<GpuPolicy> {};
 
 TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
   // A recall path that stops answering would hang the GPU at a gate; end the process
   // instead (SIGALRM) so that the GPU run goes on to the next binary.
   alarm(180);
-  const ModelConfig config = TinyConfig();
-  const ModelWeights weights = Must(RandomModelWeights(config, {}));
-  auto model = Must(GpuLlama::Create(weights, kBatch));
-  auto service = Must(testing::KvServiceProcess::Start({"--pin_store=true"}));
-  GpuDecoderOptions options;
-  options.policy = GetParam();
-  options.batch = kBatch;
-  options.layers = config.num_layers;
-  options.context = int64_t{kPages} * 32;
-  options.max_steps = 6;
-  options.layout = kLayout;
-  options.drift = 0.5f;  // a large drift: pages change from step to step
-  options.sequence_ids = {11, 12};
-  KvClientOptions ko;
-  ko.target = service->target();
-  ko.geometry = KvGeometry(config, 32, DType::kBFloat16);
-  ko.slot_bytes = GpuDecoder::SlotBytes(options, config);
-  ko.offload_blocks = 256;  // 8 MiB: regions of the size the benchmark uses
-  auto kv = Must(CudaKvClient::Open(ko, 0));
-  std::fprintf(stderr, "session open\n");
-  FillStore(*kv, options.sequence_ids, config.num_layers);
-  std::fprintf(stderr, "store filled\n");
-  auto decoder = Must(GpuDecoder::Create(*model, options, kv.get()));
-  std::fprintf(stderr, "decoder created\n");
+  std::unique_ptr<Rig> rig = MakeRig(GetParam(), 6);
+  const ModelConfig& config = rig->config;
+  const GpuDecoderOptions& options = rig->options;
+  const KvClientOptions& ko = rig->ko;
+  auto decoder = Must(GpuDecoder::Create(*rig->model, options, rig->kv.get()));
   Must(decoder->Run(/*warmup=*/1, /*steps=*/4));
-  std::fprintf(stderr, "decoded\n");
 
   const size_t block = ko.geometry.block_bytes(), slice = ko.geometry.head_slice_bytes();
   const size_t row = config.head_dim * sizeof(BFloat16);
@@ -128,6 +144,29 @@ TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
     }
   }
   EXPECT_EQ(checked, config.num_layers * kBatch * config.num_kv_heads * kLayout.selected);
+  alarm(0);
+}
+
+// The kvservice dies (SIGKILL) between two runs: the next run ends with an error
+// that says so, within the driver's deadlines, instead of leaving the GPU waiting at
+// a gate; and the decoder can still be destroyed.
+TEST_P(GpuDecoderTest, AKvServiceThatDiesEndsTheRunWithAnError) {
+  alarm(180);
+  std::unique_ptr<Rig> rig = MakeRig(GetParam(), 8);
+  auto decoder = Must(GpuDecoder::Create(*rig->model, rig->options, rig->kv.get()));
+  Must(decoder->Run(/*warmup=*/1, /*steps=*/2));
+  EXPECT_FALSE(rig->service->Stop(absl::ZeroDuration()).ok()) << "killed, not drained";
+  const absl::Time start = absl::Now();
+  const absl::StatusOr<GpuStepStats> run = decoder->Run(/*warmup=*/1, /*steps=*/2);
+  ASSERT_FALSE(run.ok()) << "a run without its kvservice succeeded";
+  // The recall stream breaks (UNAVAILABLE), or a reply never comes (DEADLINE_EXCEEDED).
+  const absl::StatusCode code = run.status().code();
+  EXPECT_TRUE(code == absl::StatusCode::kUnavailable ||
+              code == absl::StatusCode::kDeadlineExceeded)
+      << run.status();
+  std::fprintf(stderr, "after the kvservice died: %s\n", run.status().ToString().c_str());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(70)) << "the failure took too long";
+  decoder.reset();
   alarm(0);
 }
 
