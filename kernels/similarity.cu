@@ -7,6 +7,7 @@
 #include "kernels/device_util.cuh"
 #include "kernels/shape.h"
 #include "kernels/similarity.h"
+#include "kernels/similarity_block.cuh"
 
 namespace freekv {
 namespace kernels {
@@ -21,33 +22,8 @@ __global__ void __launch_bounds__(kThreads)
                      int32_t head_dim, float tau, float* similarity, uint8_t* flags,
                      int32_t* num_flagged) {
   __shared__ float scratch[32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float flagged = 0.0f;
-  for (int row = warp; row < rows; row += kThreads / 32) {
-    float sum_cos = 0.0f;
-    for (int i = 0; i < group; ++i) {
-      const int64_t off = (int64_t{row} * group + i) * head_dim;
-      float dot = 0.0f, na = 0.0f, nb = 0.0f;
-      for (int c = lane; c < head_dim; c += 32) {
-        const float a = ToF(q[off + c]), b = ToF(q_prev[off + c]);
-        dot += a * b;
-        na += a * a;
-        nb += b * b;
-      }
-      dot = WarpSum(dot);
-      na = WarpSum(na);
-      nb = WarpSum(nb);
-      const float denom = sqrtf(na * nb);
-      sum_cos += denom > 0.0f ? dot / denom : 0.0f;
-    }
-    const float sim = sum_cos / group;
-    if (lane == 0) {
-      similarity[row] = sim;
-      flags[row] = sim < tau ? 1 : 0;
-      flagged += sim < tau ? 1.0f : 0.0f;
-    }
-  }
-  flagged = BlockSum(flagged, scratch);  // exact: small integers in float
+  const float flagged =
+      SimilarityBlock(q, q_prev, rows, group, head_dim, tau, similarity, flags, scratch);
   if (threadIdx.x == 0) num_flagged[0] = static_cast<int32_t>(flagged);
 }
 

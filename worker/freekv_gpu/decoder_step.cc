@@ -99,17 +99,20 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     // then serves both of FreeKV's recalls: the heads whose query moved (similarity
     // below tau) are corrected now and waited for below; the other heads' part of the
     // same diff is the speculation for step t + 1, recalled while the step goes on.
-    const size_t q_rows = size_t(options.batch) * c.num_heads * c.head_dim;
-    const kernels::SimilarityOutputs sim{st.similarity.span<float>(), st.diff.flags(),
-                                         {st.diff.num_flagged(), 1}};
-    FREEKV_RETURN_IF_ERROR(kernels::QuerySimilarityCuda<BFloat16>(
-        model->q().subspan(0, q_rows), st.q_prev.span<const BFloat16>(), c.num_heads,
-        c.num_kv_heads, c.head_dim, options.tau, sim, s));
     FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff));
-    // With no head flagged, the correction gate opens in the same launch.
-    FREEKV_RETURN_IF_ERROR(st.diff.Publish(
-        step_number(in), s,
-        {st.diff.num_flagged(), gate(layer, true), step_number(in), 1}));
+    // The similarity, its flags, the diff's stamp, and the correction gate opened when
+    // no head is flagged: one launch.
+    const size_t q_rows = size_t(options.batch) * c.num_heads * c.head_dim;
+    const CorrectionCheck check{model->q().subspan(0, q_rows),
+                                st.q_prev.span<const BFloat16>(),
+                                c.num_heads,
+                                c.num_kv_heads,
+                                c.head_dim,
+                                options.tau,
+                                {st.similarity.span<float>(), st.diff.flags(),
+                                 {st.diff.num_flagged(), 1}}};
+    FREEKV_RETURN_IF_ERROR(PublishCorrectionCuda(check, st.diff.stamp(), step_number(in),
+                                                 gate(layer, true), 1, s));
     if (own) {
       FREEKV_RETURN_IF_ERROR(open_now(true));
       FREEKV_RETURN_IF_ERROR(open_now(false));

@@ -44,9 +44,8 @@ RecallDiff DiffSet::ReadOnlyDiff() const {
   return {d.recall_pages, d.recall_slots, d.num_recall};
 }
 
-absl::Status DiffSet::Publish(const int32_t* step, cudaStream_t stream,
-                              const GateIfNone& open) const {
-  return StampCuda(stamp(), step, stream, open);
+absl::Status DiffSet::Publish(const int32_t* step, cudaStream_t stream) const {
+  return StampCuda(stamp(), step, stream);
 }
 
 uint64_t LayerStateBytes(const StateShape& s, bool recalls) {

@@ -54,10 +54,8 @@ struct DiffSet {
     return {reinterpret_cast<uint8_t*>(num_flagged() + 1), size_t(lists)};
   }
   int32_t* stamp() const { return block() + block_ints(); }
-  // Writes *step (device) into the stamp, after the stream's work so far; then
-  // OpenGateIfNone(open), when open.num_flagged is set (StampCuda).
-  absl::Status Publish(const int32_t* step, cudaStream_t stream,
-                       const GateIfNone& open = {}) const;
+  // Writes *step (device) into the stamp, after the stream's work so far.
+  absl::Status Publish(const int32_t* step, cudaStream_t stream) const;
 
  private:
   int32_t* block() const { return host.span<int32_t>().data(); }

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/similarity_block.cuh"
 #include "worker/freekv_gpu/resident_ops.h"
 #include "worker/freekv_gpu/resident_ops_checks.h"
 
@@ -89,12 +90,6 @@ __device__ void HoldAtGate(const GateHold& hold) {
   }
 }
 
-__device__ void OpenIfNone(const GateIfNone& open) {
-  if (open.num_flagged != nullptr && *open.num_flagged == 0) {
-    *open.gate = static_cast<uint32_t>(*open.step + open.offset);
-  }
-}
-
 __global__ void WaitGateKernel(GateHold hold) { HoldAtGate(hold); }
 
 __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* pages,
@@ -122,13 +117,31 @@ __global__ void CopyWordsKernel(int32_t* dst, const int32_t* src, int64_t n,
 
 __global__ void SetGateKernel(uint32_t* gate, uint32_t value) { *gate = value; }
 
-__global__ void StampKernel(volatile int32_t* stamp, const int32_t* step, GateIfNone open) {
+__global__ void StampKernel(volatile int32_t* stamp, const int32_t* step) {
   __threadfence_system();
   *stamp = *step;
-  OpenIfNone(open);
 }
 
-__global__ void OpenGateIfNoneKernel(GateIfNone open) { OpenIfNone(open); }
+__global__ void OpenGateIfNoneKernel(GateIfNone open) {
+  if (*open.num_flagged == 0) *open.gate = static_cast<uint32_t>(*open.step + open.offset);
+}
+
+constexpr int kCheckThreads = 1024;
+
+__global__ void __launch_bounds__(kCheckThreads)
+    PublishCorrectionKernel(const __nv_bfloat16* q, const __nv_bfloat16* q_prev, int32_t rows,
+                            int32_t group, int32_t head_dim, float tau, float* similarity,
+                            uint8_t* flags, int32_t* num_flagged, volatile int32_t* stamp,
+                            const int32_t* step, uint32_t* gate, int32_t offset) {
+  __shared__ float scratch[32];
+  const float flagged = kernels::SimilarityBlock(q, q_prev, rows, group, head_dim, tau,
+                                                 similarity, flags, scratch);
+  if (threadIdx.x != 0) return;
+  *num_flagged = static_cast<int32_t>(flagged);
+  __threadfence_system();
+  *stamp = *step;
+  if (flagged == 0.0f) *gate = static_cast<uint32_t>(*step + offset);
+}
 
 // splitmix64 of (seed, index) -> uniform in [-1, 1).
 __device__ __forceinline__ float Uniform(uint64_t seed, uint64_t index) {
@@ -244,9 +257,8 @@ absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream) {
   return LaunchStatus("SetGateKernel");
 }
 
-absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream,
-                       const GateIfNone& open) {
-  StampKernel<<<1, 1, 0, stream>>>(stamp, step, open);
+absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream) {
+  StampKernel<<<1, 1, 0, stream>>>(stamp, step);
   return LaunchStatus("StampKernel");
 }
 
@@ -256,6 +268,20 @@ absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream) {
   }
   OpenGateIfNoneKernel<<<1, 1, 0, stream>>>(open);
   return LaunchStatus("OpenGateIfNoneKernel");
+}
+
+absl::Status PublishCorrectionCuda(const CorrectionCheck& c, int32_t* stamp,
+                                   const int32_t* step, uint32_t* gate, int32_t offset,
+                                   cudaStream_t stream) {
+  FREEKV_RETURN_IF_ERROR(kernels::CheckSimilarityShapes(
+      c.q.size(), c.q_prev.size(), c.num_q_heads, c.num_kv_heads, c.head_dim, c.outputs));
+  PublishCorrectionKernel<<<1, kCheckThreads, 0, stream>>>(
+      reinterpret_cast<const __nv_bfloat16*>(c.q.data()),
+      reinterpret_cast<const __nv_bfloat16*>(c.q_prev.data()),
+      static_cast<int32_t>(c.outputs.flags.size()), c.num_q_heads / c.num_kv_heads,
+      c.head_dim, c.tau, c.outputs.similarity.data(), c.outputs.flags.data(),
+      c.outputs.num_flagged.data(), stamp, step, gate, offset);
+  return LaunchStatus("PublishCorrectionKernel");
 }
 
 absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,

@@ -28,6 +28,7 @@
 #include "kernels/bf16.h"
 #include "kernels/cuda_fwd.h"
 #include "kernels/paged_kv.h"
+#include "kernels/similarity.h"
 
 namespace freekv::gpu {
 
@@ -127,7 +128,8 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 //
 // A launch on the critical path costs the step a few microseconds however little it
 // does, and a layer has several gates; so AppendKvCuda and CopyWordsCuda can hold a
-// gate (GateHold) while they do their own work, and StampCuda can do OpenGateIfNone's.
+// gate (GateHold) while they do their own work, and PublishCorrectionCuda (below) opens
+// one.
 void RequireEagerLoading();
 absl::Status WaitGate(const GateHold& hold, cudaStream_t stream);
 absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream);
@@ -138,10 +140,23 @@ absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> sr
                            cudaStream_t stream, const GateHold& hold = {});
 
 // *stamp = *step after the stream's earlier work, with a system-wide fence first: the
-// publication mark a host thread polls (stamp may be pinned host memory). Then
-// OpenGateIfNone(open), when open.num_flagged is set.
-absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream,
-                       const GateIfNone& open = {});
+// publication mark a host thread polls (stamp may be pinned host memory).
+absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream);
+
+// freekv's correction point of a layer, in one launch: the similarity of q_t and
+// q_{t-1} per (sequence, KV head) with its flags and their count (kernels/similarity.h;
+// the flags and the count may be pinned host memory), then StampCuda's work, then
+// *gate = *step + offset when no head is flagged (OpenGateIfNone's work). The similarity needs nothing of the
+// selection, so it can ride on the launch that publishes the selection's diff.
+struct CorrectionCheck {
+  absl::Span<const BFloat16> q, q_prev;  // [num_seqs][num_q_heads][head_dim]
+  int32_t num_q_heads = 0, num_kv_heads = 0, head_dim = 0;
+  float tau = 0;
+  kernels::SimilarityOutputs outputs;
+};
+absl::Status PublishCorrectionCuda(const CorrectionCheck& check, int32_t* stamp,
+                                   const int32_t* step, uint32_t* gate, int32_t offset,
+                                   cudaStream_t stream);
 
 // Benchmark inputs: uniform values in [-scale, scale) from (seed, index).
 absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,

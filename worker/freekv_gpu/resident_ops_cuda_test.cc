@@ -205,27 +205,74 @@ TEST(Gates, OpenGateIfNoneOpensOnlyWhenNothingIsFlagged) {
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{6}));
   auto stream = Must(CudaStream::Create());
   uint32_t* word = gate.span<uint32_t>().data();
-  auto stamp = Must(DeviceBuffer::Allocate(sizeof(int32_t)));
-  // Alone, then inside the stamp's launch.
-  for (bool with_stamp : {false, true}) {
-    ASSERT_TRUE(gate.Zero().ok());
-    for (int32_t flagged : {3, 0}) {
-      auto count = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
-      const GateIfNone open{count.span<int32_t>().data(), word, step.span<int32_t>().data(),
-                            1};
-      ASSERT_TRUE((with_stamp ? StampCuda(stamp.span<int32_t>().data(),
-                                          step.span<int32_t>().data(), stream.get(), open)
-                              : OpenGateIfNone(open, stream.get()))
-                      .ok());
-      ASSERT_TRUE(stream.Synchronize().ok());
-      uint32_t value = 0;
-      ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());
-      EXPECT_EQ(value, flagged == 0 ? 7u : 0u) << flagged << " flagged, stamp " << with_stamp;
+  for (int32_t flagged : {3, 0}) {
+    auto count = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
+    ASSERT_TRUE(OpenGateIfNone({count.span<int32_t>().data(), word,
+                                step.span<int32_t>().data(), 1},
+                               stream.get())
+                    .ok());
+    ASSERT_TRUE(stream.Synchronize().ok());
+    uint32_t value = 0;
+    ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());
+    EXPECT_EQ(value, flagged == 0 ? 7u : 0u) << flagged << " flagged";
+  }
+}
+
+// The correction point against kernels' similarity reference: with some heads moved,
+// the same flags and count, the stamp written and the gate left shut; with none moved,
+// the gate open at step + 1. Flags, count and stamp in pinned host memory, as the
+// decoder keeps them.
+TEST(PublishCorrectionCuda, FlagsStampAndGateInOneLaunch) {
+  constexpr int32_t kSeqs3 = 3, kHq = 8, kHkv = 2, kDim = 128;
+  std::mt19937 rng(41);
+  const std::vector<BFloat16> q = RandomVector<BFloat16>(rng, size_t{kSeqs3} * kHq * kDim);
+  std::vector<BFloat16> moved = q;
+  std::normal_distribution<float> noise(0.0f, 1.0f);
+  for (size_t i = 0; i < moved.size(); ++i) {  // every other KV head's group moves a lot
+    if ((i / (kDim * (kHq / kHkv))) % 2 == 1) {
+      moved[i] = kernels::ToBFloat16(kernels::ToFloat(moved[i]) + 2.0f * noise(rng));
     }
   }
-  int32_t stamped = 0;
-  ASSERT_TRUE(stamp.CopyToHost(&stamped, sizeof(stamped)).ok());
-  EXPECT_EQ(stamped, 6);
+  const DeviceBuffer d_q = kernels::Up(q);
+  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{12}));
+  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  auto similarity = Must(DeviceBuffer::Allocate(kSeqs3 * kHkv * sizeof(float)));
+  auto host = Must(kernels::PinnedBuffer::Allocate(64));  // flags | count | stamp
+  auto stream = Must(CudaStream::Create());
+  for (bool any_moved : {true, false}) {
+    const std::vector<BFloat16>& prev = any_moved ? moved : q;
+    const DeviceBuffer d_prev = kernels::Up(prev);
+    ASSERT_TRUE(gate.Zero().ok());
+    Must(kernels::DeviceSynchronize());
+    uint8_t* flags = host.span<uint8_t>().data();
+    int32_t* count = host.span<int32_t>().data() + 4;
+    int32_t* stamp = host.span<int32_t>().data() + 5;
+    std::fill_n(flags, kSeqs3 * kHkv, uint8_t{7});
+    *count = *stamp = -1;
+    const CorrectionCheck check{d_q.span<const BFloat16>(), d_prev.span<const BFloat16>(),
+                                kHq, kHkv, kDim, 0.8f,
+                                {similarity.span<float>(), {flags, size_t{kSeqs3} * kHkv},
+                                 {count, 1}}};
+    ASSERT_TRUE(PublishCorrectionCuda(check, stamp, step.span<int32_t>().data(),
+                                      gate.span<uint32_t>().data(), 1, stream.get())
+                    .ok());
+    ASSERT_TRUE(stream.Synchronize().ok());
+    std::vector<float> want_sim(kSeqs3 * kHkv);
+    std::vector<uint8_t> want_flags(kSeqs3 * kHkv);
+    std::vector<int32_t> want_count(1);
+    ASSERT_TRUE(kernels::QuerySimilarityRef<BFloat16>(
+                    q, prev, kHq, kHkv, kDim, 0.8f,
+                    {absl::MakeSpan(want_sim), absl::MakeSpan(want_flags),
+                     absl::MakeSpan(want_count)})
+                    .ok());
+    EXPECT_EQ(std::vector<uint8_t>(flags, flags + kSeqs3 * kHkv), want_flags);
+    EXPECT_EQ(*count, want_count[0]);
+    EXPECT_EQ(*count > 0, any_moved);
+    EXPECT_EQ(*stamp, 12);
+    uint32_t value = 0;
+    ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());
+    EXPECT_EQ(value, any_moved ? 0u : 13u);
+  }
 }
 
 // AppendKvCuda and CopyWordsCuda holding a gate: their own work is done, but the
