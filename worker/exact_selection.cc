@@ -6,7 +6,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
-#include "kernels/decode_attention.h"
 
 namespace freekv {
 
@@ -24,10 +23,7 @@ absl::Status ExactSelection::Attend(int layer, absl::Span<const BatchEntry> batc
                                     absl::Span<const float> v, absl::Span<float> out) {
   const size_t q_row = model_.q_width(), kv_row = model_.kv_width();
   const float scale = 1.0f / std::sqrt(static_cast<float>(model_.head_dim));
-  q_rows_.clear();
-  indptr_.assign(1, 0);
-  indices_.clear();
-  last_len_.clear();
+  decode_.Clear();
   std::vector<size_t> decode_rows;
   size_t row = 0;
   for (const BatchEntry& e : batch) {
@@ -50,35 +46,21 @@ absl::Status ExactSelection::Attend(int layer, absl::Span<const BatchEntry> batc
       }
     } else {
       const absl::Span<const float> q_t = q.subspan(row * q_row, q_row);
-      q_rows_.insert(q_rows_.end(), q_t.begin(), q_t.end());
+      decode_.AddQuery(q_t);
       decode_rows.push_back(row);
       const int32_t length = cache_.length(layer, e.sequence);
       for (int32_t h = 0; h < model_.num_kv_heads; ++h) {
         AppendList(layer, e.sequence, h, q_t);
-        indptr_.push_back(static_cast<int32_t>(indices_.size()));
-        last_len_.push_back(RangesFor(config_, length).last_page_len);
+        decode_.EndList(RangesFor(config_, length).last_page_len);
       }
     }
     row += n;
   }
   if (decode_rows.empty()) return absl::OkStatus();
-  kernels::PageTable table;
-  table.indptr = indptr_;
-  table.indices = indices_;
-  table.last_page_len = last_len_;
-  table.table_heads = model_.num_kv_heads;
-  kernels::DecodeOptions options;
-  options.num_q_heads = model_.num_heads;
-  options.scale = scale;
-  out_rows_.resize(q_rows_.size());
-  if (auto s = kernels::PagedDecodeAttentionRef<float>(
-          q_rows_, cache_.pool(layer), table, options, absl::MakeSpan(out_rows_));
-      !s.ok()) {
-    return s;
-  }
+  absl::StatusOr<absl::Span<const float>> rows = decode_.Attend(cache_.pool(layer), model_);
+  if (!rows.ok()) return rows.status();
   for (size_t i = 0; i < decode_rows.size(); ++i) {
-    std::copy_n(out_rows_.begin() + i * q_row, q_row,
-                out.begin() + decode_rows[i] * q_row);
+    std::copy_n(rows->begin() + i * q_row, q_row, out.begin() + decode_rows[i] * q_row);
   }
   return absl::OkStatus();
 }
@@ -89,7 +71,7 @@ void ExactSelection::AppendList(int layer, int64_t sequence, int32_t kv_head,
   const int32_t length = cache_.length(layer, sequence);
   const PageRanges r = RangesFor(config_, length);
   if (config_.IsFullLayer(layer) || r.candidate_count() <= config_.selected_pages) {
-    indices_.insert(indices_.end(), pages.begin(), pages.end());
+    decode_.indices().insert(decode_.indices().end(), pages.begin(), pages.end());
     return;
   }
   // The group's mean softmax mass per candidate page; k_seq_ holds this sequence.
@@ -117,9 +99,10 @@ void ExactSelection::AppendList(int layer, int64_t sequence, int32_t kv_head,
                     });
   order.resize(config_.selected_pages);
   std::sort(order.begin(), order.end());
-  for (int32_t p = 0; p < r.sink_end; ++p) indices_.push_back(pages[p]);
-  for (int32_t p : order) indices_.push_back(pages[p]);
-  for (int32_t p = r.window_begin; p < r.num_pages; ++p) indices_.push_back(pages[p]);
+  std::vector<int32_t>& indices = decode_.indices();
+  for (int32_t p = 0; p < r.sink_end; ++p) indices.push_back(pages[p]);
+  for (int32_t p : order) indices.push_back(pages[p]);
+  for (int32_t p = r.window_begin; p < r.num_pages; ++p) indices.push_back(pages[p]);
 }
 
 }  // namespace freekv

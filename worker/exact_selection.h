@@ -17,6 +17,7 @@
 #include "worker/model/attention_policy.h"
 #include "worker/model/model_config.h"
 #include "worker/model/paged_kv_cache.h"
+#include "worker/paged_decode_batch.h"
 #include "worker/retrieval_config.h"
 
 namespace freekv {
@@ -43,9 +44,9 @@ class ExactSelection : public AttentionPolicy {
   const ModelConfig model_;
   const RetrievalConfig config_;
   PagedKvCache cache_;
-  std::vector<float> k_seq_, v_seq_, q_rows_, out_rows_;
+  std::vector<float> k_seq_, v_seq_;
+  PagedDecodeBatch decode_;
   std::vector<double> mass_;
-  std::vector<int32_t> indptr_, indices_, last_len_;
 };
 
 }  // namespace freekv

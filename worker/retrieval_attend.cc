@@ -8,7 +8,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
-#include "kernels/decode_attention.h"
 #include "worker/retrieval_policy.h"
 
 namespace freekv {
@@ -18,14 +17,10 @@ absl::Status RetrievalPolicy::AttendDecode(int layer, absl::Span<const BatchEntr
                                            absl::Span<const float> q,
                                            absl::Span<float> out) {
   const size_t q_row = model_.q_width();
-  q_rows_.clear();
-  indptr_.assign(1, 0);
-  indices_.clear();
-  last_len_.clear();
+  decode_.Clear();
   for (size_t i = 0; i < batch.size(); ++i) {
     if (batch[i].tokens.size() != 1) continue;
-    q_rows_.insert(q_rows_.end(), q.begin() + rows[i] * q_row,
-                   q.begin() + (rows[i] + 1) * q_row);
+    decode_.AddQuery(q.subspan(rows[i] * q_row, q_row));
     const SequenceLayer& s = State(batch[i].sequence, layer);
     const int32_t last_len = RangesFor(config_, s.length).last_page_len;
     for (int32_t h = 0; h < model_.num_kv_heads; ++h) {
@@ -33,29 +28,17 @@ absl::Status RetrievalPolicy::AttendDecode(int layer, absl::Span<const BatchEntr
         return absl::InternalError(absl::StrCat("sequence ", batch[i].sequence, " layer ",
                                                 layer, ": ", st.message()));
       }
-      indptr_.push_back(static_cast<int32_t>(indices_.size()));
-      last_len_.push_back(last_len);
+      decode_.EndList(last_len);
     }
   }
-  if (q_rows_.empty()) return absl::OkStatus();
-  kernels::PageTable table;
-  table.indptr = indptr_;
-  table.indices = indices_;
-  table.last_page_len = last_len_;
-  table.table_heads = model_.num_kv_heads;
-  kernels::DecodeOptions options;
-  options.num_q_heads = model_.num_heads;
-  options.scale = 1.0f / std::sqrt(static_cast<float>(model_.head_dim));
-  out_rows_.resize(q_rows_.size());
-  if (auto s = kernels::PagedDecodeAttentionRef<float>(
-          q_rows_, pools_[layer].const_view(), table, options, absl::MakeSpan(out_rows_));
-      !s.ok()) {
-    return s;
-  }
+  if (decode_.empty()) return absl::OkStatus();
+  absl::StatusOr<absl::Span<const float>> attended =
+      decode_.Attend(pools_[layer].const_view(), model_);
+  if (!attended.ok()) return attended.status();
   size_t next = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     if (batch[i].tokens.size() != 1) continue;
-    std::copy_n(out_rows_.begin() + next * q_row, q_row, out.begin() + rows[i] * q_row);
+    std::copy_n(attended->begin() + next * q_row, q_row, out.begin() + rows[i] * q_row);
     ++next;
   }
   return absl::OkStatus();
@@ -64,9 +47,10 @@ absl::Status RetrievalPolicy::AttendDecode(int layer, absl::Span<const BatchEntr
 absl::Status RetrievalPolicy::AppendList(int layer, const SequenceLayer& s,
                                          int32_t kv_head) {
   const PageRanges r = RangesFor(config_, s.length);
+  std::vector<int32_t>& indices = decode_.indices();
   const bool full = config_.IsFullLayer(layer);
   const int32_t sink_end = full ? r.num_pages : r.sink_end;
-  for (int32_t p = 0; p < sink_end; ++p) indices_.push_back(s.local[p]);
+  for (int32_t p = 0; p < sink_end; ++p) indices.push_back(s.local[p]);
   if (full) return absl::OkStatus();
   const int32_t k = config_.selected_pages;
   const absl::Span<const int32_t> selected =
@@ -80,7 +64,7 @@ absl::Status RetrievalPolicy::AppendList(int layer, const SequenceLayer& s,
                                               kv_head, " is not a candidate"));
     }
     if (!service()) {
-      indices_.push_back(s.local[page]);
+      indices.push_back(s.local[page]);
       continue;
     }
     const auto slot = std::find(resident.begin(), resident.end(), page);
@@ -88,9 +72,9 @@ absl::Status RetrievalPolicy::AppendList(int layer, const SequenceLayer& s,
       return absl::InternalError(absl::StrCat("selected page ", page, " of KV head ",
                                               kv_head, " is in no resident slot"));
     }
-    indices_.push_back(s.slot_pool[slot - resident.begin()]);
+    indices.push_back(s.slot_pool[slot - resident.begin()]);
   }
-  for (int32_t p = r.window_begin; p < r.num_pages; ++p) indices_.push_back(s.local[p]);
+  for (int32_t p = r.window_begin; p < r.num_pages; ++p) indices.push_back(s.local[p]);
   return absl::OkStatus();
 }
 

@@ -39,6 +39,7 @@
 #include "worker/page_link.h"
 #include "worker/page_pool.h"
 #include "worker/page_selector.h"
+#include "worker/paged_decode_batch.h"
 #include "worker/retrieval_config.h"
 
 namespace freekv {
@@ -135,9 +136,9 @@ class RetrievalPolicy : public AttentionPolicy {
   absl::Time pass_start_;
   DecodeStats stats_;
   DecodeStats reported_;
-  // Scratch for page tables and batched rows.
-  std::vector<int32_t> indptr_, indices_, last_len_;
-  std::vector<float> q_rows_, out_rows_, q_prev_rows_;
+  // Scratch: the layer step's page lists, and the rows the correction check compares.
+  PagedDecodeBatch decode_;
+  std::vector<float> q_rows_, q_prev_rows_;  // the correction check's queries
   std::vector<uint8_t> flags_;
 };
 
