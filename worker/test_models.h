@@ -1,4 +1,4 @@
-// Test helpers: a small GQA model with random weights, random prompts of given
+// Test helpers: a small GQA model (test_configs.h) with random weights, random prompts of given
 // lengths, and decoding a batch under a policy while keeping every logit row.
 // Test-only; each call is independent and any thread may call it.
 #ifndef FREEKV_WORKER_TEST_MODELS_H_
@@ -11,23 +11,10 @@
 #include "absl/status/statusor.h"
 #include "worker/decode_loop.h"
 #include "worker/model/model_weights.h"
+#include "worker/model/test_configs.h"
 #include "worker/model/transformer.h"
 
 namespace freekv::testing {
-
-// 3 layers, 4 query heads over 2 KV heads (GQA), head_dim 16, vocab 97.
-inline ModelConfig SmallGqaConfig() {
-  ModelConfig c;
-  c.dim = 48;
-  c.hidden_dim = 80;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.vocab_size = 97;
-  c.max_seq_len = 256;
-  return c;
-}
 
 inline std::vector<std::vector<int32_t>> RandomPrompts(const std::vector<int>& lengths,
                                                        int vocab, uint32_t seed) {

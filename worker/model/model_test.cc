@@ -8,23 +8,13 @@
 #include "worker/model/full_attention.h"
 #include "worker/model/llama2c_reference.h"
 #include "worker/model/paged_kv_cache.h"
+#include "worker/model/test_configs.h"
 #include "worker/model/transformer.h"
 
 namespace freekv {
 namespace {
 
-ModelConfig SmallGqa() {
-  ModelConfig c;
-  c.dim = 48;
-  c.hidden_dim = 80;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.vocab_size = 97;
-  c.max_seq_len = 64;
-  return c;
-}
+using testing::SmallGqaConfig;
 
 std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -49,7 +39,7 @@ float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 TEST(PagedKvCacheTest, AppendsAcrossPagesAndGathersInOrder) {
-  const ModelConfig c = SmallGqa();
+  const ModelConfig c = SmallGqaConfig();
   PagedKvCache cache = *PagedKvCache::Create(c, /*page_tokens=*/4);
   const size_t row = c.kv_width();
   const std::vector<float> k = RandomRows(11 * row, 1), v = RandomRows(11 * row, 2);
@@ -81,7 +71,7 @@ TEST(PagedKvCacheTest, AppendsAcrossPagesAndGathersInOrder) {
 }
 
 TEST(RandomWeightsTest, DeterministicPerSeedAndAliasesLayersOnRequest) {
-  const ModelConfig c = SmallGqa();
+  const ModelConfig c = SmallGqaConfig();
   const ModelWeights a = *RandomModelWeights(c, {/*seed=*/3});
   const ModelWeights b = *RandomModelWeights(c, {/*seed=*/3});
   const ModelWeights other = *RandomModelWeights(c, {/*seed=*/4});
@@ -118,7 +108,7 @@ TEST(ModelConfigTest, Llama31_8BGeometry) {
 
 class ForwardTest : public ::testing::Test {
  protected:
-  ForwardTest() : weights_(*RandomModelWeights(SmallGqa(), {/*seed=*/11})) {}
+  ForwardTest() : weights_(*RandomModelWeights(SmallGqaConfig(), {/*seed=*/11})) {}
 
   std::unique_ptr<FullAttention> NewPolicy(int32_t page_tokens = 4) {
     return *FullAttention::Create(weights_.config, page_tokens);
