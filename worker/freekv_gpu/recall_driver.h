@@ -13,7 +13,7 @@
 //
 // An item with nothing to recall opens its gate at once (on the completer's stream,
 // in order); a correction item whose layer flagged no head is dropped (the decode
-// stream opened its gate itself, OpenGateIfNone). On any error the driver keeps
+// stream opened its gate itself, PublishCorrectionCuda). On any error the driver keeps
 // opening gates (far past their value) so the GPU drains, and Finish reports the first
 // error.
 //

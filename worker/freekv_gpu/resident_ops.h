@@ -146,8 +146,9 @@ absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream)
 // freekv's correction point of a layer, in one launch: the similarity of q_t and
 // q_{t-1} per (sequence, KV head) with its flags and their count (kernels/similarity.h;
 // the flags and the count may be pinned host memory), then StampCuda's work, then
-// *gate = *step + offset when no head is flagged (OpenGateIfNone's work). The similarity needs nothing of the
-// selection, so it can ride on the launch that publishes the selection's diff.
+// *gate = *step + offset when no head is flagged (OpenGateIfNone's work). The
+// similarity needs nothing of the selection, so it can ride on the launch that
+// publishes the selection's diff.
 struct CorrectionCheck {
   absl::Span<const BFloat16> q, q_prev;  // [num_seqs][num_q_heads][head_dim]
   int32_t num_q_heads = 0, num_kv_heads = 0, head_dim = 0;
