@@ -145,8 +145,11 @@ void KvClient::ReadReplies() {
     tracker_.Complete(reply.request_id(), std::move(status));
   }
   grpc::Status end = stream_->Finish();
+  stream_ended_.store(true);
   tracker_.FailAll(absl::UnavailableError(absl::StrCat(
-      "the recall stream ended: ", end.ok() ? "closed" : end.error_message())));
+      "the recall stream of session ", session_id_, " to the kvservice at ",
+      options_.target, " ended (", end.ok() ? "closed by the kvservice" : end.error_message(),
+      "); open a new session")));
 }
 
 void KvClient::HeartbeatLoop() {
@@ -211,9 +214,11 @@ absl::StatusOr<RecallTicket> KvClient::Recall(uint64_t step, uint32_t layer,
     block->set_slot_offset(slice.slot_offset);
   }
   absl::MutexLock lock(&write_mu_);
-  if (stream_closed_ || !stream_->Write(request)) {
-    const absl::Status broken =
-        absl::UnavailableError("the recall stream to the kvservice is closed");
+  if (stream_closed_ || stream_ended_.load() || !stream_->Write(request)) {
+    const absl::Status broken = absl::UnavailableError(absl::StrCat(
+        "the recall stream of session ", session_id_, " to the kvservice at ",
+        options_.target, " is closed (the kvservice stopped or dropped the session); ",
+        "open a new session"));
     tracker_.Complete(ticket->request_id, broken);
     tracker_.Release(*ticket).IgnoreError();
     return broken;

@@ -156,6 +156,10 @@ class KvClient {
   std::unique_ptr<grpc::ClientReaderWriter<v1::RecallRequest, v1::RecallReply>> stream_;
   absl::Mutex write_mu_;  // one writer at a time on the stream
   bool stream_closed_ ABSL_GUARDED_BY(write_mu_) = false;
+  // The reader saw the stream end (the kvservice went away or dropped the session).
+  // Set before the in-flight recalls are failed, so that a recall claimed after that
+  // is refused instead of waiting for a reply that cannot come.
+  std::atomic<bool> stream_ended_{false};
   std::thread reader_;
   std::thread heartbeat_;
   absl::Notification stop_heartbeat_;

@@ -1,10 +1,12 @@
 // End to end through the real kvservice process: random pages offloaded over UCX come
 // back bit-identical into both staging slots, tags agree on both sides, and a slot is
-// never handed to a second recall before it was released.
+// never handed to a second recall before it was released; a killed kvservice fails the
+// session's recalls at once with an error a person can act on.
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "client/kv_client.h"
 #include "common/integrity.h"
 #include "common/random_bytes.h"
@@ -166,6 +168,42 @@ TEST_F(OffloadRecallTest, ServiceStopsCleanlyOnSigterm) {
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 0);
+}
+
+// The kvservice dies (SIGKILL): a recall then fails at once or in its Wait, well before
+// its deadline, with UNAVAILABLE and a message that names the session and the
+// kvservice and says what to do; every later recall is refused at once.
+TEST_F(OffloadRecallTest, AKilledServiceFailsRecallsAtOnceWithAnActionableError) {
+  OffloadSequence(5, 2);
+  const std::vector<RecallSliceRef> one = {{5, 0, 0, 0}};
+  absl::StatusOr<RecallTicket> before = client_->Recall(1, 0, one);
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_TRUE(client_->Wait(*before, absl::Now() + absl::Seconds(10)).ok());
+  ASSERT_TRUE(client_->Release(*before).ok());
+
+  EXPECT_FALSE(service_->Stop(absl::ZeroDuration()).ok()) << "killed, not drained";
+  const absl::Time start = absl::Now();
+  absl::Status failed;
+  absl::StatusOr<RecallTicket> after = client_->Recall(2, 0, one);
+  if (after.ok()) {  // sent before the client saw the stream end: its Wait fails
+    failed = client_->Wait(*after, absl::Now() + absl::Seconds(20));
+  } else {
+    failed = after.status();
+  }
+  EXPECT_EQ(failed.code(), absl::StatusCode::kUnavailable) << failed;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "waited for a deadline";
+  std::printf("failed after %.0f ms (%s): %s\n",
+              absl::ToDoubleMilliseconds(absl::Now() - start), after.ok() ? "in Wait" : "at once",
+              failed.ToString().c_str());
+  const std::string session = absl::StrCat("session ", client_->session_id());
+  EXPECT_NE(failed.message().find(session), absl::string_view::npos) << failed;
+  EXPECT_NE(failed.message().find(service_->socket()), absl::string_view::npos) << failed;
+  EXPECT_NE(failed.message().find("open a new session"), absl::string_view::npos) << failed;
+
+  // The client has seen the stream end by now: later recalls are refused outright.
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::StatusOr<RecallTicket> refused = client_->Recall(3, 1, one);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
 }
 
 }  // namespace
