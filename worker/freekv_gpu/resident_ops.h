@@ -79,7 +79,7 @@ struct GateHold {
   unsigned long long* waited_ns = nullptr;
 };
 struct GateIfNone {
-  const int32_t* num_flagged = nullptr;  // null: nothing to open
+  const int32_t* num_flagged = nullptr;  // required (OpenGateIfNone refuses null)
   uint32_t* gate = nullptr;
   const int32_t* step = nullptr;
   int32_t offset = 0;
