@@ -6,6 +6,11 @@
 #                               machine lacks (gRPC, protobuf, Abseil, UCX,
 #                               prometheus-cpp, xxhash, cudart, gtest, ...), from ldd
 #   .gpu/manifest.tsv           one line per binary: kind (test|bench) TAB target TAB path
+#   .gpu/models/stories15M/     the real model for GPU tests of the worker, as bf16
+#                               safetensors (what the GPU runs) and its tokenizer
+#   .gpu.pack/bundle.tar.xz     all of .gpu/ compressed, the one path to carry: a run
+#                               may carry 64 MiB, and binaries and bf16 weights shrink
+#                               3-4x (tools/gpu_remote.sh unpacks it)
 # New GPU tests and benchmarks join automatically: tag them `gpu` (tools/cuda.bzl's
 # cuda_test and cuda_binary do). Usage:
 #   tools/gpu_build.sh [bazel target pattern ...]      (default: //...)
@@ -33,7 +38,8 @@ if ((${#tests[@]} + ${#benches[@]} == 0)); then
   exit 1
 fi
 echo "gpu_build: ${#tests[@]} tests, ${#benches[@]} benchmarks" >&2
-"${bazel_cmd[@]}" build --config=cuda "${tests[@]}" "${benches[@]}"
+"${bazel_cmd[@]}" build --config=cuda "${tests[@]}" "${benches[@]}" //worker/model:convert_model \
+  //kvservice:kvservice //worker:worker //worker:eval
 bin_dir=$("${bazel_cmd[@]}" info --config=cuda bazel-bin 2>/dev/null)
 
 rm -rf .gpu
@@ -74,8 +80,9 @@ echo "gpu_build: staged $(($(wc -l <.gpu/manifest.tsv) - 1)) binaries in .gpu/ (
 # Binaries that GPU tests and benchmarks start as child processes (their `data`), staged
 # where tests/integration/kvservice_process.cc finds them once tools/gpu_remote.sh sets
 # TEST_SRCDIR=.gpu/runfiles (the CUDA IPC test and bench/gpu_recall_bench start the
-# kvservice built with CUDA).
-for support in kvservice/kvservice; do
+# kvservice built with CUDA), and the worker and the evaluation for runs by hand
+# (.gpu/runfiles/freekv/worker/{worker,eval} --device=gpu).
+for support in kvservice/kvservice worker/worker worker/eval; do
   [[ -x $bin_dir/$support ]] || continue
   mkdir -p ".gpu/runfiles/freekv/$(dirname "$support")"
   cp "$bin_dir/$support" ".gpu/runfiles/freekv/$support"
@@ -89,3 +96,17 @@ for support in kvservice/kvservice; do
     done
   echo "gpu_build: staged $support for child processes (.gpu/runfiles)" >&2
 done
+
+# The real model (tools/fetch_model.sh puts it in the cache) for the worker's GPU tests.
+model_dir=${FREEKV_MODEL_DIR:-${FREEKV_CACHE:-$HOME/.cache/freekv}/stories15M}
+if [[ -f $model_dir/model.bin ]]; then
+  mkdir -p .gpu/models/stories15M
+  "$bin_dir/worker/model/convert_model" --model="$model_dir/model.bin" \
+    --out=.gpu/models/stories15M/model.safetensors --dtype=bf16
+  cp "$model_dir/tokenizer.bin" .gpu/models/stories15M/
+  echo "gpu_build: staged stories15M as bf16 (.gpu/models)" >&2
+fi
+rm -rf .gpu.pack
+mkdir -p .gpu.pack
+tar -cf - .gpu | xz -T0 -3 >.gpu.pack/bundle.tar.xz
+echo "gpu_build: packed $(du -h .gpu.pack/bundle.tar.xz | cut -f1) (carry .gpu.pack)" >&2

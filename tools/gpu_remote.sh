@@ -10,6 +10,9 @@
 # FREEKV_BENCH_ARGS are passed to every benchmark (e.g. smaller sweeps).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [[ -f .gpu.pack/bundle.tar.xz && ! -f .gpu/manifest.tsv ]]; then
+  xz -dc .gpu.pack/bundle.tar.xz | tar -xf - || exit 2
+fi
 if [[ ! -f .gpu/manifest.tsv ]]; then
   echo "gpu_remote: .gpu/manifest.tsv is missing; run tools/gpu_build.sh first" >&2
   exit 2
@@ -17,6 +20,8 @@ fi
 export LD_LIBRARY_PATH="$PWD/.gpu/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # Tests that start the kvservice find it here (tools/gpu_build.sh stages it).
 export TEST_SRCDIR="$PWD/.gpu/runfiles" TEST_WORKSPACE=freekv
+# The worker's GPU tests load the real model staged beside the binaries.
+[[ -d .gpu/models/stories15M ]] && export FREEKV_MODEL_DIR="$PWD/.gpu/models/stories15M"
 only=${1:-}
 # The kvservice and the worker are two processes on one GPU. Without MPS the GPU
 # time-slices their contexts, and a recall's copies wait for the worker's slice to

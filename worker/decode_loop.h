@@ -8,32 +8,16 @@
 #define FREEKV_WORKER_DECODE_LOOP_H_
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "worker/decode_request.h"
 #include "worker/model/attention_policy.h"
 #include "worker/model/transformer.h"
 
 namespace freekv {
-
-struct DecodeRequest {
-  // Sequence b gets id first_sequence + b and prompt prompts[b] (non-empty).
-  std::vector<std::vector<int32_t>> prompts;
-  int64_t first_sequence = 0;
-  // Logit rows produced per sequence: step 0 comes from the prefill, each later step
-  // from one decode pass, so there are steps - 1 decode passes.
-  int steps = 0;
-  // When non-empty, forced[b][t] is fed after step t instead of the argmax
-  // (teacher forcing); forced[b] needs steps - 1 tokens.
-  std::vector<std::vector<int32_t>> forced;
-};
-
-// Called with each step's logits row of each sequence, in step order.
-using LogitsSink = std::function<absl::Status(int step, size_t sequence,
-                                              absl::Span<const float> logits)>;
 
 // Returns the argmax token of every step, [sequence][step]. INVALID_ARGUMENT for an
 // empty prompt, steps < 1 or forced rows of the wrong length; model and policy errors

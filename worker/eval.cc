@@ -4,9 +4,6 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "worker/decode_loop.h"
-#include "worker/model/full_attention.h"
-#include "worker/model/transformer.h"
 
 namespace freekv {
 namespace {
@@ -15,6 +12,26 @@ size_t Longest(const std::vector<std::vector<int32_t>>& prompts) {
   size_t n = 0;
   for (const auto& p : prompts) n = std::max(n, p.size());
   return n;
+}
+
+// Decodes the context's prompts (ids 0..n-1) on `backend`, feeding `forced` when it is
+// not empty, then releases the sequences.
+absl::Status DecodeContext(DecodeBackend& backend, const EvalContext& context,
+                           const std::vector<std::vector<int32_t>>& forced,
+                           const LogitsSink& sink,
+                           std::vector<std::vector<int32_t>>* tokens) {
+  DecodeRequest request;
+  request.prompts = context.prompts;
+  request.steps = context.steps;
+  request.forced = forced;
+  absl::StatusOr<std::vector<std::vector<int32_t>>> decoded =
+      backend.Decode(request, sink);
+  if (!decoded.ok()) return decoded.status();
+  for (size_t b = 0; b < context.prompts.size(); ++b) {
+    if (auto s = backend.Release(static_cast<int64_t>(b)); !s.ok()) return s;
+  }
+  if (tokens != nullptr) *tokens = *std::move(decoded);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -40,26 +57,20 @@ absl::StatusOr<EvalContext> MakeEvalContext(std::vector<std::vector<int32_t>> pr
   return c;
 }
 
-absl::StatusOr<Reference> RunReference(const ModelWeights& weights,
-                                       const EvalContext& context, int32_t page_tokens) {
-  absl::StatusOr<std::unique_ptr<FullAttention>> full =
-      FullAttention::Create(weights.config, page_tokens);
-  if (!full.ok()) return full.status();
-  absl::StatusOr<Transformer> model = Transformer::Create(weights);
-  if (!model.ok()) return model.status();
-  DecodeRequest request;
-  request.prompts = context.prompts;
-  request.steps = context.steps;
+absl::StatusOr<Reference> RunReference(DecodeBackend& full, const EvalContext& context) {
   Reference ref;
   ref.log_probs.resize(context.prompts.size());
-  absl::StatusOr<std::vector<std::vector<int32_t>>> tokens = DecodeBatch(
-      *model, **full, request, [&](int, size_t b, absl::Span<const float> logits) {
-        const std::vector<float> lp = LogSoftmax(logits);
-        ref.log_probs[b].insert(ref.log_probs[b].end(), lp.begin(), lp.end());
-        return absl::OkStatus();
-      });
-  if (!tokens.ok()) return tokens.status();
-  ref.tokens = *std::move(tokens);
+  if (auto s = DecodeContext(full, context, /*forced=*/{},
+                             [&](int, size_t b, absl::Span<const float> logits) {
+                               const std::vector<float> lp = LogSoftmax(logits);
+                               ref.log_probs[b].insert(ref.log_probs[b].end(), lp.begin(),
+                                                       lp.end());
+                               return absl::OkStatus();
+                             },
+                             &ref.tokens);
+      !s.ok()) {
+    return s;
+  }
   return ref;
 }
 
@@ -73,26 +84,23 @@ RetrievalConfig BudgetFor(const RetrievalConfig& base, const EvalContext& contex
   return c;
 }
 
-absl::StatusOr<AgreementMeter> TeacherForce(const ModelWeights& weights,
-                                            AttentionPolicy& policy,
+absl::StatusOr<AgreementMeter> TeacherForce(DecodeBackend& backend,
                                             const EvalContext& context,
                                             const Reference& reference) {
-  absl::StatusOr<Transformer> model = Transformer::Create(weights);
-  if (!model.ok()) return model.status();
-  DecodeRequest request;
-  request.prompts = context.prompts;
-  request.steps = context.steps;
-  request.forced = reference.tokens;
-  const size_t vocab = weights.config.vocab_size;
   AgreementMeter meter;
-  absl::StatusOr<std::vector<std::vector<int32_t>>> tokens = DecodeBatch(
-      *model, policy, request, [&](int step, size_t b, absl::Span<const float> logits) {
-        if (step == 0) return absl::OkStatus();  // the dense prefill
-        return meter.Add(
-            absl::MakeConstSpan(reference.log_probs[b]).subspan(step * vocab, vocab),
-            reference.tokens[b][step], logits);
-      });
-  if (!tokens.ok()) return tokens.status();
+  if (auto s = DecodeContext(
+          backend, context, reference.tokens,
+          [&](int step, size_t b, absl::Span<const float> logits) {
+            if (step == 0) return absl::OkStatus();  // the dense prefill
+            const size_t vocab = logits.size();
+            return meter.Add(
+                absl::MakeConstSpan(reference.log_probs[b]).subspan(step * vocab, vocab),
+                reference.tokens[b][step], logits);
+          },
+          /*tokens=*/nullptr);
+      !s.ok()) {
+    return s;
+  }
   return meter;
 }
 

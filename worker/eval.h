@@ -1,11 +1,13 @@
 // The accuracy evaluation: full attention decodes a batch of prompts greedily to a
 // target context length (the reference); each retrieval policy is then teacher-forced
-// on full's continuation and compared with it step by step (agreement.h).
+// on full's continuation and compared with it step by step (agreement.h). The decodes
+// run on any DecodeBackend (decode_backend.h), so the same evaluation measures the
+// CPU (fp32) and the GPU (bf16).
 //
 // Only decode steps are compared: a prefill attends densely under every policy, so
 // its logits (step 0) are full's by construction.
 //
-// Functions are thread-safe for distinct policies; the weights are only read.
+// Functions are thread-safe for distinct backends.
 #ifndef FREEKV_WORKER_EVAL_H_
 #define FREEKV_WORKER_EVAL_H_
 
@@ -15,8 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "worker/agreement.h"
-#include "worker/model/attention_policy.h"
-#include "worker/model/model_weights.h"
+#include "worker/decode_backend.h"
 #include "worker/retrieval_config.h"
 
 namespace freekv {
@@ -38,8 +39,9 @@ struct Reference {
   std::vector<std::vector<float>> log_probs;  // [sequence][step * vocab]
 };
 
-absl::StatusOr<Reference> RunReference(const ModelWeights& weights,
-                                       const EvalContext& context, int32_t page_tokens);
+// Decodes the context's prompts greedily on `full` (a backend under full attention;
+// sequence ids 0..prompts-1, released afterwards).
+absl::StatusOr<Reference> RunReference(DecodeBackend& full, const EvalContext& context);
 
 // `base` with selected_pages set so that sinks + window + selected pages are
 // `fraction` of the pages of the context's longest final sequence (at least one
@@ -47,10 +49,10 @@ absl::StatusOr<Reference> RunReference(const ModelWeights& weights,
 RetrievalConfig BudgetFor(const RetrievalConfig& base, const EvalContext& context,
                           double fraction);
 
-// Decodes the context's prompts under `policy`, feeding full's tokens, and compares
-// every decode step with the reference. Sequence ids are 0..prompts-1.
-absl::StatusOr<AgreementMeter> TeacherForce(const ModelWeights& weights,
-                                            AttentionPolicy& policy,
+// Decodes the context's prompts on `backend`, feeding full's tokens, and compares
+// every decode step with the reference. Sequence ids are 0..prompts-1, released
+// afterwards.
+absl::StatusOr<AgreementMeter> TeacherForce(DecodeBackend& backend,
                                             const EvalContext& context,
                                             const Reference& reference);
 

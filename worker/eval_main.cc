@@ -6,6 +6,10 @@
 // 0.8, pooled over the contexts within the model's trained length.
 //
 //   eval --socket=/run/freekv/kvservice.sock [--contexts=256,512] [--budgets=...]
+//        [--device=gpu]
+//
+// --device picks where every decode runs (decode_backend.h): the CPU's fp32 model or
+// the GPU's bf16 one; the reference and the cells then run on the same device.
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +24,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "worker/backend_factory.h"
+#include "worker/cpu_backend.h"
 #include "worker/eval.h"
 #include "worker/eval_report.h"
 #include "worker/exact_selection.h"
@@ -27,6 +33,8 @@
 #include "worker/policy_factory.h"
 #include "worker/retrieval_flags.h"
 
+ABSL_FLAG(std::string, device, "cpu",
+          "Where the model runs: cpu (fp32) or gpu (bf16; a build with --config=cuda).");
 ABSL_FLAG(std::string, model, "", "Model path (see worker --help); default: stories15M.");
 ABSL_FLAG(std::string, socket, "/run/freekv/kvservice.sock",
           "The kvservice's unix socket (freekv and blocking).");
@@ -41,10 +49,11 @@ ABSL_FLAG(std::string, taus, "0.8,0.9",
           "Correction thresholds for freekv and oracle (the grid sets tau and "
           "selected_pages: --tau and --selected_pages are not read).");
 ABSL_FLAG(
-    std::string, policies, "freekv,blocking,exact",
+    std::string, policies, "",
     "Policies to compare with full: freekv, blocking, oracle, and exact (the ceiling "
-    "of page selection: pages picked by their true attention mass).");
-ABSL_FLAG(int32_t, threads, 2, "Cells evaluated at once.");
+    "of page selection: pages picked by their true attention mass; CPU only). Default: "
+    "freekv,blocking,exact on the CPU, freekv,blocking on the GPU.");
+ABSL_FLAG(int32_t, threads, 2, "Cells evaluated at once on the CPU (the GPU runs one).");
 
 namespace freekv {
 namespace {
@@ -100,12 +109,15 @@ absl::StatusOr<std::vector<std::string>> PromptTexts() {
 }
 
 absl::StatusOr<std::vector<EvalCell>> PlanCells(
-    const ModelConfig& model, const std::vector<EvalContext>& contexts) {
+    Device device, const ModelConfig& model, const std::vector<EvalContext>& contexts) {
   absl::StatusOr<RetrievalConfig> base = RetrievalConfigFromFlags(model);
   if (!base.ok()) return base.status();
   auto budgets = ParseList<double>("budgets", absl::GetFlag(FLAGS_budgets));
   auto taus = ParseList<double>("taus", absl::GetFlag(FLAGS_taus));
-  auto names = ParseList<std::string>("policies", absl::GetFlag(FLAGS_policies));
+  std::string policies = absl::GetFlag(FLAGS_policies);
+  if (policies.empty())
+    policies = device == Device::kGpu ? "freekv,blocking" : "freekv,blocking,exact";
+  auto names = ParseList<std::string>("policies", policies);
   for (const absl::Status& s : {budgets.status(), taus.status(), names.status()}) {
     if (!s.ok()) return s;
   }
@@ -116,6 +128,11 @@ absl::StatusOr<std::vector<EvalCell>> PlanCells(
         return absl::InvalidArgumentError(
             absl::StrCat("--policies names \"", name,
                          "\"; expected freekv, blocking, oracle or exact"));
+      }
+      if (name == "exact" && device == Device::kGpu) {
+        return absl::InvalidArgumentError(
+            "--policies names \"exact\", which runs on the CPU only; leave it out with "
+            "--device=gpu");
       }
       for (double budget : *budgets) {
         // Only freekv and oracle correct with tau; the others get one cell per budget.
@@ -137,40 +154,58 @@ absl::StatusOr<std::vector<EvalCell>> PlanCells(
   return cells;
 }
 
-// The policy of a cell: the ceiling policy, or one the worker runs.
-absl::StatusOr<PolicyBundle> CellPolicy(const ModelConfig& model, const EvalCell& cell) {
+// The backend of a cell: the ceiling policy (CPU), or one the worker runs.
+absl::StatusOr<std::unique_ptr<DecodeBackend>> CellBackend(Device device,
+                                                           const ModelWeights& weights,
+                                                           const EvalCell& cell) {
   if (cell.policy == "exact") {
     absl::StatusOr<std::unique_ptr<ExactSelection>> exact =
-        ExactSelection::Create(model, cell.config);
+        ExactSelection::Create(weights.config, cell.config);
     if (!exact.ok()) return exact.status();
     PolicyBundle bundle;
     bundle.policy = *std::move(exact);
-    return bundle;
+    absl::StatusOr<std::unique_ptr<CpuBackend>> cpu =
+        CpuBackend::Create(weights, std::move(bundle));
+    if (!cpu.ok()) return cpu.status();
+    return std::unique_ptr<DecodeBackend>(*std::move(cpu));
   }
   absl::StatusOr<PolicyKind> kind = ParsePolicyKind(cell.policy);
   if (!kind.ok()) return kind.status();
-  return MakePolicy(*kind, model, cell.config, "unix:" + absl::GetFlag(FLAGS_socket),
-                    absl::StrCat("eval-", cell.policy));
+  BackendOptions options;
+  options.policy = *kind;
+  options.config = cell.config;
+  options.target = "unix:" + absl::GetFlag(FLAGS_socket);
+  options.client_name = absl::StrCat("eval-", cell.policy);
+  return MakeBackend(device, weights, options);
 }
 
-absl::Status RunCell(const ModelWeights& weights, const EvalContext& context,
-                     const Reference& reference, EvalCell& cell) {
+absl::Status RunCell(Device device, const ModelWeights& weights,
+                     const EvalContext& context, const Reference& reference,
+                     EvalCell& cell) {
   const absl::Time start = absl::Now();
-  absl::StatusOr<PolicyBundle> bundle = CellPolicy(weights.config, cell);
-  if (!bundle.ok()) return bundle.status();
-  absl::StatusOr<AgreementMeter> meter =
-      TeacherForce(weights, *bundle->policy, context, reference);
+  absl::StatusOr<std::unique_ptr<DecodeBackend>> backend =
+      CellBackend(device, weights, cell);
+  if (!backend.ok()) return backend.status();
+  absl::StatusOr<AgreementMeter> meter = TeacherForce(**backend, context, reference);
   if (!meter.ok()) return meter.status();
   cell.meter = *meter;
-  cell.stats = bundle->stats();
-  if (bundle->retrieval != nullptr) {
-    for (size_t b = 0; b < context.prompts.size(); ++b) {
-      if (auto s = bundle->retrieval->Release(static_cast<int64_t>(b)); !s.ok()) return s;
-    }
-    if (auto s = bundle->retrieval->ReportStats(); !s.ok()) return s;
-  }
+  cell.stats = (*backend)->stats();
   cell.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   return absl::OkStatus();
+}
+
+// Full attention's greedy continuation of the context, on the device.
+absl::StatusOr<Reference> ContextReference(Device device, const ModelWeights& weights,
+                                           const RetrievalConfig& config,
+                                           const EvalContext& context) {
+  BackendOptions options;
+  options.policy = PolicyKind::kFull;
+  options.config = config;
+  options.config.max_sequences = static_cast<int32_t>(context.prompts.size());
+  absl::StatusOr<std::unique_ptr<DecodeBackend>> full =
+      MakeBackend(device, weights, options);
+  if (!full.ok()) return full.status();
+  return RunReference(**full, context);
 }
 
 // Runs fn(0..n-1) on `threads` threads; returns the first error.
@@ -191,7 +226,7 @@ absl::Status ParallelFor(size_t n, int threads,
   return absl::OkStatus();
 }
 
-absl::Status Run() {
+absl::Status Run(Device device) {
   absl::StatusOr<LoadedModel> model = LoadModel(absl::GetFlag(FLAGS_model));
   if (!model.ok()) return model.status();
   const ModelWeights& weights = model->weights;
@@ -208,15 +243,16 @@ absl::Status Run() {
     if (!c.ok()) return c.status();
     contexts.push_back(*std::move(c));
   }
-  absl::StatusOr<std::vector<EvalCell>> cells = PlanCells(weights.config, contexts);
+  absl::StatusOr<std::vector<EvalCell>> cells =
+      PlanCells(device, weights.config, contexts);
   if (!cells.ok()) return cells.status();
-  const int threads = absl::GetFlag(FLAGS_threads);
-  const int32_t page_tokens = cells->front().config.page_tokens;
+  // One GPU: its cells take turns rather than time-slice it.
+  const int threads = device == Device::kGpu ? 1 : absl::GetFlag(FLAGS_threads);
   std::vector<Reference> references(contexts.size());
   if (auto s = ParallelFor(contexts.size(), threads,
                            [&](size_t c) {
-                             absl::StatusOr<Reference> r =
-                                 RunReference(weights, contexts[c], page_tokens);
+                             absl::StatusOr<Reference> r = ContextReference(
+                                 device, weights, cells->front().config, contexts[c]);
                              if (!r.ok()) return r.status();
                              references[c] = *std::move(r);
                              return absl::OkStatus();
@@ -227,7 +263,7 @@ absl::Status Run() {
   if (auto s = ParallelFor(cells->size(), threads,
                            [&](size_t i) {
                              EvalCell& cell = (*cells)[i];
-                             return RunCell(weights, contexts[cell.context],
+                             return RunCell(device, weights, contexts[cell.context],
                                             references[cell.context], cell);
                            });
       !s.ok()) {
@@ -246,9 +282,20 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "teacher-forces the retrieval policies on full attention's continuation and "
       "reports top-1 agreement and KL divergence.\n  eval --socket=PATH "
-      "[--contexts=256,512]");
+      "[--contexts=256,512] [--device=cpu|gpu]");
   absl::ParseCommandLine(argc, argv);
-  if (absl::Status s = freekv::Run(); !s.ok()) {
+  absl::StatusOr<freekv::Device> device =
+      freekv::ParseDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) {
+    std::fprintf(stderr, "eval: --%s\n", std::string(device.status().message()).c_str());
+    return 2;
+  }
+  // Before anything touches CUDA (the GPU's recall gates need eager loading).
+  if (absl::Status s = freekv::PrepareDevice(*device); !s.ok()) {
+    std::fprintf(stderr, "eval: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  if (absl::Status s = freekv::Run(*device); !s.ok()) {
     std::fprintf(stderr, "eval: %s\n", s.ToString().c_str());
     return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "worker/decode_stats.h"
 
 namespace freekv {
 namespace {
@@ -15,20 +16,17 @@ std::string Percent(std::optional<double> v, int digits = 1) {
   return v ? absl::StrFormat("%.*f%%", digits, 100 * *v) : "-";
 }
 
-std::optional<double> Ratio(uint64_t num, uint64_t den) {
-  if (den == 0) return std::nullopt;
-  return static_cast<double>(num) / den;
-}
-
 // Cells pooled into one figure.
 struct Pool {
   AgreementMeter meter;
-  LayerStats totals;
+  Tally corrections;
+  Tally speculation_hits;
   int cells = 0;
 
   void Add(const EvalCell& c) {
     meter.Merge(c.meter);
-    if (c.stats) totals.Add(c.stats->Total());
+    corrections.Add(c.stats.corrections);
+    speculation_hits.Add(c.stats.speculation_hits);
     ++cells;
   }
   std::string Agreement() const {
@@ -47,7 +45,7 @@ double Nearest(const std::vector<double>& values, double target) {
 }
 
 std::string CellJson(const EvalCell& c, const EvalContext& context) {
-  const DecodeStats stats = c.stats.value_or(DecodeStats());
+  const BackendStats& stats = c.stats;
   return absl::StrFormat(
       "{\"context\":%d,\"policy\":\"%s\",\"budget\":%s,\"budget_pages\":%d,"
       "\"selected_pages\":%d,\"tau\":%s,\"compared\":%d,\"agreement\":%s,\"mean_kl\":%s,"
@@ -57,8 +55,8 @@ std::string CellJson(const EvalCell& c, const EvalContext& context) {
       c.config.sink_pages + c.config.window_pages + c.config.selected_pages,
       c.config.selected_pages, JsonNumber(c.config.tau), c.meter.compared(),
       JsonNumber(c.meter.agreement()), JsonNumber(c.meter.mean_kl()),
-      JsonNumber(c.meter.max_kl()), JsonNumber(stats.correction_rate()),
-      JsonNumber(stats.speculation_hit_rate()),
+      JsonNumber(c.meter.max_kl()), JsonNumber(stats.corrections.rate()),
+      JsonNumber(stats.speculation_hits.rate()),
       JsonNumber(stats.pages_recalled_per_step()), JsonNumber(stats.stall_seconds),
       JsonNumber(c.seconds));
 }
@@ -76,7 +74,7 @@ std::string FormatEvalTable(const std::vector<EvalCell>& cells,
   for (const EvalCell& c : cells) {
     const EvalContext& ctx = contexts[c.context];
     const bool speculative = c.speculative();
-    const DecodeStats stats = c.stats.value_or(DecodeStats());
+    const BackendStats& stats = c.stats;
     const int32_t pages =
         c.config.sink_pages + c.config.window_pages + c.config.selected_pages;
     absl::StrAppendFormat(
@@ -87,8 +85,8 @@ std::string FormatEvalTable(const std::vector<EvalCell>& cells,
         c.budget_fraction, pages, pages * c.config.page_tokens,
         speculative ? absl::StrFormat("%.2f", c.config.tau) : "-",
         Percent(c.meter.agreement(), 2), c.meter.mean_kl(), c.meter.max_kl(),
-        speculative ? Percent(stats.correction_rate()) : "-",
-        speculative ? Percent(stats.speculation_hit_rate()) : "-",
+        speculative ? Percent(stats.corrections.rate()) : "-",
+        speculative ? Percent(stats.speculation_hits.rate()) : "-",
         stats.pages_recalled_per_step(), stats.stall_seconds);
   }
   return out;
@@ -123,14 +121,14 @@ std::string EvalJson(const std::vector<EvalCell>& cells,
       "s,"
       "\"compared\":%d,\"agreement_beyond\":%s,\"mean_kl_beyond\":%s,"
       "\"blocking_agreement\":%s,\"blocking_mean_kl\":%s,\"budget\":%s,\"tau\":%s,"
-      "\"rows\":[%s]}",
+      "\"device\":\"%s\",\"rows\":[%s]}",
       within.Agreement(), within.MeanKl(),
-      JsonNumber(Ratio(within.totals.corrections, within.totals.correction_checks)),
-      JsonNumber(Ratio(within.totals.hit_pages, within.totals.needed_pages)),
+      JsonNumber(within.corrections.rate()), JsonNumber(within.speculation_hits.rate()),
       within.meter.compared(), beyond.Agreement(), beyond.MeanKl(), blocking.Agreement(),
       blocking.MeanKl(),
       JsonNumber(budgets.empty() ? std::nullopt : std::optional(budget)),
       JsonNumber(taus.empty() ? std::nullopt : std::optional(tau)),
+      DeviceName(cells.empty() ? Device::kCpu : cells.front().stats.device),
       absl::StrJoin(rows, ","));
 }
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "worker/agreement.h"
-#include "worker/decode_stats.h"
+#include "worker/decode_backend.h"
 #include "worker/eval.h"
 #include "worker/retrieval_config.h"
 
@@ -25,7 +25,7 @@ struct EvalCell {
   // freekv and oracle select a step ahead and correct with tau.
   bool speculative() const { return policy == "freekv" || policy == "oracle"; }
   AgreementMeter meter;
-  std::optional<DecodeStats> stats;
+  BackendStats stats;  // of the cell's backend (empty figures for full and exact)
   double seconds = 0;
 };
 
@@ -39,7 +39,8 @@ std::string FormatEvalTable(const std::vector<EvalCell>& cells,
 // budget nearest 0.25 and the tau nearest 0.8, pooled over contexts within the trained
 // length (all contexts if none is); "agreement_beyond", "mean_kl_beyond": the same
 // cells beyond it (null if none); "blocking_agreement", "blocking_mean_kl": blocking
-// at that budget within the trained length; "budget", "tau"; "rows": every cell}.
+// at that budget within the trained length; "budget", "tau"; "device": the first
+// cell's ("cpu" or "gpu"); "rows": every cell}.
 std::string EvalJson(const std::vector<EvalCell>& cells,
                      const std::vector<EvalContext>& contexts, int trained_tokens);
 

@@ -1,5 +1,5 @@
 // The evaluation's arithmetic on hand-checked cases, and teacher forcing of the oracle
-// policy against full attention on a random GQA model.
+// policy against full attention on a random GQA model, both on CPU backends.
 #include "worker/eval.h"
 
 #include <cmath>
@@ -7,9 +7,10 @@
 
 #include "gtest/gtest.h"
 #include "worker/agreement.h"
+#include "worker/cpu_backend.h"
 #include "worker/eval_report.h"
 #include "worker/exact_selection.h"
-#include "worker/retrieval_policy.h"
+#include "worker/policy_factory.h"
 #include "worker/test_models.h"
 
 namespace freekv {
@@ -58,19 +59,33 @@ class TeacherForceTest : public ::testing::Test {
   void SetUp() override {
     weights_ = *RandomModelWeights(testing::SmallGqaConfig(), RandomWeightsOptions{});
     context_ = *MakeEvalContext(testing::RandomPrompts({11, 19}, 97, 3), 40);
-    reference_ = *RunReference(weights_, context_, 4);
+    RetrievalConfig config;
+    config.page_tokens = 4;
+    reference_ = *RunReference(*Backend(PolicyKind::kFull, config), context_);
   }
-  AgreementMeter Force(int selected_pages) {
+  std::unique_ptr<CpuBackend> Backend(PolicyKind kind, const RetrievalConfig& config) {
+    BackendOptions options;
+    options.policy = kind;
+    options.config = config;
+    return *CpuBackend::Create(weights_, options);
+  }
+  std::unique_ptr<CpuBackend> Exact(const RetrievalConfig& config) {
+    PolicyBundle bundle;
+    bundle.policy = *ExactSelection::Create(weights_.config, config);
+    return *CpuBackend::Create(weights_, std::move(bundle));
+  }
+  std::unique_ptr<CpuBackend> Oracle(int selected_pages) {
     RetrievalConfig config;
     config.page_tokens = 4;
     config.selected_pages = selected_pages;
-    auto oracle = *RetrievalPolicy::Create(weights_.config, config,
-                                           RetrievalMode::kOracle, nullptr);
-    absl::StatusOr<AgreementMeter> meter =
-        TeacherForce(weights_, *oracle, context_, reference_);
+    return Backend(PolicyKind::kOracle, config);
+  }
+  AgreementMeter Force(DecodeBackend& backend) {
+    absl::StatusOr<AgreementMeter> meter = TeacherForce(backend, context_, reference_);
     EXPECT_TRUE(meter.ok()) << meter.status();
     return meter.ok() ? *meter : AgreementMeter();
   }
+  AgreementMeter Force(int selected_pages) { return Force(*Oracle(selected_pages)); }
 
   ModelWeights weights_;
   EvalContext context_;
@@ -89,16 +104,14 @@ TEST_F(TeacherForceTest, ExactSelectionWithWholeContextBudgetAgreesExactly) {
   RetrievalConfig config;
   config.page_tokens = 4;
   config.selected_pages = 8;
-  auto exact = *ExactSelection::Create(weights_.config, config);
   absl::StatusOr<AgreementMeter> meter =
-      TeacherForce(weights_, *exact, context_, reference_);
+      TeacherForce(*Exact(config), context_, reference_);
   ASSERT_TRUE(meter.ok()) << meter.status();
   EXPECT_EQ(meter->agreement(), 1.0);
   EXPECT_EQ(meter->mean_kl(), 0.0);
   // With one selected page it attends to less than everything, and it shows.
   config.selected_pages = 1;
-  exact = *ExactSelection::Create(weights_.config, config);
-  meter = TeacherForce(weights_, *exact, context_, reference_);
+  meter = TeacherForce(*Exact(config), context_, reference_);
   ASSERT_TRUE(meter.ok()) << meter.status();
   EXPECT_GT(meter->mean_kl(), 0.0);
 }
@@ -107,6 +120,37 @@ TEST_F(TeacherForceTest, SmallBudgetDiverges) {
   const AgreementMeter meter = Force(1);
   EXPECT_GT(meter.mean_kl(), 0.0);
   EXPECT_GT(meter.max_kl(), meter.mean_kl());
+}
+
+TEST_F(TeacherForceTest, CpuBackendReportsThePolicysStatistics) {
+  std::unique_ptr<CpuBackend> oracle = Oracle(1);
+  Force(*oracle);
+  const BackendStats stats = oracle->stats();
+  EXPECT_EQ(stats.device, Device::kCpu);
+  EXPECT_EQ(stats.decode_steps, static_cast<uint64_t>(context_.steps - 1));
+  EXPECT_GT(stats.prefill_seconds, 0.0);
+  EXPECT_GT(stats.decode_seconds, 0.0);
+  EXPECT_EQ(stats.pages_recalled, 0u);  // the oracle keeps every page
+  EXPECT_FALSE(stats.offloaded_pages.has_value());
+  // 40 tokens = 10 pages against 4 of budget: groups are checked, and the per-layer
+  // tallies add up to the total.
+  ASSERT_TRUE(stats.layer_corrections.has_value());
+  ASSERT_EQ(stats.layer_corrections->size(),
+            static_cast<size_t>(weights_.config.num_layers));
+  Tally sum;
+  for (const Tally& t : *stats.layer_corrections) sum.Add(t);
+  EXPECT_GT(stats.corrections.chances, 0u);
+  EXPECT_EQ(sum.count, stats.corrections.count);
+  EXPECT_EQ(sum.chances, stats.corrections.chances);
+  EXPECT_GT(stats.speculation_hits.chances, 0u);
+  EXPECT_NE(stats.text.find("correction rate"), std::string::npos) << stats.text;
+  // Full attention selects nothing: no rates, no text.
+  RetrievalConfig config;
+  config.page_tokens = 4;
+  std::unique_ptr<CpuBackend> full = Backend(PolicyKind::kFull, config);
+  Force(*full);
+  EXPECT_FALSE(full->stats().corrections.rate().has_value());
+  EXPECT_TRUE(full->stats().text.empty());
 }
 
 TEST(EvalReportTest, JsonHeadlineIsFreekvAtTheQuarterBudget) {
@@ -135,7 +179,9 @@ TEST(EvalReportTest, JsonHeadlineIsFreekvAtTheQuarterBudget) {
   EXPECT_EQ(json.find("{\"agreement\":0.75,"), 0u) << json;
   EXPECT_NE(json.find("\"agreement_beyond\":0.5,"), std::string::npos) << json;
   EXPECT_NE(json.find("\"blocking_agreement\":1,"), std::string::npos) << json;
-  EXPECT_NE(json.find("\"budget\":0.25,\"tau\":0.8,"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"budget\":0.25,\"tau\":0.8,\"device\":\"cpu\","),
+            std::string::npos)
+      << json;
   const std::string table = FormatEvalTable(cells, {within, beyond}, 256);
   EXPECT_NE(table.find("| 512 (beyond) | freekv | 0.25"), std::string::npos) << table;
   EXPECT_NE(table.find("| 75.00% |"), std::string::npos) << table;

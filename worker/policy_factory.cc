@@ -1,13 +1,12 @@
 #include "worker/policy_factory.h"
 
 #include "absl/strings/str_cat.h"
-#include "worker/model/full_attention.h"
 
 namespace freekv {
 
 absl::Status PolicyBundle::Release(int64_t sequence) {
   if (retrieval != nullptr) return retrieval->Release(sequence);
-  static_cast<FullAttention*>(policy.get())->Release(sequence);
+  if (full != nullptr) full->Release(sequence);
   return absl::OkStatus();
 }
 
@@ -25,6 +24,7 @@ absl::StatusOr<PolicyBundle> MakePolicy(PolicyKind kind, const ModelConfig& mode
     absl::StatusOr<std::unique_ptr<FullAttention>> full =
         FullAttention::Create(model, config.page_tokens);
     if (!full.ok()) return full.status();
+    bundle.full = full->get();
     bundle.policy = *std::move(full);
     return bundle;
   }

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "worker/kv_service_link.h"
 #include "worker/model/attention_policy.h"
+#include "worker/model/full_attention.h"
 #include "worker/policy_kind.h"
 #include "worker/retrieval_policy.h"
 
@@ -23,9 +24,12 @@ namespace freekv {
 struct PolicyBundle {
   std::unique_ptr<KvServiceLink> link;  // freekv and blocking only
   std::unique_ptr<AttentionPolicy> policy;
-  RetrievalPolicy* retrieval = nullptr;  // `policy` unless it is full
+  RetrievalPolicy* retrieval = nullptr;  // `policy` when it is a retrieval policy
+  FullAttention* full = nullptr;         // `policy` when it is full
 
-  // Forgets a finished sequence (and frees its pages in the kvservice).
+  // Forgets a finished sequence (and frees its pages in the kvservice). A policy that
+  // is neither (e.g. the evaluation's exact ceiling) frees its sequences when it is
+  // destroyed.
   absl::Status Release(int64_t sequence);
   // The retrieval statistics; empty for full.
   std::optional<DecodeStats> stats() const;

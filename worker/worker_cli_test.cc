@@ -2,7 +2,8 @@
 // cannot be read) give exit code 2 and a message that names the flag; runs on stories15M
 // print the text and, with --json, a last line carrying the fields others rely on; freekv
 // through a real kvservice with a budget covering the context generates exactly full
-// attention's tokens.
+// attention's tokens. A worker built without CUDA refuses --device=gpu and says how to
+// build one that does (worker/gpu_backend_cuda_test.cc tests the GPU).
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -69,6 +70,8 @@ TEST(WorkerCliTest, BadFlagsGiveClearErrors) {
       {"--policy=oracle --prompt=x --tau=nan", "--tau is nan"},
       {"--policy=freekv --prompt=x --socket=",
        "keeps pages in the kvservice: give --socket"},
+      {"--device=tpu --policy=full --prompt=x",
+       "--device is \"tpu\"; expected cpu or gpu"},
   };
   for (const auto& [flags, message] : cases) {
     const Result r = RunWorker(flags);
@@ -82,6 +85,18 @@ TEST(WorkerCliTest, BadFlagsGiveClearErrors) {
       << model.output;
 }
 
+TEST(WorkerCliTest, GpuNeedsACudaBuild) {
+#ifdef FREEKV_WORKER_HAS_CUDA
+  GTEST_SKIP() << "this worker was built with CUDA";
+#endif
+  const Result r = RunWorker("--device=gpu --policy=full --prompt=x");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("this worker was built without CUDA; build with --config=cuda "
+                          "(see README: ./freekv gpu)"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST(WorkerCliTest, OracleRunPrintsTextAndJson) {
   const Result r = RunWorker(
       "--policy=oracle --prompt='Once upon a time' --steps=12 --page_tokens=4 "
@@ -92,7 +107,10 @@ TEST(WorkerCliTest, OracleRunPrintsTextAndJson) {
       << r.output;
   EXPECT_EQ(r.last_line().front(), '{') << r.output;
   EXPECT_EQ(r.field("policy"), "\"oracle\"");
+  EXPECT_EQ(r.field("device"), "\"cpu\"");
   EXPECT_EQ(r.field("tokens"), "12");
+  EXPECT_EQ(r.field("offloaded_pages"), "null");  // the CPU does not count them
+  EXPECT_NE(r.field("correction_rate_per_layer"), "null");
   EXPECT_EQ(r.field("pages_recalled"), "0");  // the oracle keeps every page
   for (const char* key :
        {"tokens_per_s", "correction_rate", "speculation_hit_rate", "stall_s"}) {

@@ -4,7 +4,8 @@
 //   worker --policy=freekv --socket=/run/freekv/kvservice.sock --prompt="Once upon"
 //
 // freekv and blocking keep the KV pages in the kvservice at --socket; full and oracle
-// need no service. With --json the last line is one JSON object.
+// need no service. --device=gpu decodes on the GPU (a build with --config=cuda). With
+// --json the last line is one JSON object.
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -19,14 +20,16 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/time/clock.h"
-#include "worker/decode_loop.h"
+#include "worker/backend_factory.h"
+#include "worker/decode_stats.h"
 #include "worker/model_source.h"
-#include "worker/policy_factory.h"
+#include "worker/policy_kind.h"
 #include "worker/retrieval_flags.h"
 
 ABSL_FLAG(std::string, policy, "freekv",
           "Decode policy: full, freekv, blocking or oracle.");
+ABSL_FLAG(std::string, device, "cpu",
+          "Where the model runs: cpu (fp32) or gpu (bf16; a build with --config=cuda).");
 ABSL_FLAG(std::string, model, "",
           "Model: a directory holding model.bin (llama2.c) or *.safetensors, or one such "
           "file. Default: the cached stories15M.");
@@ -76,6 +79,7 @@ absl::StatusOr<std::vector<std::string>> PromptsFromFlags() {
 
 // Everything main needs, checked before any work starts.
 struct Setup {
+  Device device;
   PolicyKind kind;
   LoadedModel model;
   RetrievalConfig config;
@@ -83,7 +87,7 @@ struct Setup {
   int steps = 0;
 };
 
-absl::StatusOr<Setup> SetupFromFlags() {
+absl::StatusOr<Setup> SetupFromFlags(Device device) {
   absl::StatusOr<PolicyKind> kind = ParsePolicyKind(absl::GetFlag(FLAGS_policy));
   if (!kind.ok())
     return absl::InvalidArgumentError(absl::StrCat("--", kind.status().message()));
@@ -105,24 +109,26 @@ absl::StatusOr<Setup> SetupFromFlags() {
       RetrievalConfigFromFlags(model->weights.config);
   if (!config.ok()) return config.status();
   config->max_sequences = static_cast<int32_t>(prompts->size());
-  return Setup{*kind, *std::move(model), *std::move(config), *std::move(prompts), steps};
+  return Setup{device, *kind, *std::move(model), *std::move(config),
+               *std::move(prompts), steps};
 }
 
-std::string StatsJson(const std::optional<DecodeStats>& stats) {
-  if (!stats) {
-    return "\"pages_recalled\":0,\"pages_recalled_per_step\":0,\"correction_rate\":null,"
-           "\"correction_rate_per_layer\":[],\"speculation_hit_rate\":null,\"stall_s\":0";
-  }
-  std::vector<std::string> per_layer;
-  for (size_t l = 0; l < stats->layers.size(); ++l) {
-    per_layer.push_back(JsonNumber(stats->layer_correction_rate(static_cast<int>(l))));
+// The statistics' JSON fields; a figure the device does not measure is null.
+std::string StatsJson(const BackendStats& stats) {
+  std::string per_layer = "null";
+  if (stats.layer_corrections) {
+    std::vector<std::string> rates;
+    for (const Tally& t : *stats.layer_corrections) rates.push_back(JsonNumber(t.rate()));
+    per_layer = absl::StrCat("[", absl::StrJoin(rates, ","), "]");
   }
   return absl::StrFormat(
       "\"pages_recalled\":%d,\"pages_recalled_per_step\":%s,\"correction_rate\":%s,"
-      "\"correction_rate_per_layer\":[%s],\"speculation_hit_rate\":%s,\"stall_s\":%s",
-      stats->Total().recalled_pages, JsonNumber(stats->pages_recalled_per_step()),
-      JsonNumber(stats->correction_rate()), absl::StrJoin(per_layer, ","),
-      JsonNumber(stats->speculation_hit_rate()), JsonNumber(stats->stall_seconds));
+      "\"correction_rate_per_layer\":%s,\"speculation_hit_rate\":%s,\"stall_s\":%s,"
+      "\"offloaded_pages\":%s",
+      stats.pages_recalled, JsonNumber(stats.pages_recalled_per_step()),
+      JsonNumber(stats.corrections.rate()), per_layer,
+      JsonNumber(stats.speculation_hits.rate()), JsonNumber(stats.stall_seconds),
+      stats.offloaded_pages ? absl::StrCat(*stats.offloaded_pages) : "null");
 }
 
 absl::Status Run(Setup& setup) {
@@ -132,26 +138,17 @@ absl::Status Run(Setup& setup) {
     request.prompts.push_back(tokenizer.Encode(p, /*bos=*/true, /*eos=*/false));
   }
   request.steps = setup.steps;
-  absl::StatusOr<PolicyBundle> bundle =
-      MakePolicy(setup.kind, setup.model.weights.config, setup.config,
-                 "unix:" + absl::GetFlag(FLAGS_socket));
-  if (!bundle.ok()) return bundle.status();
-  absl::StatusOr<Transformer> model = Transformer::Create(setup.model.weights);
-  if (!model.ok()) return model.status();
-  const absl::Time start = absl::Now();
-  absl::Time prefilled = start;
-  absl::StatusOr<std::vector<std::vector<int32_t>>> tokens = DecodeBatch(
-      *model, *bundle->policy, request, [&](int step, size_t, absl::Span<const float>) {
-        if (step == 0) prefilled = absl::Now();
-        return absl::OkStatus();
-      });
+  BackendOptions options;
+  options.policy = setup.kind;
+  options.config = setup.config;
+  options.target = "unix:" + absl::GetFlag(FLAGS_socket);
+  options.client_name =
+      setup.device == Device::kGpu ? "freekv-worker-gpu" : "freekv-worker";
+  absl::StatusOr<std::unique_ptr<DecodeBackend>> backend =
+      MakeBackend(setup.device, setup.model.weights, options);
+  if (!backend.ok()) return backend.status();
+  absl::StatusOr<std::vector<std::vector<int32_t>>> tokens = (*backend)->Decode(request);
   if (!tokens.ok()) return tokens.status();
-  const double prefill_s = absl::ToDoubleSeconds(prefilled - start);
-  const double decode_s = absl::ToDoubleSeconds(absl::Now() - prefilled);
-  const std::optional<DecodeStats> stats = bundle->stats();
-  if (bundle->retrieval != nullptr) {
-    if (auto s = bundle->retrieval->ReportStats(); !s.ok()) return s;
-  }
   std::vector<std::string> ids;
   for (size_t b = 0; b < tokens->size(); ++b) {
     absl::StatusOr<std::string> text = tokenizer.Decode((*tokens)[b]);
@@ -159,25 +156,29 @@ absl::Status Run(Setup& setup) {
     std::printf("== sequence %zu (%zu prompt tokens)\n%s%s\n", b,
                 request.prompts[b].size(), setup.prompts[b].c_str(), text->c_str());
     ids.push_back(absl::StrCat("[", absl::StrJoin((*tokens)[b], ","), "]"));
-    if (auto s = bundle->Release(static_cast<int64_t>(b)); !s.ok()) return s;
+    if (auto s = (*backend)->Release(static_cast<int64_t>(b)); !s.ok()) return s;
   }
+  const BackendStats stats = (*backend)->stats();
   const size_t n = tokens->size();
   const double decode_tokens = static_cast<double>(n) * (setup.steps - 1);
-  const double tokens_per_s = decode_s > 0 ? decode_tokens / decode_s : 0.0;
+  const double tokens_per_s =
+      stats.decode_seconds > 0 ? decode_tokens / stats.decode_seconds : 0.0;
+  const char* device = DeviceName(setup.device);
   std::printf(
-      "== %s: %zu sequences x %d tokens; prefill %.3f s, decode %.3f s, %.1f tokens/s\n",
-      PolicyKindName(setup.kind), n, setup.steps, prefill_s, decode_s, tokens_per_s);
-  if (stats) std::printf("%s", FormatStats(*stats).c_str());
+      "== %s on the %s: %zu sequences x %d tokens; prefill %.3f s, decode %.3f s, "
+      "%.1f tokens/s\n",
+      PolicyKindName(setup.kind), device, n, setup.steps, stats.prefill_seconds,
+      stats.decode_seconds, tokens_per_s);
+  std::printf("%s", stats.text.c_str());
   if (absl::GetFlag(FLAGS_json)) {
-    std::printf("%s\n",
-                absl::StrFormat("{\"policy\":\"%s\",\"sequences\":%d,\"tokens\":%d,"
-                                "\"tokens_per_s\":%s,\"prefill_s\":%s,\"decode_s\":%s,"
-                                "\"budget_tokens\":%d,%s,\"token_ids\":[%s]}",
-                                PolicyKindName(setup.kind), n, n * setup.steps,
-                                JsonNumber(tokens_per_s), JsonNumber(prefill_s),
-                                JsonNumber(decode_s), setup.config.budget_tokens(),
-                                StatsJson(stats), absl::StrJoin(ids, ","))
-                    .c_str());
+    const std::string json = absl::StrFormat(
+        "{\"policy\":\"%s\",\"device\":\"%s\",\"sequences\":%d,\"tokens\":%d,"
+        "\"tokens_per_s\":%s,\"prefill_s\":%s,\"decode_s\":%s,\"budget_tokens\":%d,%s,"
+        "\"token_ids\":[%s]}",
+        PolicyKindName(setup.kind), device, n, n * setup.steps, JsonNumber(tokens_per_s),
+        JsonNumber(stats.prefill_seconds), JsonNumber(stats.decode_seconds),
+        setup.config.budget_tokens(), StatsJson(stats), absl::StrJoin(ids, ","));
+    std::printf("%s\n", json.c_str());
   }
   return absl::OkStatus();
 }
@@ -188,9 +189,23 @@ absl::Status Run(Setup& setup) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "decodes a prompt with a Llama-family model under a FreeKV decode policy.\n"
-      "  worker --policy=freekv --socket=PATH --prompt=TEXT [--steps=N] [--json]");
+      "  worker --policy=freekv --socket=PATH --prompt=TEXT [--steps=N] [--json] "
+      "[--device=cpu|gpu]");
   absl::ParseCommandLine(argc, argv);
-  absl::StatusOr<freekv::Setup> setup = freekv::SetupFromFlags();
+  absl::StatusOr<freekv::Device> device =
+      freekv::ParseDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) {
+    std::fprintf(stderr, "worker: --%s\n",
+                 std::string(device.status().message()).c_str());
+    return 2;
+  }
+  // Before anything touches CUDA (the GPU's recall gates need eager loading); a build
+  // without CUDA cannot serve the flag.
+  if (absl::Status s = freekv::PrepareDevice(*device); !s.ok()) {
+    std::fprintf(stderr, "worker: --device=gpu: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  absl::StatusOr<freekv::Setup> setup = freekv::SetupFromFlags(*device);
   if (!setup.ok()) {
     // Flags, prompt, model and tokenizer are all named on the command line.
     std::fprintf(stderr, "worker: %s\n", std::string(setup.status().message()).c_str());

@@ -12,9 +12,11 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda_util.h"
+#include "worker/freekv_gpu/generation.h"
 #include "worker/freekv_gpu/gpu_decoder.h"
 #include "worker/freekv_gpu/layer_state.h"
 #include "worker/freekv_gpu/recall_driver.h"
@@ -27,6 +29,11 @@ StateShape ShapeOf(const GpuDecoderOptions& o, const ModelConfig& c);
 struct GpuDecoder::Impl {
   // Pinned buffers the step inputs rotate through while earlier copies may be pending.
   static constexpr int kInputRing = 3;
+
+  // Checks the options against the model and the session, then allocates (Init).
+  static absl::StatusOr<std::unique_ptr<Impl>> Create(GpuLlama& model,
+                                                      const GpuDecoderOptions& options,
+                                                      CudaKvClient* kv);
 
   GpuLlama* model = nullptr;
   GpuDecoderOptions options;
@@ -46,6 +53,11 @@ struct GpuDecoder::Impl {
   std::optional<StepInputs> graph_shape;             // what they were captured for
   int32_t steps_run = 0;
   double enqueue_seconds = 0;
+  // freekv: (layer, sequence, KV head) similarity checks enqueued (steps that select,
+  // the priming step aside): the denominator of the correction rate.
+  uint64_t checked_heads = 0;
+  // Real decoding only (options.real(), generation.cc).
+  std::unique_ptr<Generation> generation;
 
   int32_t L() const { return options.layers; }
   uint32_t* gate(int layer, bool correction) const {
@@ -55,6 +67,9 @@ struct GpuDecoder::Impl {
     return inputs.span<int32_t>().data() + in.step_at();
   }
   absl::Status Init();
+  ~Impl();
+  // Enqueues decode step t; real decoding also picks the next tokens and keeps the
+  // pages that fill (generation.cc).
   absl::Status Step(int32_t t);
   // The shape of step t (its position is the context plus t).
   StepShape ShapeAt(int32_t t) const;
@@ -63,14 +78,50 @@ struct GpuDecoder::Impl {
   absl::Status EnqueueStep(const StepInputs& in, bool prime,
                            const std::function<absl::Status(int)>& after_layer);
   absl::Status EnqueueLayer(bool prime, int layer, const StepInputs& in);
-  // What the recall driver must do for (step, layer), in the order the GPU waits.
-  void PushLayerItems(int32_t t, int layer);
+  // What the recall driver must do for (step, layer), in the order the GPU waits;
+  // nothing when the step has no candidate to select.
+  void PushLayerItems(int32_t t, int layer, bool selects);
   // Scores and selects the pages of every head; with `diff`, also what the resident
   // set lacks (the diff's block, in pinned memory).
   absl::Status Select(int layer, const StepInputs& in, const DiffSet* diff);
   absl::Status Attend(int layer, const StepInputs& in);
+  // The real oracle: the selection's pages into the step's page table (over_full).
+  absl::Status WriteSelectedPages(const StepInputs& in);
   // The spec (or correction) gate of a layer, as step `in` waits for it.
   GateHold HoldAt(const StepInputs& in, int layer, bool correction) const;
+
+  // Real decoding (generation.cc). The page work of step t that the host plans: pool
+  // pages promoted into slots before the step (PromotionsAt) and the pages the step
+  // fills, digested (and offloaded) after it. Uploaded with the step's inputs.
+  struct StepJobs {
+    int32_t promotions = 0, resident_writes = 0, fills = 0;
+    std::vector<int32_t> flat;  // src, dst | resident index, page | pool, seq, logical
+    std::vector<std::pair<int32_t, int64_t>> filled;  // (sequence, logical page)
+    static size_t Capacity(int32_t batch, int32_t kv_heads) {
+      return size_t(batch) * (5 + 2 * size_t(kv_heads));
+    }
+  };
+  // `first_forced`: per sequence the token fed to decode step 0, or -1 (the argmax).
+  absl::Status InitGeneration(absl::Span<const int32_t> first_forced);
+  // Prefills sequence b (the model's rows are its prompt's tokens, chunk by chunk),
+  // places its pages where the policy keeps them and picks its first token.
+  absl::Status Prefill(int32_t b, absl::Span<const int32_t> prompt);
+  absl::Status PlacePrefill(int32_t b, int64_t tokens);
+  // After every prefill: the slots' residency, the first tokens.
+  absl::Status StartDecode();
+  StepJobs PlanStepJobs(int32_t t) const;
+  absl::Status BeforeRealStep(int32_t t, const StepJobs& jobs,
+                              absl::Span<const int32_t> device_jobs);
+  absl::Status AfterRealStep(int32_t t, const StepInputs& in, const StepJobs& jobs,
+                             absl::Span<const int32_t> device_jobs);
+  // Digests (sparse) and offloads (recalls) of `pages` of every layer; the lists are
+  // device memory. Offloads go through the offloader and are recorded per page.
+  absl::Status KeepPages(const std::vector<const kernels::PagedKv<BFloat16>*>& views,
+                         absl::Span<const int32_t> pool_pages, absl::Span<const int32_t> seqs,
+                         absl::Span<const int32_t> logical,
+                         const std::vector<std::pair<int32_t, int64_t>>& pages);
+  // Copies `host` into `uploads` on the stream (after waiting for the stream).
+  absl::StatusOr<absl::Span<const int32_t>> Upload(absl::Span<const int32_t> host);
 };
 
 }  // namespace freekv::gpu

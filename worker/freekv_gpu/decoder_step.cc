@@ -6,6 +6,7 @@
 #include "kernels/decode_attention.h"
 #include "kernels/score.h"
 #include "worker/freekv_gpu/decoder_impl.h"
+#include "worker/freekv_gpu/generation.h"
 
 namespace freekv::gpu {
 
@@ -83,9 +84,18 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     return OpenGateIfNone(
         {zero.span<int32_t>().data(), gate(layer, correction), step_number(in), 1}, s);
   };
-  const bool own = options.skip_recall;
-  if (p == GpuPolicy::kOracle) FREEKV_RETURN_IF_ERROR(Select(layer, in, nullptr));
-  if (p == GpuPolicy::kBlocking || prime) {
+  // Nothing to select (every sequence fits in its sinks and window): the stream opens
+  // the recall gates itself, as when recalls are left out.
+  const bool selects = in.max_candidates() > 0;
+  const bool own = options.skip_recall || !selects;
+  if (p == GpuPolicy::kOracle && selects) {
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, nullptr));
+    if (shape.over_full) FREEKV_RETURN_IF_ERROR(WriteSelectedPages(in));
+  }
+  if (!selects && Recalls(p)) {
+    FREEKV_RETURN_IF_ERROR(open_now(true));
+    if (p == GpuPolicy::kFreeKv) FREEKV_RETURN_IF_ERROR(open_now(false));
+  } else if (p == GpuPolicy::kBlocking || prime) {
     // Select with the current query, recall what is missing, wait for it.
     FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff));
     FREEKV_RETURN_IF_ERROR(st.diff.Publish(step_number(in), s));
@@ -131,8 +141,8 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
   return model->PostAttention(layer, options.batch, s);
 }
 
-void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer) {
-  if (driver == nullptr) return;
+void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer, bool selects) {
+  if (driver == nullptr || !selects) return;
   const bool prime = options.policy == GpuPolicy::kFreeKv && t == 0;
   const DiffSet& d = layers[layer].diff;
   auto push = [&](bool correction, HeadMask heads, uint64_t serves) {
@@ -158,24 +168,37 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer) {
 
 StepShape GpuDecoder::Impl::ShapeAt(int32_t t) const {
   StepShape step;
-  step.batch = options.batch;
   step.num_kv_heads = model->config().num_kv_heads;
   step.page_tokens = shape.page_tokens;
-  step.position = options.context + t;
+  for (int32_t b = 0; b < options.batch; ++b) {
+    step.positions.push_back((options.real() ? options.prompt_lengths[b] : options.context) +
+                             t);
+  }
   step.step = t;
-  step.sparse = shape.sparse;
+  step.kind = !shape.sparse    ? TableKind::kFull
+              : shape.over_full ? TableKind::kSelectedOverFull
+                                : TableKind::kResident;
   step.layout = options.layout;
   step.full_pages_per_seq = shape.full_pages;
+  if (generation != nullptr && !generation->forced.empty()) {
+    for (const std::vector<int32_t>& row : generation->forced) {
+      step.next_forced.push_back(size_t(t) + 1 < row.size() ? row[t + 1] : -1);
+    }
+  }
   return step;
 }
 
 absl::Status GpuDecoder::Impl::EnqueueStep(
     const StepInputs& in, bool prime, const std::function<absl::Status(int)>& after_layer) {
   const ModelConfig& c = model->config();
-  FREEKV_RETURN_IF_ERROR(DriftCuda(base.span<const BFloat16>(), options.drift,
-                                   step_number(in),
-                                   model->hidden().subspan(0, size_t(options.batch) * c.dim),
-                                   stream));
+  if (options.real()) {
+    FREEKV_RETURN_IF_ERROR(model->Embed(options.batch, stream));  // the picked tokens
+  } else {
+    FREEKV_RETURN_IF_ERROR(DriftCuda(base.span<const BFloat16>(), options.drift,
+                                     step_number(in),
+                                     model->hidden().subspan(0, size_t(options.batch) * c.dim),
+                                     stream));
+  }
   for (int l = 0; l < L(); ++l) {
     FREEKV_RETURN_IF_ERROR(EnqueueLayer(prime, l, in));
     FREEKV_RETURN_IF_ERROR(after_layer(l));
@@ -189,14 +212,24 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
   const absl::Time start = absl::Now();
   auto in = StepInputs::Build(ShapeAt(t));
   if (!in.ok()) return in.status();
+  const StepJobs jobs = options.real() ? PlanStepJobs(t) : StepJobs{};
   const kernels::PinnedBuffer& staged = staged_inputs[t % kInputRing];
+  const size_t n = in->all().size();
   std::copy(in->all().begin(), in->all().end(), staged.span<int32_t>().begin());
+  std::copy(jobs.flat.begin(), jobs.flat.end(), staged.span<int32_t>().begin() + n);
   FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(inputs.data(), staged.data(),
-                                            in->all().size() * sizeof(int32_t), stream));
+                                            (n + jobs.flat.size()) * sizeof(int32_t), stream));
+  const absl::Span<const int32_t> device_jobs =
+      inputs.span<const int32_t>().subspan(n, jobs.flat.size());
   FREEKV_RETURN_IF_ERROR(CopyWordsCuda(model->positions().subspan(0, options.batch),
                                        inputs.span<const int32_t>().subspan(0, options.batch),
                                        stream));
+  if (options.real()) FREEKV_RETURN_IF_ERROR(BeforeRealStep(t, jobs, device_jobs));
   const bool prime = options.policy == GpuPolicy::kFreeKv && t == 0;
+  const bool selects = in->max_candidates() > 0;
+  if (options.policy == GpuPolicy::kFreeKv && !prime && selects) {
+    checked_heads += uint64_t(L()) * in->num_lists();
+  }
   if (options.graphs && !prime && !options.host_wait) {
     if (!graph_shape.has_value() || !graph_shape->SameShape(*in)) {
       step_graph.reset();
@@ -208,13 +241,14 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
       graph_shape = *in;
     }
     FREEKV_RETURN_IF_ERROR(step_graph->Launch(stream));
-    for (int l = 0; l < L(); ++l) PushLayerItems(t, l);
+    for (int l = 0; l < L(); ++l) PushLayerItems(t, l, selects);
   } else {
     FREEKV_RETURN_IF_ERROR(EnqueueStep(*in, prime, [&](int l) {
-      PushLayerItems(t, l);
+      PushLayerItems(t, l, selects);
       return options.host_wait && driver != nullptr ? driver->Finish() : absl::OkStatus();
     }));
   }
+  if (options.real()) FREEKV_RETURN_IF_ERROR(AfterRealStep(t, *in, jobs, device_jobs));
   FREEKV_RETURN_IF_ERROR(step_end[t].Record(stream));
   enqueue_seconds += absl::ToDoubleSeconds(absl::Now() - start);
   return absl::OkStatus();

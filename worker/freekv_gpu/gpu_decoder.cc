@@ -47,10 +47,13 @@ StateShape ShapeOf(const GpuDecoderOptions& o, const ModelConfig& c) {
   s.q_heads = c.num_heads;
   s.kv_heads = c.num_kv_heads;
   s.head_dim = c.head_dim;
-  s.page_tokens = kPageTokens;
+  s.page_tokens = o.page_tokens;
   s.sparse = o.policy != GpuPolicy::kFull;
+  s.over_full = o.real() && o.policy == GpuPolicy::kOracle;
   s.layout = o.layout;
-  const int32_t pages = static_cast<int32_t>((o.context + o.max_steps) / kPageTokens + 1);
+  int64_t longest = o.context;
+  for (int64_t len : o.prompt_lengths) longest = std::max(longest, len);
+  const int32_t pages = static_cast<int32_t>((longest + o.max_steps) / o.page_tokens + 1);
   s.digest_pages = pages;
   s.full_pages = pages;
   return s;
@@ -76,7 +79,7 @@ std::string GpuPolicyName(GpuPolicy p) {
 }
 
 uint64_t GpuDecoder::SlotBytes(const GpuDecoderOptions& o, const ModelConfig& c) {
-  return uint64_t(o.batch) * c.num_kv_heads * o.layout.selected * 2 * kPageTokens * c.head_dim *
+  return uint64_t(o.batch) * c.num_kv_heads * o.layout.selected * 2 * o.page_tokens * c.head_dim *
          sizeof(BFloat16);
 }
 
@@ -118,7 +121,9 @@ absl::Status GpuDecoder::Impl::Init() {
   // The inputs only grow with the position: size the buffers for the last step.
   auto largest = StepInputs::Build(ShapeAt(options.max_steps));
   if (!largest.ok()) return largest.status();
-  const size_t input_bytes = largest->all().size() * 4;
+  const size_t input_bytes =
+      (largest->all().size() +
+       (options.real() ? StepJobs::Capacity(options.batch, c.num_kv_heads) : 0)) * 4;
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(input_bytes), &inputs));
   for (int i = 0; i < kInputRing; ++i) {
     PinnedBuffer b;
@@ -155,7 +160,7 @@ GpuDecoder::~GpuDecoder() {
   impl_->stream_holder[0].Synchronize().IgnoreError();
 }
 
-absl::StatusOr<std::unique_ptr<GpuDecoder>> GpuDecoder::Create(
+absl::StatusOr<std::unique_ptr<GpuDecoder::Impl>> GpuDecoder::Impl::Create(
     GpuLlama& model, const GpuDecoderOptions& options, CudaKvClient* kv) {
   const ModelConfig& c = model.config();
   if (options.batch < 1 || options.batch > model.max_batch()) {
@@ -167,17 +172,24 @@ absl::StatusOr<std::unique_ptr<GpuDecoder>> GpuDecoder::Create(
         "layers ", options.layers, " outside [1, ", c.num_layers, "] or max_steps ",
         options.max_steps, " below 2"));
   }
+  if (options.page_tokens < 1 ||
+      (options.real() && options.prompt_lengths.size() != size_t(options.batch))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page_tokens ", options.page_tokens, " below 1 or ", options.prompt_lengths.size(),
+        " prompt lengths for a batch of ", options.batch));
+  }
   if (NeedsSession(options)) {
     if (kv == nullptr || options.sequence_ids.size() != size_t(options.batch)) {
       return absl::InvalidArgumentError(absl::StrCat(
           GpuPolicyName(options.policy), " needs a CUDA IPC session and ", options.batch,
           " sequence ids; got ", options.sequence_ids.size()));
     }
-    if (kv->regions().slot_bytes() != SlotBytes(options, c) ||
+    if (kv->regions().slot_bytes() < SlotBytes(options, c) ||
         kv->regions().num_layers() < uint32_t(options.layers)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the session's slots hold ", kv->regions().slot_bytes(), " bytes for ",
-          kv->regions().num_layers(), " layers; this decoder needs ", SlotBytes(options, c),
+          kv->regions().num_layers(), " layers; this decoder needs at least ",
+          SlotBytes(options, c),
           " for ", options.layers));
     }
   }
@@ -187,7 +199,14 @@ absl::StatusOr<std::unique_ptr<GpuDecoder>> GpuDecoder::Create(
   impl->shape = ShapeOf(options, c);
   impl->kv = kv;
   FREEKV_RETURN_IF_ERROR(impl->Init());
-  return std::unique_ptr<GpuDecoder>(new GpuDecoder(std::move(impl)));
+  return impl;
+}
+
+absl::StatusOr<std::unique_ptr<GpuDecoder>> GpuDecoder::Create(
+    GpuLlama& model, const GpuDecoderOptions& options, CudaKvClient* kv) {
+  auto impl = Impl::Create(model, options, kv);
+  if (!impl.ok()) return impl.status();
+  return std::unique_ptr<GpuDecoder>(new GpuDecoder(*std::move(impl)));
 }
 
 absl::StatusOr<GpuStepStats> GpuDecoder::Run(int32_t warmup, int32_t steps) {

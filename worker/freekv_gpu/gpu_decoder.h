@@ -62,6 +62,14 @@ struct GpuDecoderOptions {
   // GPU idles meanwhile) instead of leaving the wait to a gate on the stream.
   bool host_wait = false;
   std::vector<uint64_t> sequence_ids;  // one per batch row (freekv, blocking)
+  int32_t page_tokens = kPageTokens;
+  // Real decoding (GpuGenerator, gpu_generator.h): each row's prompt length, the
+  // position of its first decode step; the input is the tokens the previous step
+  // picked, and the oracle attends over every page kept on the GPU. Empty for the
+  // benchmark: every row at `context`, random K, V and digests, a drifting input.
+  std::vector<int64_t> prompt_lengths;
+
+  bool real() const { return !prompt_lengths.empty(); }
 };
 
 struct GpuStepStats {
@@ -109,8 +117,11 @@ class GpuDecoder {
   };
   absl::StatusOr<ResidentSnapshot> Snapshot(int layer) const;
 
- private:
+  // The state and the step machinery (decoder_impl.h), internal to worker/freekv_gpu:
+  // GpuGenerator drives one directly for real decoding.
   struct Impl;
+
+ private:
   explicit GpuDecoder(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

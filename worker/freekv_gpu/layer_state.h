@@ -19,6 +19,8 @@ namespace freekv::gpu {
 struct StateShape {
   int32_t batch = 0, q_heads = 0, kv_heads = 0, head_dim = 0, page_tokens = 0;
   bool sparse = true;
+  // Sparse lists over a full pool (the real oracle: every page stays on the GPU).
+  bool over_full = false;
   ResidentLayout layout;
   int32_t digest_pages = 0;  // sparse: logical pages a digest table covers
   int32_t full_pages = 0;    // full: pool pages per sequence
@@ -26,7 +28,7 @@ struct StateShape {
   int32_t lists() const { return batch * kv_heads; }
   int64_t page_elems() const { return int64_t{page_tokens} * kv_heads * head_dim; }
   int64_t pool_pages() const {
-    return int64_t{batch} * (sparse ? layout.pages_per_seq() : full_pages);
+    return int64_t{batch} * (sparse && !over_full ? layout.pages_per_seq() : full_pages);
   }
 };
 

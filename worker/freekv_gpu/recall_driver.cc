@@ -209,9 +209,11 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
     }
     const CudaRegions& regions = kv_.regions();
     FREEKV_RETURN_IF_ERROR(regions.WaitSlotReady(t.layer, t.slot, stream_.get()));
+    // This batch's slice places; the session's slots may be sized for a larger batch.
+    const size_t places = sequence_ids_.size() * num_kv_heads_ * layout_.selected;
     const absl::Span<const BFloat16> slot(
         reinterpret_cast<const BFloat16*>(regions.staging_slot(t.layer, t.slot)),
-        regions.slot_bytes() / sizeof(BFloat16));
+        places * kv_.client().geometry().head_slice_bytes() / sizeof(BFloat16));
     const LayerResidency& layer = layers_[item.layer];
     FREEKV_RETURN_IF_ERROR(ApplyRecallCuda(slot, item.diff, item.heads,
                                            layer.pool, layout_, layer.resident,
