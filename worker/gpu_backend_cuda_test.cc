@@ -122,11 +122,17 @@ TEST_F(GpuBackendTest, FullFollowsTheCpusGreedyContinuation) {
   EXPECT_FALSE(stats.layer_corrections.has_value());  // the GPU does not count them
 }
 
-TEST_F(GpuBackendTest, WholeContextBudgetFollowsFull) {
+// Two whole-context budgets: most pages kept in slots (filled as pages leave the
+// window), or every page in the window.
+class WholeContextTest : public GpuBackendTest,
+                         public ::testing::WithParamInterface<std::pair<int, int>> {};
+
+TEST_P(WholeContextTest, FollowsFull) {
   // The longest prompt (36 tokens) ends at 96 = 12 pages.
   const EvalContext context = Context(96);
   RetrievalConfig whole = SmallBudget();
-  whole.selected_pages = 12;  // with the sink and the window: every page, and more
+  whole.selected_pages = GetParam().first;
+  whole.window_pages = GetParam().second;
   auto full = Backend(Device::kGpu, PolicyKind::kFull, whole);
   ASSERT_TRUE(full);
   absl::StatusOr<Reference> reference = RunReference(*full, context);
@@ -146,6 +152,9 @@ TEST_F(GpuBackendTest, WholeContextBudgetFollowsFull) {
     EXPECT_GT(*stats.offloaded_pages, 0u) << PolicyKindName(policy);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Budgets, WholeContextTest,
+                         ::testing::Values(std::pair{12, 2}, std::pair{1, 13}));
 
 TEST_F(GpuBackendTest, SmallBudgetFreekvStaysCloseToFull) {
   // 192 tokens = 24 pages against a budget of 8: most pages live in the kvservice.
