@@ -3,7 +3,6 @@
 #include "worker/gpu_backend.h"
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
@@ -96,7 +95,7 @@ class GpuBackend : public DecodeBackend {
     absl::StatusOr<GpuGenerateOptions> go = GenerateOptionsFor(options);
     if (!go.ok()) return go.status();
     const int32_t sequences = options.config.max_sequences;
-    std::unique_ptr<GpuBackend> backend(new GpuBackend(weights.config, *go, sequences));
+    std::unique_ptr<GpuBackend> backend(new GpuBackend(*go, sequences));
     // Prefill chunks and the decode batch share the model's activation rows.
     absl::StatusOr<std::unique_ptr<gpu::GpuLlama>> model =
         gpu::GpuLlama::Create(weights, std::max(sequences, go->prefill_chunk));
@@ -130,8 +129,7 @@ class GpuBackend : public DecodeBackend {
     absl::StatusOr<std::vector<std::vector<int32_t>>> tokens =
         generator_->Decode(request, sink);
     if (!tokens.ok()) return tokens.status();
-    Add(generator_->stats(), request.prompts.size(),
-        absl::ToDoubleSeconds(absl::Now() - start));
+    Add(generator_->stats(), absl::ToDoubleSeconds(absl::Now() - start));
     return tokens;
   }
 
@@ -141,15 +139,14 @@ class GpuBackend : public DecodeBackend {
   BackendStats stats() const override { return stats_; }
 
  private:
-  GpuBackend(const ModelConfig& config, const GpuGenerateOptions& options,
-             int32_t max_sequences)
-      : config_(config), options_(options), max_sequences_(max_sequences) {
+  GpuBackend(const GpuGenerateOptions& options, int32_t max_sequences)
+      : options_(options), max_sequences_(max_sequences) {
     stats_.device = Device::kGpu;
     stats_.offloaded_pages = 0;
   }
 
   // Adds one Decode's figures; `wall` is its host wall time.
-  void Add(const GpuGenerateStats& s, size_t sequences, double wall) {
+  void Add(const GpuGenerateStats& s, double wall) {
     stats_.decode_steps += s.decode_steps;
     stats_.decode_seconds += s.decode_seconds;
     stats_.prefill_seconds += std::max(0.0, wall - s.decode_seconds);
@@ -158,12 +155,8 @@ class GpuBackend : public DecodeBackend {
     stats_.pages_recalled += s.slices;
     *stats_.offloaded_pages += s.offloaded_pages;
     if (options_.policy == GpuPolicy::kFreeKv) {
-      // The rate is a share of (step, layer, sequence, KV head): rebuild its counts so
-      // that rates pool over decodes and evaluation cells.
-      const uint64_t chances = static_cast<uint64_t>(s.decode_steps) *
-                               config_.num_layers * sequences * config_.num_kv_heads;
-      stats_.corrections.Add(Tally{
-          static_cast<uint64_t>(std::llround(s.correction_rate * chances)), chances});
+      // Counts, not the rate, so that rates pool over decodes and evaluation cells.
+      stats_.corrections.Add(Tally{s.flagged_heads, s.checked_heads});
     }
     if (gpu::Recalls(options_.policy)) stats_.text = Text();
   }
@@ -178,7 +171,6 @@ class GpuBackend : public DecodeBackend {
         stats_.decode_seconds, Percent(stats_.corrections.rate()));
   }
 
-  const ModelConfig config_;
   const GpuGenerateOptions options_;
   const int32_t max_sequences_;
   // The generator borrows the model and the session: declared after them, it is

@@ -24,6 +24,14 @@
 
 namespace freekv::gpu {
 
+// *to = the value of `from`, or its error.
+template <typename T>
+absl::Status Assign(absl::StatusOr<T> from, T* to) {
+  if (!from.ok()) return from.status();
+  *to = *std::move(from);
+  return absl::OkStatus();
+}
+
 StateShape ShapeOf(const GpuDecoderOptions& o, const ModelConfig& c);
 
 struct GpuDecoder::Impl {
@@ -107,6 +115,8 @@ struct GpuDecoder::Impl {
   // places its pages where the policy keeps them and picks its first token.
   absl::Status Prefill(int32_t b, absl::Span<const int32_t> prompt);
   absl::Status PlacePrefill(int32_t b, int64_t tokens);
+  // Layer `layer`'s part of the prefill K and V, as a pool of pages.
+  kernels::PagedKv<BFloat16> PrefillView(int layer) const;
   // After every prefill: the slots' residency, the first tokens.
   absl::Status StartDecode();
   StepJobs PlanStepJobs(int32_t t) const;

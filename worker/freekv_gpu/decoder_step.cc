@@ -36,13 +36,11 @@ absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in, const Dif
 
 absl::Status GpuDecoder::Impl::Attend(int layer, const StepInputs& in) {
   const ModelConfig& c = model->config();
-  const kernels::PagedKv<BFloat16>& v = layers[layer].view;
-  const kernels::PagedKv<const BFloat16> pool{v.k, v.v, v.page_stride, v.num_pages,
-                                              v.page_tokens, v.num_kv_heads, v.head_dim};
+  const kernels::PagedKv<const BFloat16> pool = ConstView(layers[layer].view);
   const absl::Span<const int32_t> dev = inputs.span<int32_t>();
   const int32_t lists = in.num_lists();
   const kernels::PageTable table{dev.subspan(in.indptr_at(), lists + 1),
-                                 dev.subspan(in.indices_at(), size_t(lists) * in.max_pages()),
+                                 dev.subspan(in.indices_at(), in.indices_size()),
                                  dev.subspan(in.last_len_at(), lists),
                                  shape.sparse ? c.num_kv_heads : 1};
   kernels::DecodeOptions opt;

@@ -13,17 +13,6 @@
 #include "worker/freekv_gpu/generate_ops.h"
 
 namespace freekv::gpu {
-namespace {
-
-template <typename T>
-absl::Status Assign(absl::StatusOr<T> from, T* to) {
-  if (!from.ok()) return from.status();
-  *to = *std::move(from);
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 GpuDecoder::Impl::~Impl() = default;
 
 absl::Status GpuDecoder::Impl::InitGeneration(absl::Span<const int32_t> first_forced) {
@@ -76,14 +65,23 @@ absl::StatusOr<absl::Span<const int32_t>> GpuDecoder::Impl::Upload(
   return g.uploads.span<const int32_t>().subspan(0, host.size());
 }
 
+kernels::PagedKv<BFloat16> GpuDecoder::Impl::PrefillView(int layer) const {
+  const ModelConfig& c = model->config();
+  const Generation& g = *generation;
+  const int32_t P = shape.page_tokens;
+  const int64_t row = int64_t{c.num_kv_heads} * c.head_dim;
+  const int64_t layer_elems = 2 * g.prefill_capacity * row;
+  BFloat16* k = g.prefill_kv.span<BFloat16>().data() + layer * layer_elems;
+  return {k, k + layer_elems / 2, P * row, static_cast<int32_t>(g.prefill_capacity / P), P,
+          c.num_kv_heads, c.head_dim};
+}
+
 absl::Status GpuDecoder::Impl::Prefill(int32_t b, absl::Span<const int32_t> prompt) {
   const ModelConfig& c = model->config();
   Generation& g = *generation;
   const int64_t T = static_cast<int64_t>(prompt.size());
   const int32_t chunk = model->max_batch();
   const size_t row = size_t(c.num_kv_heads) * c.head_dim;
-  const size_t layer_elems = 2 * size_t(g.prefill_capacity) * row;
-  BFloat16* kv_all = g.prefill_kv.span<BFloat16>().data();
   const kernels::AttentionDims dims{c.num_heads, c.num_kv_heads, c.head_dim,
                                     1.0f / std::sqrt(static_cast<float>(c.head_dim))};
   auto words = [](BFloat16* p, size_t elems) {
@@ -102,8 +100,9 @@ absl::Status GpuDecoder::Impl::Prefill(int32_t b, absl::Span<const int32_t> prom
                                          dev->subspan(rows, rows), stream));
     FREEKV_RETURN_IF_ERROR(model->Embed(rows, stream));
     for (int l = 0; l < L(); ++l) {
-      BFloat16* k_all = kv_all + l * layer_elems;
-      BFloat16* v_all = k_all + layer_elems / 2;
+      const kernels::PagedKv<BFloat16> view = PrefillView(l);
+      BFloat16* k_all = view.k;
+      BFloat16* v_all = view.v;
       FREEKV_RETURN_IF_ERROR(model->PreAttention(l, rows, stream));
       const size_t n = rows * row;
       for (auto [dst, src] : {std::pair{k_all, model->k()}, std::pair{v_all, model->v()}}) {
@@ -141,13 +140,15 @@ absl::Status GpuDecoder::Impl::PlacePrefill(int32_t b, int64_t T) {
   Generation& g = *generation;
   const int32_t P = shape.page_tokens;
   const ResidentLayout& lay = options.layout;
-  // The split before decode step 0: the prompt's pages, the last one maybe partial.
-  const int64_t n = (T + P - 1) / P, full = T / P;
-  const int32_t sink_end = static_cast<int32_t>(std::min<int64_t>(lay.sink, n));
-  const int64_t window_begin = std::max<int64_t>(sink_end, n - lay.window);
-  const bool fits = window_begin - sink_end <= lay.selected;
+  // The split as the last prompt token left it: the prompt's pages, the last one
+  // maybe partial.
+  const PageSplit split = SplitAt(T - 1, P, lay);
+  const int64_t full = T / P;
+  const int32_t sink_end = split.sink_end;
+  const int64_t window_begin = split.window_begin;
+  const bool fits = split.candidates <= lay.selected;
   std::vector<int32_t> src, dst;  // prefill page -> pool page
-  for (int64_t p = 0; p < n; ++p) {
+  for (int64_t p = 0; p < split.pages; ++p) {
     int32_t to = -1;
     if (!shape.sparse || shape.over_full) {
       to = static_cast<int32_t>(b * shape.full_pages + p);
@@ -183,14 +184,9 @@ absl::Status GpuDecoder::Impl::PlacePrefill(int32_t b, int64_t T) {
   auto dev = Upload(host);
   if (!dev.ok()) return dev.status();
   const size_t m = src.size(), k = keep.size();
-  const size_t row = size_t(c.num_kv_heads) * c.head_dim;
-  const size_t layer_elems = 2 * size_t(g.prefill_capacity) * row;
   std::vector<kernels::PagedKv<BFloat16>> prefill_views;
   for (int l = 0; l < L(); ++l) {
-    BFloat16* k_all = g.prefill_kv.span<BFloat16>().data() + l * layer_elems;
-    prefill_views.push_back({k_all, k_all + layer_elems / 2, int64_t(P) * int64_t(row),
-                             static_cast<int32_t>(g.prefill_capacity / P), P,
-                             c.num_kv_heads, c.head_dim});
+    prefill_views.push_back(PrefillView(l));
     FREEKV_RETURN_IF_ERROR(CopyPagesCuda(ConstView(prefill_views.back()),
                                          dev->subspan(0, m), layers[l].view,
                                          dev->subspan(m, m), stream));

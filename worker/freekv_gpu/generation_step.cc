@@ -104,7 +104,7 @@ absl::Status GpuDecoder::Impl::WriteSelectedPages(const StepInputs& in) {
       selected.span<const int32_t>().subspan(0, size_t(lists) * options.layout.selected),
       options.layout.selected, model->config().num_kv_heads, shape.full_pages,
       dev.subspan(in.selected_start_at(), lists),
-      dev.subspan(in.indices_at(), in.all().size() - in.indices_at()), stream);
+      dev.subspan(in.indices_at(), in.indices_size()), stream);
 }
 
 }  // namespace freekv::gpu

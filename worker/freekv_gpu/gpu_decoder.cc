@@ -18,13 +18,6 @@ using kernels::CudaStream;
 using kernels::DeviceBuffer;
 using kernels::PinnedBuffer;
 
-template <typename T>
-absl::Status Assign(absl::StatusOr<T> from, T* to) {
-  if (!from.ok()) return from.status();
-  *to = *std::move(from);
-  return absl::OkStatus();
-}
-
 // For the owners with no empty state (streams, events, graphs).
 template <typename T>
 absl::Status Append(absl::StatusOr<T> from, std::vector<T>* to) {

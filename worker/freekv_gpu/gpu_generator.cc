@@ -47,7 +47,6 @@ absl::Status Drain(GpuDecoder::Impl& m) {
 absl::Status DeliverLogits(GpuDecoder::Impl& m, int step, int32_t first, int32_t rows,
                            const LogitsSink& sink) {
   const size_t vocab = m.model->config().vocab_size;
-  FREEKV_RETURN_IF_ERROR(m.stream_holder[0].Synchronize());
   std::vector<float> logits(size_t(rows) * vocab);
   FREEKV_RETURN_IF_ERROR(
       kernels::CopyAsync(logits.data(), m.model->logits().data(), logits.size() * 4,
@@ -171,8 +170,9 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> GpuGenerator::Decode(
     const RecallDriverStats d = m.driver->stats();
     stats_.recalls = d.recalls;
     stats_.slices = d.slices;
-    if (o.policy == GpuPolicy::kFreeKv && m.checked_heads > 0) {
-      stats_.correction_rate = double(d.flagged_heads) / m.checked_heads;
+    if (o.policy == GpuPolicy::kFreeKv) {
+      stats_.checked_heads = m.checked_heads;
+      stats_.flagged_heads = d.flagged_heads;
     }
   }
   if (m.generation != nullptr && m.generation->offloader != nullptr) {

@@ -49,9 +49,14 @@ struct GpuGenerateStats {
   uint64_t recalls = 0;
   uint64_t slices = 0;         // (page, head) blocks recalled
   uint64_t offloaded_pages = 0;
-  // freekv: share of the (step, layer, sequence, KV head) similarity checks that
-  // flagged the head (steps with candidates to select, after the priming step).
-  double correction_rate = 0;
+  // freekv: the (step, layer, sequence, KV head) similarity checks made (steps with
+  // candidates to select, after the priming step) and those that flagged the head.
+  uint64_t checked_heads = 0;
+  uint64_t flagged_heads = 0;
+
+  double correction_rate() const {
+    return checked_heads == 0 ? 0.0 : double(flagged_heads) / checked_heads;
+  }
 };
 
 class GpuGenerator {

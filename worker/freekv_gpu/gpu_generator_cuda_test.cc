@@ -161,16 +161,16 @@ TEST(GpuGenerator, RecalledPagesGiveTheOraclesAttentionAtASmallBudget) {
   opt.tau = 2.0f;  // every head corrected: blocking's pages
   const Result corrected = Decode(*rig, opt, request);
   EXPECT_LT(MaxDiff(corrected, oracle), 0.05f);
-  EXPECT_DOUBLE_EQ(corrected.stats.correction_rate, 1.0);
+  EXPECT_DOUBLE_EQ(corrected.stats.correction_rate(), 1.0);
   opt.tau = -2.0f;  // none corrected: the pages selected one step earlier
   const Result speculated = Decode(*rig, opt, request);
-  EXPECT_DOUBLE_EQ(speculated.stats.correction_rate, 0.0);
+  EXPECT_DOUBLE_EQ(speculated.stats.correction_rate(), 0.0);
   // Some heads corrected: the same tokens whether each step waits for the GPU (a
   // sink) or the steps run ahead of it (none): the gates, not the timing, decide.
   opt.tau = 0.8f;
   const Result mixed = Decode(*rig, opt, request);
-  EXPECT_GT(mixed.stats.correction_rate, 0.0);
-  EXPECT_LT(mixed.stats.correction_rate, 1.0);
+  EXPECT_GT(mixed.stats.correction_rate(), 0.0);
+  EXPECT_LT(mixed.stats.correction_rate(), 1.0);
   auto gen = Must(GpuGenerator::Create(*rig->model, opt, rig->kv.get()));
   EXPECT_EQ(Must(gen->Decode(request)), mixed.tokens);
   std::printf("max |logit diff|: oracle-full %.4f blocking-oracle %.4f "
@@ -206,7 +206,7 @@ TEST(GpuGenerator, RefusesWhatItCannotServe) {
   EXPECT_EQ(tokens->size(), r.prompts.size());
   EXPECT_EQ((*tokens)[3].size(), size_t(kSteps));
   EXPECT_GT(gen->stats().offloaded_pages, 0u);
-  EXPECT_GT(gen->stats().correction_rate, 0.0);
+  EXPECT_GT(gen->stats().correction_rate(), 0.0);
 }
 
 }  // namespace

@@ -100,6 +100,7 @@ class StepInputs {
   size_t last_len_at() const { return indptr_at() + lists_ + 1; }
   size_t selected_start_at() const { return last_len_at() + lists_; }
   size_t indices_at() const { return selected_start_at() + lists_; }
+  size_t indices_size() const { return data_.size() - indices_at(); }
 
  private:
   std::vector<int32_t> data_;
