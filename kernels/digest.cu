@@ -16,9 +16,15 @@ template <typename DT>
 __global__ void DigestKernel(const DT* k, int64_t page_stride, int32_t page_tokens,
                              int32_t num_kv_heads, int32_t head_dim,
                              const int32_t* pool_pages, const int32_t* seqs,
-                             const int32_t* logical_pages, DT* table, int32_t max_pages) {
+                             const int32_t* logical_pages, int32_t num_pages, DT* table,
+                             int32_t num_seqs, int32_t max_pages) {
   constexpr int kVec = VecLen<DT>();
   const int job = blockIdx.x;
+  // A job out of range is skipped (digest.h): its write would land outside the table.
+  if (pool_pages[job] < 0 || pool_pages[job] >= num_pages || seqs[job] < 0 ||
+      seqs[job] >= num_seqs || logical_pages[job] < 0 || logical_pages[job] >= max_pages) {
+    return;
+  }
   const DT* page = k + pool_pages[job] * page_stride;
   const int vecs_per_head = head_dim / kVec;
   const int64_t out_page =
@@ -63,8 +69,8 @@ absl::Status PageDigestCuda(const PagedKv<const T>& kv, const DigestJobs& jobs,
   const int threads = cols >= 256 ? 256 : (cols + 31) / 32 * 32;
   DigestKernel<DT><<<static_cast<unsigned>(n), threads, 0, stream>>>(
       Dev(kv.k), kv.page_stride, kv.page_tokens, kv.num_kv_heads, kv.head_dim,
-      jobs.pool_pages.data(), jobs.seqs.data(), jobs.logical_pages.data(),
-      Dev(table.data.data()), table.max_pages);
+      jobs.pool_pages.data(), jobs.seqs.data(), jobs.logical_pages.data(), kv.num_pages,
+      Dev(table.data.data()), table.num_seqs, table.max_pages);
   return LaunchStatus("DigestKernel");
 }
 

@@ -8,7 +8,10 @@
 // the keys' dtype (max and min of bf16 values are exact bf16 values).
 //
 // A job names a full page of the NHD pool (paged_kv.h) and where its digest goes:
-// jobs.pool_pages[i] -> (jobs.seqs[i], jobs.logical_pages[i]), every KV head.
+// jobs.pool_pages[i] -> (jobs.seqs[i], jobs.logical_pages[i]), every KV head. A job
+// outside the pool or the table is refused by the reference and skipped by the CUDA
+// kernel (which cannot see the device-side lists before it runs), so a bad list never
+// writes past the table.
 //
 // Thread safety: stateless; concurrent calls writing disjoint digests are safe.
 #ifndef FREEKV_KERNELS_DIGEST_H_

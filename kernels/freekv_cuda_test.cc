@@ -51,6 +51,44 @@ TEST(DigestCudaTest, BitExactAndWritesOnlyItsSlots) {
   EXPECT_EQ(mismatches, 0u);
 }
 
+TEST(DigestCudaTest, JobsOutOfRangeWriteNothing) {
+  std::mt19937 rng(302);
+  const std::vector<int32_t> lens = {32 * 6};
+  const TestPool<BFloat16> pool = MakeTestPool<BFloat16>(rng, lens, kPage, kHkv, kDim);
+  const int max_pages = 8;
+  // One good job between jobs naming a sequence, a logical page and a pool page
+  // outside their ranges (each would write past a table of one sequence).
+  const std::vector<int32_t> pages = {pool.seq_pages[0][1], pool.seq_pages[0][2], 1 << 20,
+                                      pool.seq_pages[0][3], -1};
+  const std::vector<int32_t> seqs = {5, 0, 0, 0, 0};
+  const std::vector<int32_t> logical = {1, 2, 3, max_pages, 4};
+  const size_t table_size = size_t{max_pages} * kHkv * 2 * kDim;
+  // The guard band after the table must stay poisoned.
+  const size_t guarded = table_size * 8;
+  std::vector<BFloat16> ref(guarded, BFloat16{0xFFFF});
+  ASSERT_TRUE(PageDigestRef<BFloat16>(pool.view(), {{&pages[1], 1}, {&seqs[1], 1},
+                                                    {&logical[1], 1}},
+                                      {absl::MakeSpan(ref).subspan(0, table_size), 1,
+                                       max_pages, kHkv, kDim}).ok());
+  EXPECT_FALSE(PageDigestRef<BFloat16>(pool.view(), {pages, seqs, logical},
+                                       {absl::MakeSpan(ref).subspan(0, table_size), 1,
+                                        max_pages, kHkv, kDim}).ok());
+  DeviceBuffer dk = Up(pool.k), dv = Up(pool.v), dtable = Poisoned<BFloat16>(guarded);
+  DeviceBuffer dp = Up(pages), ds = Up(seqs), dl = Up(logical);
+  PagedKv<const BFloat16> kv = pool.view();
+  kv.k = dk.span<const BFloat16>().data();
+  kv.v = dv.span<const BFloat16>().data();
+  ASSERT_TRUE(PageDigestCuda<BFloat16>(
+                  kv, {dp.span<const int32_t>(), ds.span<const int32_t>(),
+                       dl.span<const int32_t>()},
+                  {dtable.span<BFloat16>().subspan(0, table_size), 1, max_pages, kHkv, kDim},
+                  nullptr).ok());
+  const std::vector<BFloat16> got = Down<BFloat16>(dtable);
+  size_t mismatches = 0;
+  for (size_t i = 0; i < guarded; ++i) mismatches += got[i].bits != ref[i].bits;
+  EXPECT_EQ(mismatches, 0u);
+}
+
 // Candidate ranges of a batch.
 struct SelectCase {
   std::vector<int32_t> begin, count;

@@ -19,6 +19,7 @@
 #include "worker/freekv_gpu/generation.h"
 #include "worker/freekv_gpu/gpu_decoder.h"
 #include "worker/freekv_gpu/layer_state.h"
+#include "worker/freekv_gpu/page_plan.h"
 #include "worker/freekv_gpu/recall_driver.h"
 #include "worker/freekv_gpu/step_inputs.h"
 
@@ -98,17 +99,9 @@ struct GpuDecoder::Impl {
   // The spec (or correction) gate of a layer, as step `in` waits for it.
   GateHold HoldAt(const StepInputs& in, int layer, bool correction) const;
 
-  // Real decoding (generation.cc). The page work of step t that the host plans: pool
-  // pages promoted into slots before the step (PromotionsAt) and the pages the step
-  // fills, digested (and offloaded) after it. Uploaded with the step's inputs.
-  struct StepJobs {
-    int32_t promotions = 0, resident_writes = 0, fills = 0;
-    std::vector<int32_t> flat;  // src, dst | resident index, page | pool, seq, logical
-    std::vector<std::pair<int32_t, int64_t>> filled;  // (sequence, logical page)
-    static size_t Capacity(int32_t batch, int32_t kv_heads) {
-      return size_t(batch) * (5 + 2 * size_t(kv_heads));
-    }
-  };
+  // Real decoding (generation.cc, generation_step.cc). The page work of step t that
+  // the host plans (page_plan.h), uploaded with the step's inputs.
+  PagePlanShape PlanShape() const;
   // `first_forced`: per sequence the token fed to decode step 0, or -1 (the argmax).
   absl::Status InitGeneration(absl::Span<const int32_t> first_forced);
   // Prefills sequence b (the model's rows are its prompt's tokens, chunk by chunk),
@@ -120,6 +113,9 @@ struct GpuDecoder::Impl {
   // After every prefill: the slots' residency, the first tokens.
   absl::Status StartDecode();
   StepJobs PlanStepJobs(int32_t t) const;
+  // Before step t: promotions into slots (after the pages leaving the window are
+  // stored); after it: the next tokens, and the filled pages kept. `device_jobs` is
+  // the uploaded copy of jobs.flat().
   absl::Status BeforeRealStep(int32_t t, const StepJobs& jobs,
                               absl::Span<const int32_t> device_jobs);
   absl::Status AfterRealStep(int32_t t, const StepInputs& in, const StepJobs& jobs,

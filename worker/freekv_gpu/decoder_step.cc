@@ -214,11 +214,11 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
   const kernels::PinnedBuffer& staged = staged_inputs[t % kInputRing];
   const size_t n = in->all().size();
   std::copy(in->all().begin(), in->all().end(), staged.span<int32_t>().begin());
-  std::copy(jobs.flat.begin(), jobs.flat.end(), staged.span<int32_t>().begin() + n);
+  std::copy(jobs.flat().begin(), jobs.flat().end(), staged.span<int32_t>().begin() + n);
   FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(inputs.data(), staged.data(),
-                                            (n + jobs.flat.size()) * sizeof(int32_t), stream));
+                                            (n + jobs.flat().size()) * sizeof(int32_t), stream));
   const absl::Span<const int32_t> device_jobs =
-      inputs.span<const int32_t>().subspan(n, jobs.flat.size());
+      inputs.span<const int32_t>().subspan(n, jobs.flat().size());
   FREEKV_RETURN_IF_ERROR(CopyWordsCuda(model->positions().subspan(0, options.batch),
                                        inputs.span<const int32_t>().subspan(0, options.batch),
                                        stream));

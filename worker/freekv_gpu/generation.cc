@@ -136,54 +136,21 @@ absl::Status GpuDecoder::Impl::Prefill(int32_t b, absl::Span<const int32_t> prom
 }
 
 absl::Status GpuDecoder::Impl::PlacePrefill(int32_t b, int64_t T) {
-  const ModelConfig& c = model->config();
   Generation& g = *generation;
-  const int32_t P = shape.page_tokens;
-  const ResidentLayout& lay = options.layout;
-  // The split as the last prompt token left it: the prompt's pages, the last one
-  // maybe partial.
-  const PageSplit split = SplitAt(T - 1, P, lay);
-  const int64_t full = T / P;
-  const int32_t sink_end = split.sink_end;
-  const int64_t window_begin = split.window_begin;
-  const bool fits = split.candidates <= lay.selected;
-  std::vector<int32_t> src, dst;  // prefill page -> pool page
-  for (int64_t p = 0; p < split.pages; ++p) {
-    int32_t to = -1;
-    if (!shape.sparse || shape.over_full) {
-      to = static_cast<int32_t>(b * shape.full_pages + p);
-    } else if (p < sink_end) {
-      to = b * lay.pages_per_seq() + static_cast<int32_t>(p);
-    } else if (p >= window_begin) {
-      to = lay.window_page(b, p);
-    } else if (fits) {  // a candidate the slots can all hold: slot p - sink
-      const int32_t slot = static_cast<int32_t>(p - lay.sink);
-      to = lay.selected_page(b, slot);
-      for (int32_t h = 0; h < c.num_kv_heads; ++h) {
-        g.resident[(size_t(b) * c.num_kv_heads + h) * lay.selected + slot] =
-            static_cast<int32_t>(p);
-      }
-    }
-    if (to < 0) continue;
-    src.push_back(static_cast<int32_t>(p));
-    dst.push_back(to);
+  const PrefillPlan plan = PlanPrefill(PlanShape(), b, T);
+  for (size_t i = 0; i < plan.resident_index.size(); ++i) {
+    g.resident[plan.resident_index[i]] = plan.resident_page[i];
   }
-  // Full pages past the sinks are candidates sooner or later: digested, and stored in
-  // the kvservice for the recall policies.
-  std::vector<int32_t> keep, seqs;
   std::vector<std::pair<int32_t, int64_t>> kept;
-  for (int64_t p = lay.sink; shape.sparse && p < full; ++p) {
-    keep.push_back(static_cast<int32_t>(p));
-    seqs.push_back(b);
-    kept.emplace_back(b, p);
+  for (int32_t p : plan.kept) kept.emplace_back(b, p);
+  const std::vector<int32_t> seqs(plan.kept.size(), b);
+  std::vector<int32_t> host = plan.src;
+  for (const auto* part : {&plan.dst, &plan.kept, &seqs}) {
+    host.insert(host.end(), part->begin(), part->end());
   }
-  std::vector<int32_t> host = src;
-  host.insert(host.end(), dst.begin(), dst.end());
-  host.insert(host.end(), keep.begin(), keep.end());
-  host.insert(host.end(), seqs.begin(), seqs.end());
   auto dev = Upload(host);
   if (!dev.ok()) return dev.status();
-  const size_t m = src.size(), k = keep.size();
+  const size_t m = plan.src.size(), k = plan.kept.size();
   std::vector<kernels::PagedKv<BFloat16>> prefill_views;
   for (int l = 0; l < L(); ++l) {
     prefill_views.push_back(PrefillView(l));

@@ -1,4 +1,4 @@
-// GpuDecoder::Impl's page work around a real decode step (decoder_impl.h StepJobs):
+// GpuDecoder::Impl's page work around a real decode step (page_plan.h StepJobs):
 // promotions into slots before the step, the next tokens and the filled pages after.
 #include <algorithm>
 
@@ -8,44 +8,21 @@
 #include "worker/freekv_gpu/generation.h"
 
 namespace freekv::gpu {
-GpuDecoder::Impl::StepJobs GpuDecoder::Impl::PlanStepJobs(int32_t t) const {
-  const int32_t P = shape.page_tokens, kvh = model->config().num_kv_heads;
-  const ResidentLayout& lay = options.layout;
-  const bool resident = shape.sparse && !shape.over_full;
+PagePlanShape GpuDecoder::Impl::PlanShape() const {
+  PagePlanShape p;
+  p.page_tokens = shape.page_tokens;
+  p.num_kv_heads = model->config().num_kv_heads;
+  p.layout = options.layout;
+  p.sparse = shape.sparse;
+  p.over_full = shape.over_full;
+  p.full_pages = shape.full_pages;
+  return p;
+}
+
+StepJobs GpuDecoder::Impl::PlanStepJobs(int32_t t) const {
   std::vector<int64_t> positions;
   for (int64_t len : options.prompt_lengths) positions.push_back(len + t);
-  StepJobs j;
-  std::vector<int32_t> src, dst, at, page, pool, seq, logical;
-  if (resident) {
-    const std::vector<int64_t> promoted = PromotionsAt(positions, P, lay);
-    for (int32_t b = 0; b < options.batch; ++b) {
-      if (promoted[b] < 0) continue;
-      const int32_t slot = static_cast<int32_t>(promoted[b] - lay.sink);
-      src.push_back(lay.window_page(b, promoted[b]));
-      dst.push_back(lay.selected_page(b, slot));
-      for (int32_t h = 0; h < kvh; ++h) {
-        at.push_back((b * kvh + h) * lay.selected + slot);
-        page.push_back(static_cast<int32_t>(promoted[b]));
-      }
-    }
-  }
-  for (int32_t b = 0; b < options.batch && shape.sparse; ++b) {
-    // The step's token completes its page: a candidate once it leaves the window.
-    const int64_t p = positions[b] / P;
-    if (positions[b] % P != P - 1 || p < lay.sink) continue;
-    pool.push_back(resident ? lay.window_page(b, p)
-                            : static_cast<int32_t>(b * shape.full_pages + p));
-    seq.push_back(b);
-    logical.push_back(static_cast<int32_t>(p));
-    j.filled.emplace_back(b, p);
-  }
-  j.promotions = static_cast<int32_t>(src.size());
-  j.resident_writes = static_cast<int32_t>(at.size());
-  j.fills = static_cast<int32_t>(pool.size());
-  for (const auto* part : {&src, &dst, &at, &page, &pool, &seq, &logical}) {
-    j.flat.insert(j.flat.end(), part->begin(), part->end());
-  }
-  return j;
+  return StepJobs::Plan(PlanShape(), positions);
 }
 
 absl::Status GpuDecoder::Impl::BeforeRealStep(int32_t t, const StepJobs& jobs,
@@ -67,13 +44,14 @@ absl::Status GpuDecoder::Impl::BeforeRealStep(int32_t t, const StepJobs& jobs,
       FREEKV_RETURN_IF_ERROR(g.offloader->WaitDone(job));
     }
   }
-  if (jobs.promotions == 0) return absl::OkStatus();
-  const size_t n = jobs.promotions, r = jobs.resident_writes;
+  if (jobs.promotions() == 0) return absl::OkStatus();
+  const size_t n = jobs.promotions(), r = jobs.resident_writes();
   for (LayerState& l : layers) {
-    FREEKV_RETURN_IF_ERROR(CopyPagesCuda(ConstView(l.view), dev.subspan(0, n), l.view,
-                                         dev.subspan(n, n), stream));
-    FREEKV_RETURN_IF_ERROR(ScatterWordsCuda(l.resident.span<int32_t>(), dev.subspan(2 * n, r),
-                                            dev.subspan(2 * n + r, r), stream));
+    FREEKV_RETURN_IF_ERROR(CopyPagesCuda(ConstView(l.view), dev.subspan(jobs.promote_src_at(), n),
+                                         l.view, dev.subspan(jobs.promote_dst_at(), n), stream));
+    FREEKV_RETURN_IF_ERROR(ScatterWordsCuda(l.resident.span<int32_t>(),
+                                            dev.subspan(jobs.resident_index_at(), r),
+                                            dev.subspan(jobs.resident_page_at(), r), stream));
   }
   return absl::OkStatus();
 }
@@ -89,12 +67,12 @@ absl::Status GpuDecoder::Impl::AfterRealStep(int32_t t, const StepInputs& in,
       inputs.span<const int32_t>().subspan(in.next_forced_at(), B),
       model->tokens().subspan(0, B),
       generation->picked.span<int32_t>().subspan(size_t(t + 1) * B, B), stream));
-  if (jobs.fills == 0) return absl::OkStatus();
-  const size_t f = jobs.fills, at = 2 * size_t(jobs.promotions) + jobs.resident_writes;
+  if (jobs.fills() == 0) return absl::OkStatus();
+  const size_t f = jobs.fills();
   std::vector<const kernels::PagedKv<BFloat16>*> views;
   for (const LayerState& l : layers) views.push_back(&l.view);
-  return KeepPages(views, dev.subspan(at, f), dev.subspan(at + f, f),
-                   dev.subspan(at + 2 * f, f), jobs.filled);
+  return KeepPages(views, dev.subspan(jobs.fill_pool_at(), f), dev.subspan(jobs.fill_seq_at(), f),
+                   dev.subspan(jobs.fill_logical_at(), f), jobs.filled());
 }
 
 absl::Status GpuDecoder::Impl::WriteSelectedPages(const StepInputs& in) {

@@ -49,12 +49,14 @@ ModelConfig SmallConfig() {
   return c;
 }
 
-// Prompts: 3 tokens (inside the sink page), 9, 17 and 37 (many candidates).
+// Prompts: 3 tokens (inside the sink page), 9, 17 and 37 (many candidates), and 22,
+// which completes a page at the steps where the others start one (and may promote a
+// page into a slot): both kinds of page work in one step.
 DecodeRequest ForcedRequest(const ModelConfig& c) {
   std::mt19937 rng(5);
   std::uniform_int_distribution<int32_t> token(0, c.vocab_size - 1);
   DecodeRequest r;
-  for (int len : {3, 9, 17, 37}) {
+  for (int len : {3, 9, 17, 37, 22}) {
     r.prompts.emplace_back(len);
     for (int32_t& t : r.prompts.back()) t = token(rng);
     r.forced.emplace_back(kSteps - 1);
@@ -125,10 +127,19 @@ TEST(GpuGenerator, EveryPolicyIsFullWhenTheBudgetHoldsEveryPage) {
   const DecodeRequest request = ForcedRequest(rig->config);
   opt.policy = GpuPolicy::kFull;
   const Result full = Decode(*rig, opt, request);
+  opt.policy = GpuPolicy::kOracle;
+  const Result oracle = Decode(*rig, opt, request);
   for (GpuPolicy p : {GpuPolicy::kOracle, GpuPolicy::kBlocking, GpuPolicy::kFreeKv}) {
     opt.policy = p;
     const Result r = Decode(*rig, opt, request);
+    // Full sums the pages in another order (all of them per query head): bf16 noise.
     EXPECT_LT(MaxDiff(r, full), 0.05f) << GpuPolicyName(p);
+    // The oracle attends to the same pages in the same order (sinks, candidates
+    // ascending, window), from a full pool instead of slots and a ring: equal logits.
+    // Anything written to the wrong place (a page, a digest) shows here.
+    EXPECT_LT(MaxDiff(r, oracle), 1e-3f) << GpuPolicyName(p);
+    // Nothing to recall: every page stays on the GPU.
+    EXPECT_EQ(r.stats.slices, 0u) << GpuPolicyName(p);
     // Teacher forcing returns what the model chose: the argmax of the logits.
     for (size_t b = 0; b < request.prompts.size(); ++b) {
       for (int s = 0; s < kSteps; ++s) {
@@ -177,6 +188,32 @@ TEST(GpuGenerator, RecalledPagesGiveTheOraclesAttentionAtASmallBudget) {
               "freekv(tau 2)-oracle %.4f freekv(tau -2)-oracle %.4f\n",
               MaxDiff(oracle, full), MaxDiff(blocking, oracle), MaxDiff(corrected, oracle),
               MaxDiff(speculated, oracle));
+}
+
+// The worker's case: one prompt decoded greedily with no sink, so steps run ahead of
+// the GPU (the host at most two steps ahead) while pages fill, are offloaded and are
+// promoted into slots. Within the budget freekv attends to blocking's pages: the same
+// tokens.
+TEST(GpuGenerator, OnePromptRunsAheadUnderFreekvAsUnderBlocking) {
+  alarm(120);
+  GpuGenerateOptions opt;
+  opt.page_tokens = kPage;
+  opt.layout = {1, 16, 2};
+  auto rig = MakeRig(opt);
+  DecodeRequest r = ForcedRequest(rig->config);
+  r.prompts = {r.prompts[3]};  // 37 tokens: pages fill and leave the window
+  r.forced.clear();
+  r.steps = kSteps;
+  opt.policy = GpuPolicy::kBlocking;
+  auto blocking = Must(GpuGenerator::Create(*rig->model, opt, rig->kv.get()));
+  const auto want = Must(blocking->Decode(r));
+  opt.policy = GpuPolicy::kFreeKv;
+  auto freekv = Must(GpuGenerator::Create(*rig->model, opt, rig->kv.get()));
+  const auto got = freekv->Decode(r);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, want);
+  EXPECT_GT(freekv->stats().offloaded_pages, 0u);
+  EXPECT_EQ(freekv->stats().slices, 0u);
 }
 
 TEST(GpuGenerator, RefusesWhatItCannotServe) {

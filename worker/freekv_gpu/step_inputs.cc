@@ -17,6 +17,13 @@ PageSplit SplitAt(int64_t position, int32_t page_tokens, const ResidentLayout& l
   return s;
 }
 
+int32_t PoolPageOf(bool resident, const ResidentLayout& layout, int32_t full_pages_per_seq,
+                   int32_t b, int64_t p) {
+  if (!resident) return static_cast<int32_t>(b * full_pages_per_seq + p);
+  return p < layout.sink ? static_cast<int32_t>(b * layout.pages_per_seq() + p)
+                         : layout.window_page(b, p);
+}
+
 std::vector<int64_t> PromotionsAt(absl::Span<const int64_t> positions, int32_t page_tokens,
                                   const ResidentLayout& layout) {
   std::vector<int64_t> out(positions.size(), -1);
@@ -81,12 +88,8 @@ absl::StatusOr<StepInputs> StepInputs::Build(const StepShape& shape) {
   int64_t total = 0;
   for (int32_t n : lengths) total += int64_t{n} * heads;
   d.assign(in.indices_at() + total, 0);
-  const int32_t F = shape.full_pages_per_seq;
-  const int32_t pps = lay.pages_per_seq();
-  // Pool page of logical page p of sequence b (sinks and window; slots are separate).
-  auto pool_page = [&](int32_t b, int64_t p) -> int32_t {
-    if (shape.kind != TableKind::kResident) return static_cast<int32_t>(b * F + p);
-    return p < lay.sink ? static_cast<int32_t>(b * pps + p) : lay.window_page(b, p);
+  auto pool_page = [&](int32_t b, int64_t p) {
+    return PoolPageOf(shape.kind == TableKind::kResident, lay, shape.full_pages_per_seq, b, p);
   };
   int32_t at = 0;  // next free place in the indices
   for (int32_t b = 0; b < batch; ++b) {

@@ -62,6 +62,12 @@ struct PageSplit {
 };
 PageSplit SplitAt(int64_t position, int32_t page_tokens, const ResidentLayout& layout);
 
+// The pool page of logical page p of sequence b: in a ResidentLayout pool (`resident`)
+// where p is a sink or window page (slots are placed apart), else in a full pool of
+// full_pages_per_seq pages per sequence.
+int32_t PoolPageOf(bool resident, const ResidentLayout& layout, int32_t full_pages_per_seq,
+                   int32_t b, int64_t p);
+
 // kResident keeps slot j = p - sink of candidate page p while candidates <= selected:
 // a page p that leaves the window at a step where it is candidate number p - sink <
 // selected is copied from its ring page into that slot before the step's append
