@@ -36,6 +36,16 @@ absl::Status DecodeContext(DecodeBackend& backend, const EvalContext& context,
 
 }  // namespace
 
+std::vector<std::string> BuiltInStories() {
+  return {
+      "Once upon a time, there was a little girl named Lily. She loved to play outside "
+      "in the park with her friends.",
+      "Tom had a red ball. One day he went to the garden with his dog Max and",
+      "The sun was shining and the birds were singing. Mia and her mom went to the "
+      "market to buy some fruit. Mia saw a big, shiny apple and",
+  };
+}
+
 absl::StatusOr<EvalContext> MakeEvalContext(std::vector<std::vector<int32_t>> prompts,
                                             int32_t target_tokens) {
   if (prompts.empty()) return absl::InvalidArgumentError("no prompts to evaluate");

@@ -22,6 +22,10 @@
 
 namespace freekv {
 
+// The evaluation's built-in prompts (three short stories in stories15M's style) for
+// when no prompt file is given.
+std::vector<std::string> BuiltInStories();
+
 struct EvalContext {
   int32_t target_tokens = 0;  // final length of the longest sequence
   std::vector<std::vector<int32_t>> prompts;

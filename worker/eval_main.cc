@@ -58,14 +58,6 @@ ABSL_FLAG(int32_t, threads, 2, "Cells evaluated at once on the CPU (the GPU runs
 namespace freekv {
 namespace {
 
-constexpr const char* kStories[] = {
-    "Once upon a time, there was a little girl named Lily. She loved to play outside "
-    "in the park with her friends.",
-    "Tom had a red ball. One day he went to the garden with his dog Max and",
-    "The sun was shining and the birds were singing. Mia and her mom went to the "
-    "market to buy some fruit. Mia saw a big, shiny apple and",
-};
-
 template <typename T>
 absl::StatusOr<std::vector<T>> ParseList(absl::string_view flag, absl::string_view text) {
   std::vector<T> out;
@@ -95,7 +87,7 @@ absl::StatusOr<std::vector<T>> ParseList(absl::string_view flag, absl::string_vi
 absl::StatusOr<std::vector<std::string>> PromptTexts() {
   const std::string file = absl::GetFlag(FLAGS_prompt_file);
   if (file.empty())
-    return std::vector<std::string>(std::begin(kStories), std::end(kStories));
+    return BuiltInStories();
   std::ifstream in(file);
   if (!in)
     return absl::NotFoundError(absl::StrCat("--prompt_file ", file, " cannot be read"));

@@ -11,7 +11,6 @@
 //     not all of them.
 #include <unistd.h>
 
-#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,13 +30,7 @@ namespace {
 const bool kPrepared = PrepareDevice(Device::kGpu).ok();
 
 // The evaluation's built-in stories (27, 19 and 36 tokens with BOS).
-constexpr const char* kStories[] = {
-    "Once upon a time, there was a little girl named Lily. She loved to play outside "
-    "in the park with her friends.",
-    "Tom had a red ball. One day he went to the garden with his dog Max and",
-    "The sun was shining and the birds were singing. Mia and her mom went to the "
-    "market to buy some fruit. Mia saw a big, shiny apple and",
-};
+const std::vector<std::string> kStories = BuiltInStories();
 
 // The CPU evaluation's quarter budget at 256 tokens: 8 pages of 8 tokens.
 RetrievalConfig SmallBudget() {
@@ -74,7 +67,7 @@ class GpuBackendTest : public ::testing::Test {
 
   static std::vector<std::vector<int32_t>> Prompts() {
     std::vector<std::vector<int32_t>> prompts;
-    for (const char* story : kStories) {
+    for (const std::string& story : kStories) {
       prompts.push_back(model_->tokenizer->Encode(story, /*bos=*/true, /*eos=*/false));
     }
     return prompts;
@@ -88,7 +81,7 @@ class GpuBackendTest : public ::testing::Test {
                                                 RetrievalConfig config) {
     BackendOptions options;
     options.policy = policy;
-    config.max_sequences = static_cast<int32_t>(std::size(kStories));
+    config.max_sequences = static_cast<int32_t>(kStories.size());
     options.config = config;
     options.target = service_->target();
     options.client_name = absl::StrCat("gpu-backend-test-", PolicyKindName(policy));
@@ -114,7 +107,7 @@ TEST_F(GpuBackendTest, FullFollowsTheCpusGreedyContinuation) {
   ASSERT_TRUE(reference.ok()) << reference.status();
   absl::StatusOr<AgreementMeter> meter = TeacherForce(*gpu, context, *reference);
   ASSERT_TRUE(meter.ok()) << meter.status();
-  EXPECT_EQ(meter->compared(), std::size(kStories) * (context.steps - 1));
+  EXPECT_EQ(meter->compared(), kStories.size() * (context.steps - 1));
   // bf16 weights and activations against fp32: near ties may flip, little else.
   EXPECT_GE(meter->agreement(), 0.95) << "mean KL " << meter->mean_kl();
   const BackendStats stats = gpu->stats();
