@@ -25,14 +25,14 @@ struct PoolArgs {
   uint4* k;
   uint4* v;
   int64_t page_stride;  // vectors
-  int32_t page_tokens, num_kv_heads, vecs_per_row;
+  int32_t page_tokens, num_kv_heads, vecs_per_row, num_pages;
 };
 
 PoolArgs ToArgs(const kernels::PagedKv<BFloat16>& pool) {
   const int32_t per_vec = 16 / sizeof(BFloat16);
   return {reinterpret_cast<uint4*>(pool.k), reinterpret_cast<uint4*>(pool.v),
           pool.page_stride / per_vec, pool.page_tokens, pool.num_kv_heads,
-          pool.head_dim / per_vec};
+          pool.head_dim / per_vec, pool.num_pages};
 }
 
 absl::Status CheckVectorisable(const kernels::PagedKv<BFloat16>& pool) {
@@ -95,8 +95,12 @@ __global__ void WaitGateKernel(GateHold hold) { HoldAtGate(hold); }
 __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* pages,
                              const int32_t* tokens, PoolArgs pool, GateHold hold) {
   const int32_t b = blockIdx.x, row = pool.num_kv_heads * pool.vecs_per_row;
+  // A token outside the pool is skipped (AppendKvRef refuses it), never written past
+  // the pool; the gate is held all the same.
+  const bool inside = pages[b] >= 0 && pages[b] < pool.num_pages && tokens[b] >= 0 &&
+                      tokens[b] < pool.page_tokens;
   const int64_t dst = pages[b] * pool.page_stride + int64_t{tokens[b]} * row;
-  for (int32_t i = threadIdx.x; i < 2 * row; i += blockDim.x) {
+  for (int32_t i = threadIdx.x; inside && i < 2 * row; i += blockDim.x) {
     if (i < row) {
       pool.k[dst + i] = k[int64_t{b} * row + i];
     } else {

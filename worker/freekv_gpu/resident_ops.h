@@ -98,7 +98,8 @@ absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& 
                              cudaStream_t stream);
 
 // Writes the new token of each sequence: k and v [num_seqs][num_kv_heads][head_dim]
-// go to token tokens[b] of pool page pages[b] (every head).
+// go to token tokens[b] of pool page pages[b] (every head). A page or token outside
+// the pool is refused by the reference and skipped by the kernel.
 absl::Status AppendKvRef(absl::Span<const BFloat16> k, absl::Span<const BFloat16> v,
                          absl::Span<const int32_t> pages, absl::Span<const int32_t> tokens,
                          const kernels::PagedKv<BFloat16>& pool);

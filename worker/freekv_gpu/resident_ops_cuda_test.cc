@@ -140,6 +140,41 @@ TEST(AppendKvCuda, MatchesTheReference) {
   EXPECT_TRUE(SameBits(Download(pool.device), pool.host));
 }
 
+TEST(AppendKvCuda, SkipsTokensOutsideThePool) {
+  std::mt19937 rng(23);
+  Pools pool = RandomPools(rng);
+  const size_t row = size_t{kSeqs} * kHeads * kDim;
+  const std::vector<BFloat16> k = RandomVector<BFloat16>(rng, row);
+  const std::vector<BFloat16> v = RandomVector<BFloat16>(rng, row);
+  std::vector<int32_t> pages(kSeqs), tokens(kSeqs);
+  for (int32_t b = 0; b < kSeqs; ++b) {
+    pages[b] = kLayout.window_page(b, b);
+    tokens[b] = b % kTokens;
+  }
+  // Sequence 0 names a page past the pool, sequence 1 a token past its page: the
+  // reference refuses them, the kernel writes only the other sequences.
+  pages[0] = pool.Host().num_pages;
+  tokens[1] = kTokens;
+  EXPECT_FALSE(AppendKvRef(k, v, pages, tokens, pool.Host()).ok());
+  const size_t skip = 2 * kHeads * kDim;
+  ASSERT_TRUE(AppendKvRef(absl::MakeConstSpan(k).subspan(skip),
+                          absl::MakeConstSpan(v).subspan(skip),
+                          absl::MakeConstSpan(pages).subspan(2),
+                          absl::MakeConstSpan(tokens).subspan(2), pool.Host())
+                  .ok());
+  auto d_k = Must(DeviceBuffer::Upload<BFloat16>(k));
+  auto d_v = Must(DeviceBuffer::Upload<BFloat16>(v));
+  auto d_pages = Must(DeviceBuffer::Upload<int32_t>(pages));
+  auto d_tokens = Must(DeviceBuffer::Upload<int32_t>(tokens));
+  auto stream = Must(CudaStream::Create());
+  ASSERT_TRUE(AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
+                           d_pages.span<int32_t>(), d_tokens.span<int32_t>(),
+                           pool.Device(), stream.get())
+                  .ok());
+  ASSERT_TRUE(stream.Synchronize().ok());
+  EXPECT_TRUE(SameBits(Download(pool.device), pool.host));
+}
+
 TEST(CopyWordsCuda, CopiesEveryWordAndRefusesMismatchedSizes) {
   std::mt19937 rng(5);
   std::uniform_int_distribution<int32_t> word;
