@@ -19,6 +19,7 @@ struct CudaSupportOptions {
   std::string copy_method = "gather";  // recalls: "gather", "batch" or "per_run"
   int copy_streams = 1;                // per session: batch/per_run recalls, and pulls
   int gather_threads = 8;              // shared by every session (gather)
+  double direct_share = 1.0 / 3;       // split: each piece's share sent from the store
 };
 
 // True when this binary was built with CUDA.

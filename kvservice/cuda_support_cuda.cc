@@ -26,6 +26,7 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
   CudaIpcTransportOptions transport;
   transport.push.method = *method;
   transport.push.streams = options.copy_streams;
+  transport.push.direct_share = options.direct_share;
   transport.pull.method = CopyMethod::kBatch;
   transport.pull.streams = options.copy_streams;
   transport.gather_threads = options.gather_threads;

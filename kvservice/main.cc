@@ -85,6 +85,10 @@ ABSL_FLAG(std::string, cuda_copy_method, "split",
 ABSL_FLAG(int32_t, cuda_copy_streams, 1,
           "CUDA IPC: streams a session's batch/per_run recall copies and its offload "
           "copies are spread over.");
+ABSL_FLAG(double, cuda_direct_share, 1.0 / 3,
+          "CUDA IPC, --cuda_copy_method=split: the share (0 to 1) of each piece's "
+          "blocks copied straight from the store while the packing threads pack the "
+          "rest. The best share depends on the host's CPU and memory (bench/RESULTS.md).");
 ABSL_FLAG(int32_t, cuda_gather_threads, 8,
           "CUDA IPC: threads that pack recalled blocks (gather), shared by all sessions.");
 ABSL_FLAG(int32_t, shutdown_grace_ms, 5000,
@@ -105,6 +109,11 @@ absl::Status CheckFlags() {
       return absl::InvalidArgumentError(
           absl::StrCat("--", name, " is ", value, "; it must be positive"));
     }
+  }
+  const double share = absl::GetFlag(FLAGS_cuda_direct_share);
+  if (!(share >= 0.0 && share <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cuda_direct_share is ", share, "; it must be within 0 to 1"));
   }
   if (absl::GetFlag(FLAGS_socket).empty() && absl::GetFlag(FLAGS_listen).empty()) {
     return absl::InvalidArgumentError("give --socket, --listen, or both");
@@ -183,6 +192,7 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* ab
   options.copy_method = absl::GetFlag(FLAGS_cuda_copy_method);
   options.copy_streams = absl::GetFlag(FLAGS_cuda_copy_streams);
   options.gather_threads = absl::GetFlag(FLAGS_cuda_gather_threads);
+  options.direct_share = absl::GetFlag(FLAGS_cuda_direct_share);
   return MakeCudaIpcTransportFactory(options);
 }
 
