@@ -1,6 +1,9 @@
 // Implementation of cuda_util.h.
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
 #include "kernels/cuda_check.cuh"
 #include "kernels/cuda_util.h"
 #include "kernels/shape.h"
@@ -125,6 +128,20 @@ absl::StatusOr<CudaEvent> CudaEvent::Create(bool timing) {
 
 absl::Status CudaEvent::Synchronize() const {
   return CudaStatus(cudaEventSynchronize(event_), "cudaEventSynchronize");
+}
+
+absl::Status CudaEvent::WaitFor(absl::Duration timeout) const {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    const cudaError_t state = cudaEventQuery(event_);
+    if (state == cudaSuccess) return absl::OkStatus();
+    if (state != cudaErrorNotReady) return CudaStatus(state, "cudaEventQuery");
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the GPU work before the event has not run within ", absl::FormatDuration(timeout)));
+    }
+    absl::SleepFor(absl::Microseconds(20));
+  }
 }
 
 absl::Status CudaEvent::MakeStreamWait(cudaStream_t stream) const {

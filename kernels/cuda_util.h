@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "kernels/cuda_fwd.h"
 
@@ -125,6 +126,10 @@ class CudaEvent {
   absl::Status Record(cudaStream_t stream);
   // Blocks the calling thread until the work before the last Record has run.
   absl::Status Synchronize() const;
+  // The same with a limit: DEADLINE_EXCEEDED when that work has not run within
+  // `timeout` (a stream held at a gate nobody opens; the host polls, sleeping briefly
+  // between queries, so it never blocks inside the driver).
+  absl::Status WaitFor(absl::Duration timeout) const;
   // Makes `stream` wait for the work before the last Record (the host does not wait).
   absl::Status MakeStreamWait(cudaStream_t stream) const;
   // Milliseconds from `start` to this event; both must have completed (synchronises).

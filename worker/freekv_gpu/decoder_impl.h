@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "kernels/cuda_util.h"
 #include "worker/freekv_gpu/generation.h"
 #include "worker/freekv_gpu/gpu_decoder.h"
@@ -52,12 +54,17 @@ struct GpuDecoder::Impl {
   cudaStream_t stream = nullptr;
   std::vector<LayerState> layers;
   std::unique_ptr<RecallDriver> driver;
+  // How long the host waits for the GPU to reach a point of the decode before it calls
+  // the decode stalled (a step takes milliseconds; a hung recall never ends).
+  static constexpr absl::Duration kStallLimit = absl::Seconds(60);
+
   // Shared scratch, in stream order; `inputs` holds the current StepInputs.
   kernels::DeviceBuffer scores, group_scores, selected, workspace, inputs, base, gates;
   kernels::DeviceBuffer zero;       // an int32 0 (a flag count that opens a gate)
   kernels::DeviceBuffer waited_ns;  // time the stream spent at gates (WaitGate)
   std::vector<kernels::PinnedBuffer> staged_inputs;  // kInputRing of them
   std::vector<kernels::CudaEvent> step_end;          // one per step run, timing
+  std::vector<kernels::CudaEvent> drained;           // WaitForStream's (one)
   std::optional<kernels::CudaGraph> step_graph;      // the step, captured
   std::optional<StepInputs> graph_shape;             // what they were captured for
   int32_t steps_run = 0;
@@ -77,6 +84,14 @@ struct GpuDecoder::Impl {
   }
   absl::Status Init();
   ~Impl();
+  // Waits (at most kStallLimit) until the stream has run everything enqueued so far,
+  // or until `event` has; Stalled(what) past that.
+  absl::Status WaitForStream(absl::string_view what);
+  absl::Status WaitForEvent(const kernels::CudaEvent& event, absl::string_view what);
+  // DEADLINE_EXCEEDED naming `what` and where the recall machinery stands (each
+  // layer's gates and diff stamp, the driver's and the offloader's queues). Opens every
+  // gate far past its value first, so the stream drains before the decoder is freed.
+  absl::Status Stalled(absl::string_view what);
   // Enqueues decode step t; real decoding also picks the next tokens and keeps the
   // pages that fill (generation.cc).
   absl::Status Step(int32_t t);

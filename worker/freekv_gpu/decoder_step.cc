@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "kernels/decode_attention.h"
 #include "kernels/score.h"
@@ -206,7 +207,10 @@ absl::Status GpuDecoder::Impl::EnqueueStep(
 
 absl::Status GpuDecoder::Impl::Step(int32_t t) {
   // Run at most two steps ahead of the GPU: the pinned input ring is three deep.
-  if (t >= 2) FREEKV_RETURN_IF_ERROR(step_end[t - 2].Synchronize());
+  if (t >= 2) {
+    FREEKV_RETURN_IF_ERROR(
+        WaitForEvent(step_end[t - 2], absl::StrCat("the end of decode step ", t - 2)));
+  }
   const absl::Time start = absl::Now();
   auto in = StepInputs::Build(ShapeAt(t));
   if (!in.ok()) return in.status();

@@ -129,6 +129,7 @@ absl::Status GpuDecoder::Impl::Init() {
   for (int32_t i = 0; i < options.max_steps; ++i) {
     FREEKV_RETURN_IF_ERROR(Append(CudaEvent::Create(), &step_end));
   }
+  FREEKV_RETURN_IF_ERROR(Append(CudaEvent::Create(/*timing=*/false), &drained));
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(sizeof(int32_t)), &zero));
   FREEKV_RETURN_IF_ERROR(zero.Zero());
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(sizeof(uint64_t)), &waited_ns));

@@ -36,8 +36,11 @@ absl::Status CheckTokens(const DecodeRequest& r, int32_t vocab) {
 // Lets the GPU finish whatever was enqueued (the driver opens every gate it owes even
 // after an error), so that nothing is freed under a running kernel.
 absl::Status Drain(GpuDecoder::Impl& m) {
-  absl::Status status = m.driver != nullptr ? m.driver->Finish() : absl::OkStatus();
-  status.Update(m.stream_holder[0].Synchronize());
+  // The stream first: a stalled one is let go (every gate opened), and the driver's
+  // items then complete.
+  absl::Status status = m.WaitForStream("the end of the decode");
+  if (!status.ok()) status.Update(m.stream_holder[0].Synchronize());
+  if (m.driver != nullptr) status.Update(m.driver->Finish());
   if (m.generation != nullptr && m.generation->offloader != nullptr) {
     status.Update(m.generation->offloader->Finish());
   }
@@ -51,7 +54,7 @@ absl::Status DeliverLogits(GpuDecoder::Impl& m, int step, int32_t first, int32_t
   FREEKV_RETURN_IF_ERROR(
       kernels::CopyAsync(logits.data(), m.model->logits().data(), logits.size() * 4,
                          m.stream));
-  FREEKV_RETURN_IF_ERROR(m.stream_holder[0].Synchronize());
+  FREEKV_RETURN_IF_ERROR(m.WaitForStream(absl::StrCat("the logits of step ", step)));
   for (int32_t r = 0; r < rows; ++r) {
     FREEKV_RETURN_IF_ERROR(
         sink(step, size_t(first + r), absl::MakeConstSpan(logits).subspan(r * vocab, vocab)));

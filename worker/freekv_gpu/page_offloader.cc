@@ -65,6 +65,13 @@ absl::Status PageOffloader::WaitDone(int64_t job) {
   return first_error_;
 }
 
+std::string PageOffloader::Describe() const {
+  absl::MutexLock lock(&mu_);
+  return absl::StrCat("offloader: ", pushed_, " jobs pushed, ", done_, " done, ",
+                      queue_.size(), " queued", first_error_.ok() ? "" : ", failed: ",
+                      first_error_.message());
+}
+
 uint64_t PageOffloader::pages_offloaded() const {
   absl::MutexLock lock(&mu_);
   return pages_;
@@ -82,7 +89,7 @@ void PageOffloader::Loop() {
     }
     // The area's event names this job's writes: AreaFor let the decode thread record
     // it again only after this job is done.
-    absl::Status status = written_[id % kAreas].Synchronize();
+    absl::Status status = written_[id % kAreas].WaitFor(kWriteLimit);
     if (status.ok()) status = kv_.regions().MarkOffloadWritten(idle_.get());
     if (status.ok()) status = kv_.client().Offload(job).status();
     absl::MutexLock lock(&mu_);

@@ -21,11 +21,13 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/cuda_kv_client.h"
 #include "kernels/cuda_util.h"
@@ -35,6 +37,9 @@ namespace freekv::gpu {
 class PageOffloader {
  public:
   static constexpr int kAreas = 2;
+  // How long the thread waits for the stream to write a job's blocks (a decode step
+  // takes milliseconds; past this the stream is stuck and the job fails).
+  static constexpr absl::Duration kWriteLimit = absl::Seconds(60);
 
   // `kv` must outlive the offloader. Creates the events and starts the thread.
   static absl::StatusOr<std::unique_ptr<PageOffloader>> Create(CudaKvClient& kv);
@@ -58,6 +63,8 @@ class PageOffloader {
   // Waits for every pushed job; the first error, if any.
   absl::Status Finish() { return WaitDone(pushed_ - 1); }
   uint64_t pages_offloaded() const;
+  // Jobs pushed, done and queued, for a stall report.
+  std::string Describe() const;
 
  private:
   PageOffloader(CudaKvClient& kv, std::vector<kernels::CudaEvent> written,

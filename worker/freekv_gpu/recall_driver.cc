@@ -104,6 +104,7 @@ void RecallDriver::IssueLoop() {
       if (to_issue_.empty()) return;
       item = to_issue_.front();
       to_issue_.pop_front();
+      issuing_ = item;
     }
     Sent sent{item, std::nullopt, absl::Time(), false};
     bool skip = false;
@@ -118,6 +119,7 @@ void RecallDriver::IssueLoop() {
       sent.failed = true;
     }
     absl::MutexLock lock(&mu_);
+    issuing_.reset();
     if (skip) {
       ++done_;
     } else {
@@ -181,6 +183,7 @@ void RecallDriver::CompleteLoop() {
       if (to_complete_.empty()) return;
       sent = std::move(to_complete_.front());
       to_complete_.pop_front();
+      completing_ = sent.item;
     }
     absl::Status status = sent.failed ? absl::OkStatus() : Complete(sent);
     if (!status.ok()) Fail(status);
@@ -193,8 +196,27 @@ void RecallDriver::CompleteLoop() {
       SetGate(sent.item.gate, sent.item.gate_value + kFarPast, stream_.get()).IgnoreError();
     }
     absl::MutexLock lock(&mu_);
+    completing_.reset();
     ++done_;
   }
+}
+
+std::string RecallDriver::Describe() const {
+  absl::MutexLock lock(&mu_);
+  std::string out = absl::StrCat("recall driver: ", pushed_, " items pushed, ", done_,
+                                 " done, ", to_issue_.size(), " queued, ",
+                                 to_complete_.size(), " awaiting replies");
+  if (issuing_.has_value()) {
+    absl::StrAppend(&out, "; issuing step ", issuing_->step, " layer ", issuing_->layer,
+                    " (its diff's stamp reads ",
+                    __atomic_load_n(issuing_->stamp, __ATOMIC_ACQUIRE), ", waiting for ",
+                    issuing_->stamp_value, ")");
+  }
+  if (completing_.has_value()) {
+    absl::StrAppend(&out, "; completing step ", completing_->step, " layer ",
+                    completing_->layer, " (opens its gate to ", completing_->gate_value, ")");
+  }
+  return out;
 }
 
 absl::Status RecallDriver::Complete(const Sent& sent) {

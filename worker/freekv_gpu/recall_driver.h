@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -82,6 +83,9 @@ class RecallDriver {
   RecallDriver& operator=(const RecallDriver&) = delete;
 
   void Push(const RecallItem& item);
+  // Where the driver stands, for a stall report: items pushed and done, the item being
+  // issued (with what its diff's stamp reads) and the one awaiting its reply.
+  std::string Describe() const;
   // Waits until every pushed item is done and the driver's stream has drained; the
   // first error since the last Finish, if any.
   absl::Status Finish();
@@ -116,6 +120,9 @@ class RecallDriver {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
   RecallDriverStats stats_ ABSL_GUARDED_BY(mu_);
+  // The items the two threads are working on, if any (Describe).
+  std::optional<RecallItem> issuing_ ABSL_GUARDED_BY(mu_);
+  std::optional<RecallItem> completing_ ABSL_GUARDED_BY(mu_);
   std::thread issuer_;
   std::thread completer_;
 };

@@ -234,6 +234,29 @@ TEST(Gates, AWaitingStreamRunsOnlyOnceAnotherStreamOpensTheGate) {
   EXPECT_GE(waited_ns, 90'000'000u) << "the wait lasted the 100 ms the gate was shut";
 }
 
+// The host's bounded wait (CudaEvent::WaitFor, what the decoder waits with): a stream
+// held at a shut gate makes it end with DEADLINE_EXCEEDED, not hang; once the gate
+// opens, the same event completes.
+TEST(Gates, AHostWaitOnAHeldStreamEndsAtItsLimit) {
+  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  ASSERT_TRUE(gate.Zero().ok());
+  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{1}));
+  auto waiter = Must(CudaStream::Create());
+  auto opener = Must(CudaStream::Create());
+  auto done = Must(kernels::CudaEvent::Create(/*timing=*/false));
+  uint32_t* word = gate.span<uint32_t>().data();
+  ASSERT_TRUE(WaitGate({word, step.span<int32_t>().data(), 0, nullptr}, waiter.get()).ok());
+  ASSERT_TRUE(done.Record(waiter.get()).ok());
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status held = done.WaitFor(absl::Milliseconds(200));
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(held.code(), absl::StatusCode::kDeadlineExceeded) << held;
+  EXPECT_GE(waited, std::chrono::milliseconds(200));
+  EXPECT_LT(waited, std::chrono::seconds(5));
+  ASSERT_TRUE(SetGate(word, 1, opener.get()).ok());
+  EXPECT_TRUE(done.WaitFor(absl::Seconds(10)).ok());
+}
+
 TEST(Gates, OpenGateIfNoneOpensOnlyWhenNothingIsFlagged) {
   auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
   ASSERT_TRUE(gate.Zero().ok());
