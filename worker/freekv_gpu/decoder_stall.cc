@@ -9,13 +9,6 @@
 #include "worker/freekv_gpu/decoder_impl.h"
 
 namespace freekv::gpu {
-namespace {
-
-// A gate opened this far lets every later wait on it pass (steps stay far below).
-constexpr uint32_t kFarPast = 1u << 30;
-
-}  // namespace
-
 absl::Status GpuDecoder::Impl::WaitForEvent(const kernels::CudaEvent& event,
                                             absl::string_view what) {
   const absl::Status waited = event.WaitFor(kStallLimit);
@@ -53,7 +46,7 @@ absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
   }
   for (int l = 0; l < L() && side.ok(); ++l) {
     for (bool correction : {false, true}) {
-      SetGate(gate(l, correction), kFarPast, side->get()).IgnoreError();
+      SetGate(gate(l, correction), kGateFarPast, side->get()).IgnoreError();
     }
   }
   return absl::DeadlineExceededError(

@@ -16,8 +16,6 @@ const bool kTrace = std::getenv("FREEKV_TRACE_RECALLS") != nullptr;
 
 // A reply later than this means the kvservice is gone or stuck.
 constexpr absl::Duration kReplyDeadline = absl::Seconds(30);
-// Opening a gate this far past its value lets every later wait on it pass too.
-constexpr uint32_t kFarPast = 1u << 30;
 
 // Spins (the issuer has a core to itself; a sleeping wait would add its wake-up to
 // every recall) until the stream's copy of the diff has landed.
@@ -193,7 +191,7 @@ void RecallDriver::CompleteLoop() {
     }
     if (sent.failed || !status.ok()) {
       // Let the decode stream drain; Finish reports the error.
-      SetGate(sent.item.gate, sent.item.gate_value + kFarPast, stream_.get()).IgnoreError();
+      SetGate(sent.item.gate, sent.item.gate_value + kGateFarPast, stream_.get()).IgnoreError();
     }
     absl::MutexLock lock(&mu_);
     completing_.reset();

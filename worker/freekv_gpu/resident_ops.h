@@ -132,6 +132,9 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 // gate (GateHold) while they do their own work, and PublishCorrectionCuda (below) opens
 // one.
 void RequireEagerLoading();
+// A gate value far past every step: opened to it, a gate lets every later wait pass
+// (how the recall driver and a stalled decode let the GPU drain after an error).
+inline constexpr uint32_t kGateFarPast = 1u << 30;
 absl::Status WaitGate(const GateHold& hold, cudaStream_t stream);
 absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream);
 absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream);
