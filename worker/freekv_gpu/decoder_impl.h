@@ -95,7 +95,9 @@ struct GpuDecoder::Impl {
   // Enqueues decode step t; real decoding also picks the next tokens and keeps the
   // pages that fill (generation.cc).
   absl::Status Step(int32_t t);
-  // The shape of step t (its position is the context plus t).
+  // The pool the step's tables and the host's page plans (page_plan.h) are over.
+  PagePlanShape PlanShape() const;
+  // The shape of step t (its position is the context, or each prompt's length, plus t).
   StepShape ShapeAt(int32_t t) const;
   // The GPU work of a step, calling after_layer(l) once layer l is enqueued (graph
   // capture passes a no-op), or of one layer; `prime` for freekv's first step.
@@ -114,9 +116,7 @@ struct GpuDecoder::Impl {
   // The spec (or correction) gate of a layer, as step `in` waits for it.
   GateHold HoldAt(const StepInputs& in, int layer, bool correction) const;
 
-  // Real decoding (generation.cc, generation_step.cc). The page work of step t that
-  // the host plans (page_plan.h), uploaded with the step's inputs.
-  PagePlanShape PlanShape() const;
+  // Real decoding (generation.cc, generation_step.cc).
   // `first_forced`: per sequence the token fed to decode step 0, or -1 (the argmax).
   absl::Status InitGeneration(absl::Span<const int32_t> first_forced);
   // Prefills sequence b (the model's rows are its prompt's tokens, chunk by chunk),
@@ -127,7 +127,6 @@ struct GpuDecoder::Impl {
   kernels::PagedKv<BFloat16> PrefillView(int layer) const;
   // After every prefill: the slots' residency, the first tokens.
   absl::Status StartDecode();
-  StepJobs PlanStepJobs(int32_t t) const;
   // Before step t: promotions into slots (after the pages leaving the window are
   // stored); after it: the next tokens, and the filled pages kept. `device_jobs` is
   // the uploaded copy of jobs.flat().

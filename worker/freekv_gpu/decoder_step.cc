@@ -165,20 +165,23 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer, bool selects) {
   }
 }
 
+PagePlanShape GpuDecoder::Impl::PlanShape() const {
+  PagePlanShape p;
+  p.page_tokens = shape.page_tokens;
+  p.num_kv_heads = model->config().num_kv_heads;
+  p.layout = options.layout;
+  p.sparse = shape.sparse;
+  p.over_full = shape.over_full;
+  p.full_pages = shape.full_pages;
+  return p;
+}
+
 StepShape GpuDecoder::Impl::ShapeAt(int32_t t) const {
-  StepShape step;
-  step.num_kv_heads = model->config().num_kv_heads;
-  step.page_tokens = shape.page_tokens;
+  std::vector<int64_t> positions;
   for (int32_t b = 0; b < options.batch; ++b) {
-    step.positions.push_back((options.real() ? options.prompt_lengths[b] : options.context) +
-                             t);
+    positions.push_back((options.real() ? options.prompt_lengths[b] : options.context) + t);
   }
-  step.step = t;
-  step.kind = !shape.sparse    ? TableKind::kFull
-              : shape.over_full ? TableKind::kSelectedOverFull
-                                : TableKind::kResident;
-  step.layout = options.layout;
-  step.full_pages_per_seq = shape.full_pages;
+  StepShape step = StepShapeAt(PlanShape(), std::move(positions), t);
   if (generation != nullptr && !generation->forced.empty()) {
     for (const std::vector<int32_t>& row : generation->forced) {
       step.next_forced.push_back(size_t(t) + 1 < row.size() ? row[t + 1] : -1);
@@ -212,9 +215,11 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
         WaitForEvent(step_end[t - 2], absl::StrCat("the end of decode step ", t - 2)));
   }
   const absl::Time start = absl::Now();
-  auto in = StepInputs::Build(ShapeAt(t));
+  const StepShape step_shape = ShapeAt(t);
+  auto in = StepInputs::Build(step_shape);
   if (!in.ok()) return in.status();
-  const StepJobs jobs = options.real() ? PlanStepJobs(t) : StepJobs{};
+  const StepJobs jobs =
+      options.real() ? StepJobs::Plan(PlanShape(), step_shape.positions) : StepJobs{};
   const kernels::PinnedBuffer& staged = staged_inputs[t % kInputRing];
   const size_t n = in->all().size();
   std::copy(in->all().begin(), in->all().end(), staged.span<int32_t>().begin());

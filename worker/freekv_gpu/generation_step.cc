@@ -8,23 +8,6 @@
 #include "worker/freekv_gpu/generation.h"
 
 namespace freekv::gpu {
-PagePlanShape GpuDecoder::Impl::PlanShape() const {
-  PagePlanShape p;
-  p.page_tokens = shape.page_tokens;
-  p.num_kv_heads = model->config().num_kv_heads;
-  p.layout = options.layout;
-  p.sparse = shape.sparse;
-  p.over_full = shape.over_full;
-  p.full_pages = shape.full_pages;
-  return p;
-}
-
-StepJobs GpuDecoder::Impl::PlanStepJobs(int32_t t) const {
-  std::vector<int64_t> positions;
-  for (int64_t len : options.prompt_lengths) positions.push_back(len + t);
-  return StepJobs::Plan(PlanShape(), positions);
-}
-
 absl::Status GpuDecoder::Impl::BeforeRealStep(int32_t t, const StepJobs& jobs,
                                               absl::Span<const int32_t> dev) {
   Generation& g = *generation;

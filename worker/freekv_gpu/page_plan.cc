@@ -1,5 +1,7 @@
 #include "worker/freekv_gpu/page_plan.h"
 
+#include <utility>
+
 #include "worker/freekv_gpu/step_inputs.h"
 
 namespace freekv::gpu {
@@ -36,6 +38,21 @@ PrefillPlan PlanPrefill(const PagePlanShape& shape, int32_t b, int64_t tokens) {
     plan.kept.push_back(static_cast<int32_t>(p));
   }
   return plan;
+}
+
+StepShape StepShapeAt(const PagePlanShape& shape, std::vector<int64_t> positions,
+                      int32_t step) {
+  StepShape s;
+  s.num_kv_heads = shape.num_kv_heads;
+  s.page_tokens = shape.page_tokens;
+  s.positions = std::move(positions);
+  s.step = step;
+  s.kind = !shape.sparse      ? TableKind::kFull
+           : shape.over_full ? TableKind::kSelectedOverFull
+                             : TableKind::kResident;
+  s.layout = shape.layout;
+  s.full_pages_per_seq = shape.full_pages;
+  return s;
 }
 
 StepJobs StepJobs::Plan(const PagePlanShape& shape, absl::Span<const int64_t> positions) {

@@ -22,6 +22,7 @@
 
 #include "absl/types/span.h"
 #include "worker/freekv_gpu/resident_ops.h"
+#include "worker/freekv_gpu/step_inputs.h"
 
 namespace freekv::gpu {
 
@@ -54,6 +55,11 @@ struct PrefillPlan {
 
 // Sequence b's prompt of `tokens` tokens (> 0).
 PrefillPlan PlanPrefill(const PagePlanShape& shape, int32_t b, int64_t tokens);
+
+// The page tables of decode step `step` over this pool (step_inputs.h), with each
+// sequence's new token at positions[b] (next_forced left empty).
+StepShape StepShapeAt(const PagePlanShape& shape, std::vector<int64_t> positions,
+                      int32_t step);
 
 class StepJobs {
  public:

@@ -12,13 +12,13 @@
 #include <map>
 #include <ostream>
 #include <random>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kernels/select.h"
 #include "worker/freekv_gpu/generate_ops.h"
 #include "worker/freekv_gpu/step_inputs.h"
 
@@ -160,36 +160,50 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
     return picks;
   }
 
-  // Recalls what the picks lack into victim slots (empty ones first, then slots whose
-  // page is not picked), as GroupSelect's diff and the driver's apply do.
+  // The picks as TopKPages writes a selection: [list][k], -1 past each list's picks.
+  std::vector<int32_t> Selected(const std::vector<std::vector<int32_t>>& picks) const {
+    const int32_t k = shape_.layout.selected;
+    std::vector<int32_t> selected(picks.size() * k, -1);
+    for (size_t list = 0; list < picks.size(); ++list) {
+      std::copy(picks[list].begin(), picks[list].end(), selected.begin() + list * k);
+    }
+    return selected;
+  }
+
+  // Recalls what the picks lack, from the pages stored so far, into the slots the
+  // selection's diff (kernels/select.h ResidentDiffRef) names, as the driver's apply
+  // does.
   void Recall(const std::vector<PageSplit>& splits,
               const std::vector<std::vector<int32_t>>& picks) {
     const int32_t k = shape_.layout.selected;
     const size_t lists = picks.size();
-    std::vector<int32_t> pages(lists * k, -1), slots(lists * k, -1), counts(lists, 0);
+    std::vector<int32_t> begin, count;
+    int32_t most = 1;
+    for (const PageSplit& sp : splits) {
+      begin.push_back(sp.sink_end);
+      count.push_back(sp.candidates);
+      most = std::max(most, sp.candidates);
+    }
+    // Equal scores: victims are empty slots, then unpicked pages, lowest slot first.
+    const std::vector<float> scores(lists * most, 0.0f);
+    std::vector<int32_t> pages(lists * k), slots(lists * k), counts(lists);
+    ASSERT_TRUE(kernels::ResidentDiffRef(Selected(picks), resident_, k, scores, kHeads,
+                                         {begin, count, most}, k, {},
+                                         {absl::MakeSpan(pages), absl::MakeSpan(slots),
+                                          absl::MakeSpan(counts)})
+                    .ok());
     const int64_t half = int64_t{kPage} * kHeadDim;
+    const int64_t page_elems = int64_t{kPage} * kHeads * kHeadDim;
     std::vector<BFloat16> staging(lists * k * 2 * half);
     for (size_t list = 0; list < lists; ++list) {
       const int32_t b = static_cast<int32_t>(list / kHeads), h = list % kHeads;
-      int32_t* row = &resident_[list * k];
-      const std::set<int32_t> picked(picks[list].begin(), picks[list].end());
-      std::vector<int32_t> victims;
-      for (int32_t s = 0; s < k; ++s) {
-        if (row[s] < 0) victims.push_back(s);
-      }
-      for (int32_t s = 0; s < k; ++s) {
-        if (row[s] >= 0 && !picked.count(row[s])) victims.push_back(s);
-      }
-      for (int32_t p : picks[list]) {
-        if (std::count(row, row + k, p)) continue;
-        ASSERT_LT(counts[list], int32_t(victims.size()));
+      // A sequence within the budget keeps every page on the GPU: nothing to recall.
+      if (splits[b].candidates <= k) EXPECT_EQ(counts[list], 0) << "sequence " << b;
+      for (int32_t j = 0; j < counts[list]; ++j) {
+        const int32_t p = pages[list * k + j];
         ASSERT_TRUE(store_.count({b, p})) << "sequence " << b << " page " << p
                                           << " is picked but was never stored";
-        const int32_t j = counts[list]++;
-        pages[list * k + j] = p;
-        slots[list * k + j] = victims[j];
         const std::vector<BFloat16>& page = store_[{b, p}];
-        const int64_t page_elems = int64_t{kPage} * kHeads * kHeadDim;
         for (int32_t t = 0; t < kPage; ++t) {
           for (int32_t which = 0; which < 2; ++which) {
             std::copy_n(&page[which * page_elems + (t * kHeads + h) * kHeadDim], kHeadDim,
@@ -197,8 +211,6 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
           }
         }
       }
-      // A sequence within the budget keeps every page on the GPU: nothing to recall.
-      if (splits[b].candidates <= k) EXPECT_EQ(counts[list], 0) << "sequence " << b;
     }
     ASSERT_TRUE(ApplyRecallRef(staging, {pages, slots, counts}, {}, pool_, shape_.layout,
                                absl::MakeSpan(resident_))
@@ -233,28 +245,14 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
     if (shape_.resident()) Recall(splits, picks);
     if (HasFatalFailure()) return;
 
-    StepShape step;
-    step.num_kv_heads = kHeads;
-    step.page_tokens = kPage;
-    step.positions = positions;
-    step.step = t;
-    step.kind = !c.sparse ? TableKind::kFull
-                : c.over_full ? TableKind::kSelectedOverFull
-                              : TableKind::kResident;
-    step.layout = c.layout;
-    step.full_pages_per_seq = shape_.full_pages;
+    const StepShape step = StepShapeAt(shape_, positions, t);
     absl::StatusOr<StepInputs> built = StepInputs::Build(step);
     ASSERT_TRUE(built.ok()) << built.status();
     std::vector<int32_t> in(built->all().begin(), built->all().end());
     const StepInputs& s = *built;
     if (step.kind == TableKind::kSelectedOverFull) {
-      std::vector<int32_t> selected(picks.size() * c.layout.selected, -1);
-      for (size_t list = 0; list < picks.size(); ++list) {
-        std::copy(picks[list].begin(), picks[list].end(),
-                  selected.begin() + list * c.layout.selected);
-      }
       ASSERT_TRUE(SelectedToTableRef(
-                      selected, c.layout.selected, kHeads, shape_.full_pages,
+                      Selected(picks), c.layout.selected, kHeads, shape_.full_pages,
                       absl::MakeConstSpan(in).subspan(s.selected_start_at(), s.num_lists()),
                       absl::MakeSpan(in).subspan(s.indices_at(), s.indices_size()))
                       .ok());

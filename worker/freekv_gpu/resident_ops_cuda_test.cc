@@ -115,6 +115,22 @@ TEST(ApplyRecallCuda, MatchesTheReferenceOnRandomDiffs) {
   }
 }
 
+// AppendKvCuda into pool.device, from host copies of its inputs.
+void AppendOnTheGpu(const std::vector<BFloat16>& k, const std::vector<BFloat16>& v,
+                    const std::vector<int32_t>& pages, const std::vector<int32_t>& tokens,
+                    Pools& pool) {
+  auto d_k = Must(DeviceBuffer::Upload<BFloat16>(k));
+  auto d_v = Must(DeviceBuffer::Upload<BFloat16>(v));
+  auto d_pages = Must(DeviceBuffer::Upload<int32_t>(pages));
+  auto d_tokens = Must(DeviceBuffer::Upload<int32_t>(tokens));
+  auto stream = Must(CudaStream::Create());
+  ASSERT_TRUE(AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
+                           d_pages.span<int32_t>(), d_tokens.span<int32_t>(),
+                           pool.Device(), stream.get())
+                  .ok());
+  ASSERT_TRUE(stream.Synchronize().ok());
+}
+
 TEST(AppendKvCuda, MatchesTheReference) {
   std::mt19937 rng(22);
   Pools pool = RandomPools(rng);
@@ -127,16 +143,7 @@ TEST(AppendKvCuda, MatchesTheReference) {
     tokens[b] = rng() % kTokens;
   }
   ASSERT_TRUE(AppendKvRef(k, v, pages, tokens, pool.Host()).ok());
-  auto d_k = Must(DeviceBuffer::Upload<BFloat16>(k));
-  auto d_v = Must(DeviceBuffer::Upload<BFloat16>(v));
-  auto d_pages = Must(DeviceBuffer::Upload<int32_t>(pages));
-  auto d_tokens = Must(DeviceBuffer::Upload<int32_t>(tokens));
-  auto stream = Must(CudaStream::Create());
-  ASSERT_TRUE(AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
-                           d_pages.span<int32_t>(), d_tokens.span<int32_t>(),
-                           pool.Device(), stream.get())
-                  .ok());
-  ASSERT_TRUE(stream.Synchronize().ok());
+  AppendOnTheGpu(k, v, pages, tokens, pool);
   EXPECT_TRUE(SameBits(Download(pool.device), pool.host));
 }
 
@@ -162,16 +169,7 @@ TEST(AppendKvCuda, SkipsTokensOutsideThePool) {
                           absl::MakeConstSpan(pages).subspan(2),
                           absl::MakeConstSpan(tokens).subspan(2), pool.Host())
                   .ok());
-  auto d_k = Must(DeviceBuffer::Upload<BFloat16>(k));
-  auto d_v = Must(DeviceBuffer::Upload<BFloat16>(v));
-  auto d_pages = Must(DeviceBuffer::Upload<int32_t>(pages));
-  auto d_tokens = Must(DeviceBuffer::Upload<int32_t>(tokens));
-  auto stream = Must(CudaStream::Create());
-  ASSERT_TRUE(AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
-                           d_pages.span<int32_t>(), d_tokens.span<int32_t>(),
-                           pool.Device(), stream.get())
-                  .ok());
-  ASSERT_TRUE(stream.Synchronize().ok());
+  AppendOnTheGpu(k, v, pages, tokens, pool);
   EXPECT_TRUE(SameBits(Download(pool.device), pool.host));
 }
 
