@@ -119,6 +119,8 @@ absl::Status CudaStream::Synchronize() const {
   return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
 }
 
+bool CudaStream::Busy() const { return cudaStreamQuery(stream_) == cudaErrorNotReady; }
+
 absl::StatusOr<CudaEvent> CudaEvent::Create(bool timing) {
   CudaEvent e;
   FREEKV_CUDA_RETURN_IF_ERROR(

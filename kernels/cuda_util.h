@@ -106,6 +106,8 @@ class CudaStream {
   cudaStream_t get() const { return stream_; }
   // Waits for the stream's work; returns the first error it met.
   absl::Status Synchronize() const;
+  // Whether work enqueued on the stream has yet to run (does not wait); for reports.
+  bool Busy() const;
 
  private:
   CudaStream() = default;

@@ -21,6 +21,8 @@ absl::Status GpuDecoder::Impl::InitGeneration(absl::Span<const int32_t> first_fo
   const int32_t B = options.batch, P = shape.page_tokens;
   FREEKV_RETURN_IF_ERROR(Assign(
       kernels::PinnedBuffer::Allocate(size_t(options.max_steps + 1) * B * 4), &g->picked));
+  FREEKV_RETURN_IF_ERROR(Assign(
+      kernels::PinnedBuffer::Allocate(size_t(B) * c.vocab_size * sizeof(float)), &g->logits));
   FREEKV_RETURN_IF_ERROR(Assign(kernels::DeviceBuffer::Allocate(size_t(B) * 4), &g->first_tokens));
   FREEKV_RETURN_IF_ERROR(
       Assign(kernels::DeviceBuffer::Allocate(size_t(B) * 4), &g->prefill_forced));

@@ -26,6 +26,10 @@ struct Generation {
   // [max_steps + 1][batch]: row 0 the prefill's argmax, row t + 1 decode step t's;
   // written by the GPU (PickTokensCuda), read once the stream has drained.
   kernels::PinnedBuffer picked;
+  // [batch][vocab] floats: a step's logits for the caller's sink. Pinned, so that the
+  // copy is queued behind the step and the host's wait for it is the bounded one
+  // (into pageable memory the copy itself would block the host, without a limit).
+  kernels::PinnedBuffer logits;
   kernels::DeviceBuffer first_tokens;    // [batch] fed to decode step 0
   kernels::DeviceBuffer prefill_forced;  // [batch] forced[b][0], or -1
   // One sequence's prompt K and V, every layer: [layers][K|V][capacity][kv_heads][head_dim],

@@ -50,10 +50,10 @@ absl::Status Drain(GpuDecoder::Impl& m) {
 absl::Status DeliverLogits(GpuDecoder::Impl& m, int step, int32_t first, int32_t rows,
                            const LogitsSink& sink) {
   const size_t vocab = m.model->config().vocab_size;
-  std::vector<float> logits(size_t(rows) * vocab);
-  FREEKV_RETURN_IF_ERROR(
-      kernels::CopyAsync(logits.data(), m.model->logits().data(), logits.size() * 4,
-                         m.stream));
+  const absl::Span<float> logits =
+      m.generation->logits.span<float>().subspan(0, size_t(rows) * vocab);
+  FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(logits.data(), m.model->logits().data(),
+                                            logits.size() * sizeof(float), m.stream));
   FREEKV_RETURN_IF_ERROR(m.WaitForStream(absl::StrCat("the logits of step ", step)));
   for (int32_t r = 0; r < rows; ++r) {
     FREEKV_RETURN_IF_ERROR(
