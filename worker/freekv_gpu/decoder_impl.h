@@ -55,8 +55,9 @@ struct GpuDecoder::Impl {
   std::vector<LayerState> layers;
   std::unique_ptr<RecallDriver> driver;
   // How long the host waits for the GPU to reach a point of the decode before it calls
-  // the decode stalled (a step takes milliseconds; a hung recall never ends).
-  static constexpr absl::Duration kStallLimit = absl::Seconds(60);
+  // the decode stalled (a step takes milliseconds; a hung recall never ends). Shorter
+  // than the recall driver's own limits, so that the report shows the stall as it is.
+  static constexpr absl::Duration kStallLimit = absl::Seconds(20);
 
   // Shared scratch, in stream order; `inputs` holds the current StepInputs.
   kernels::DeviceBuffer scores, group_scores, selected, workspace, inputs, base, gates;
@@ -76,8 +77,15 @@ struct GpuDecoder::Impl {
   std::unique_ptr<Generation> generation;
 
   int32_t L() const { return options.layers; }
+  // gates: [layer][speculation, correction], then [layer] attended (kGateWords).
+  static constexpr int kGateWords = 3;
   uint32_t* gate(int layer, bool correction) const {
     return gates.span<uint32_t>().data() + 2 * layer + (correction ? 1 : 0);
+  }
+  // freekv: step + 1 once the step's attention has read the layer's pages; the
+  // speculative recall made at the step applies its pages only after (RecallItem).
+  uint32_t* attended_gate(int layer) const {
+    return gates.span<uint32_t>().data() + 2 * L() + layer;
   }
   const int32_t* step_number(const StepInputs& in) const {
     return inputs.span<int32_t>().data() + in.step_at();

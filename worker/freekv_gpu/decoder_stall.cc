@@ -24,7 +24,7 @@ absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
   std::string where;
   // The decode stream is the stuck one: read and open the gates on a stream of their own.
   absl::StatusOr<kernels::CudaStream> side = kernels::CudaStream::Create();
-  std::vector<uint32_t> values(2 * size_t(L()));
+  std::vector<uint32_t> values(kGateWords * size_t(L()));
   absl::Status read = side.status();
   if (read.ok()) {
     read = kernels::CopyAsync(values.data(), gates.data(), values.size() * 4, side->get());
@@ -32,10 +32,13 @@ absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
   if (read.ok()) read = side->Synchronize();
   for (int l = 0; l < L() && read.ok(); ++l) {
     absl::StrAppend(&where, "layer ", l, ": speculation gate ", values[2 * l],
-                    ", correction gate ", values[2 * l + 1]);
+                    ", correction gate ", values[2 * l + 1], ", attended gate ",
+                    values[2 * size_t(L()) + l]);
     if (driver != nullptr) {
       absl::StrAppend(&where, ", diff stamp ",
-                      __atomic_load_n(layers[l].diff.stamp(), __ATOMIC_ACQUIRE));
+                      __atomic_load_n(layers[l].diff.stamp(), __ATOMIC_ACQUIRE),
+                      " (heads flagged ",
+                      __atomic_load_n(layers[l].diff.num_flagged(), __ATOMIC_ACQUIRE), ")");
     }
     absl::StrAppend(&where, "; ");
   }
@@ -45,8 +48,8 @@ absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
     absl::StrAppend(&where, generation->offloader->Describe(), "; ");
   }
   for (int l = 0; l < L() && side.ok(); ++l) {
-    for (bool correction : {false, true}) {
-      SetGate(gate(l, correction), kGateFarPast, side->get()).IgnoreError();
+    for (uint32_t* word : {gate(l, false), gate(l, true), attended_gate(l)}) {
+      SetGate(word, kGateFarPast, side->get()).IgnoreError();
     }
   }
   return absl::DeadlineExceededError(

@@ -137,6 +137,11 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
         speculates ? HoldAt(in, layer, true) : GateHold{}));
   }
   FREEKV_RETURN_IF_ERROR(Attend(layer, in));
+  if (p == GpuPolicy::kFreeKv) {
+    // The pages attention read may now be replaced by this step's speculation.
+    FREEKV_RETURN_IF_ERROR(OpenGateIfNone(
+        {zero.span<int32_t>().data(), attended_gate(layer), step_number(in), 1}, s));
+  }
   return model->PostAttention(layer, options.batch, s);
 }
 
@@ -155,6 +160,10 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer, bool selects) {
     if (correction && !heads.flags.empty()) item.num_flagged = d.num_flagged();
     item.gate = gate(layer, correction);
     item.gate_value = static_cast<uint32_t>(t + 1);
+    if (!correction) {
+      item.apply_after = attended_gate(layer);
+      item.apply_after_value = static_cast<uint32_t>(t + 1);
+    }
     driver->Push(item);
   };
   if (options.policy == GpuPolicy::kBlocking || prime) {

@@ -109,7 +109,7 @@ absl::Status GpuDecoder::Impl::Init() {
           options.batch, c.num_heads, c.head_dim, std::max(shape.full_pages, 64))),
       &workspace));
   FREEKV_RETURN_IF_ERROR(workspace.Zero());
-  FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(size_t(L()) * 2 * 4), &gates));
+  FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(size_t(L()) * kGateWords * 4), &gates));
   FREEKV_RETURN_IF_ERROR(gates.Zero());
   // The inputs only grow with the position: size the buffers for the last step.
   auto largest = StepInputs::Build(ShapeAt(options.max_steps));

@@ -203,7 +203,8 @@ std::string RecallDriver::Describe() const {
   absl::MutexLock lock(&mu_);
   std::string out = absl::StrCat("recall driver: ", pushed_, " items pushed, ", done_,
                                  " done, ", to_issue_.size(), " queued, ",
-                                 to_complete_.size(), " awaiting replies");
+                                 to_complete_.size(), " awaiting replies, its stream ",
+                                 stream_.Busy() ? "busy" : "idle");
   if (issuing_.has_value()) {
     absl::StrAppend(&out, "; issuing step ", issuing_->step, " layer ", issuing_->layer,
                     " (its diff's stamp reads ",
@@ -228,6 +229,10 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
       stats_.reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
     }
     const CudaRegions& regions = kv_.regions();
+    if (item.apply_after != nullptr) {
+      FREEKV_RETURN_IF_ERROR(
+          WaitGateValue(item.apply_after, item.apply_after_value, stream_.get()));
+    }
     FREEKV_RETURN_IF_ERROR(regions.WaitSlotReady(t.layer, t.slot, stream_.get()));
     // This batch's slice places; the session's slots may be sized for a larger batch.
     const size_t places = sequence_ids_.size() * num_kv_heads_ * layout_.selected;

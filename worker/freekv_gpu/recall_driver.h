@@ -6,8 +6,9 @@
 //              reads the diff (and the flags, for an item of some heads), sends the recall
 //              request (KvClient::Recall, no wait);
 //   completer: waits for each recall's reply in order, then on its own stream waits
-//              for the slot's ready event, applies the slot (ApplyRecallCuda), marks
-//              the slot free, releases it, and opens the item's gate (SetGate).
+//              for the item's apply_after gate (if any) and the slot's ready event,
+//              applies the slot (ApplyRecallCuda), marks the slot free, releases it,
+//              and opens the item's gate (SetGate).
 // The decode stream waits on the gate (WaitGate) right before attention needs the
 // pages, so the host is never on the GPU's path unless a recall is late.
 //
@@ -60,6 +61,11 @@ struct RecallItem {
   const int32_t* num_flagged = nullptr;
   uint32_t* gate = nullptr;
   uint32_t gate_value = 0;
+  // When set, the recalled pages are applied only once this gate reaches
+  // `apply_after_value` (the driver's stream waits for it): freekv's speculation
+  // replaces pages that the attention of the step it was made in may still read.
+  const uint32_t* apply_after = nullptr;
+  uint32_t apply_after_value = 0;
 };
 
 struct RecallDriverStats {

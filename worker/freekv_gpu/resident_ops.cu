@@ -69,28 +69,35 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) resident[list * k + s] = pages[list * k + j];
 }
 
-// Holds its stream until the gate reaches `value` (thread 0 of block 0; the launch
-// ends when every thread has). A spinning kernel rather than the driver's
+// Holds the calling thread, and so its launch and stream, until the gate reaches
+// `value` (HoldAtGate: thread 0 of block 0; the launch ends when every thread has),
+// adding the time it waited to *waited_ns when that is non-null. A spinning kernel rather than the driver's
 // cuStreamWaitValue32: a blocked stream memory operation stalls the hardware queue it
 // sits in, which other streams (the one that would open the gate) may share, and on
 // the H100 that deadlocked; a running kernel blocks only its own stream. It sleeps
 // between reads.
-__device__ void HoldAtGate(const GateHold& hold) {
-  if (hold.gate == nullptr || blockIdx.x != 0 || threadIdx.x != 0) return;
-  const uint32_t value = static_cast<uint32_t>(*hold.step + hold.offset);
-  const volatile uint32_t* word = hold.gate;
+__device__ void HoldUntil(const uint32_t* gate, uint32_t value,
+                          unsigned long long* waited_ns) {
+  const volatile uint32_t* word = gate;
   if (static_cast<int32_t>(*word - value) >= 0) return;
   uint64_t start, end;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
   while (static_cast<int32_t>(*word - value) < 0) __nanosleep(256);
   __threadfence();
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end));
-  if (hold.waited_ns != nullptr) {
-    atomicAdd(hold.waited_ns, static_cast<unsigned long long>(end - start));
-  }
+  if (waited_ns != nullptr) atomicAdd(waited_ns, static_cast<unsigned long long>(end - start));
+}
+
+__device__ void HoldAtGate(const GateHold& hold) {
+  if (hold.gate == nullptr || blockIdx.x != 0 || threadIdx.x != 0) return;
+  HoldUntil(hold.gate, static_cast<uint32_t>(*hold.step + hold.offset), hold.waited_ns);
 }
 
 __global__ void WaitGateKernel(GateHold hold) { HoldAtGate(hold); }
+
+__global__ void WaitGateValueKernel(const uint32_t* gate, uint32_t value) {
+  HoldUntil(gate, value, nullptr);
+}
 
 __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* pages,
                              const int32_t* tokens, PoolArgs pool, GateHold hold) {
@@ -242,6 +249,13 @@ absl::Status WaitGate(const GateHold& hold, cudaStream_t stream) {
   FREEKV_RETURN_IF_ERROR(CheckHold(hold));
   WaitGateKernel<<<1, 1, 0, stream>>>(hold);
   return LaunchStatus("WaitGateKernel");
+}
+
+absl::Status WaitGateValue(const uint32_t* gate, uint32_t value, cudaStream_t stream) {
+  if (gate == nullptr) return absl::InvalidArgumentError("WaitGateValue: no gate");
+  FREEKV_RETURN_IF_ERROR(CheckHold({gate, nullptr, 0, nullptr}));
+  WaitGateValueKernel<<<1, 1, 0, stream>>>(gate, value);
+  return LaunchStatus("WaitGateValueKernel");
 }
 
 absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> src,

@@ -136,6 +136,9 @@ void RequireEagerLoading();
 // (how the recall driver and a stalled decode let the GPU drain after an error).
 inline constexpr uint32_t kGateFarPast = 1u << 30;
 absl::Status WaitGate(const GateHold& hold, cudaStream_t stream);
+// WaitGate with a value the host knows: holds `stream` until (int32_t)(*gate - value)
+// >= 0 (the recall driver holds its stream until a step's attention has read a layer).
+absl::Status WaitGateValue(const uint32_t* gate, uint32_t value, cudaStream_t stream);
 absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream);
 absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream);
 

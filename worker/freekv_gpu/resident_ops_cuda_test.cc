@@ -232,6 +232,36 @@ TEST(Gates, AWaitingStreamRunsOnlyOnceAnotherStreamOpensTheGate) {
   EXPECT_GE(waited_ns, 90'000'000u) << "the wait lasted the 100 ms the gate was shut";
 }
 
+// WaitGateValue, the recall driver's hold before it applies a speculation: the
+// stream runs on only once the gate reaches the host's value; a gate already past it
+// holds nothing.
+TEST(Gates, WaitGateValueHoldsUntilTheGateReachesTheHostsValue) {
+  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  auto marker = Must(DeviceBuffer::Allocate(4096));
+  ASSERT_TRUE(gate.Zero().ok());
+  ASSERT_TRUE(marker.Zero().ok());
+  auto waiter = Must(CudaStream::Create());
+  auto opener = Must(CudaStream::Create());
+  uint32_t* word = gate.span<uint32_t>().data();
+  ASSERT_TRUE(SetGate(word, 6, opener.get()).ok());  // the attention of step 5
+  ASSERT_TRUE(opener.Synchronize().ok());
+  ASSERT_TRUE(WaitGateValue(word, 7, waiter.get()).ok());
+  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past a closed gate";
+  ASSERT_TRUE(SetGate(word, 7, opener.get()).ok());
+  ASSERT_TRUE(waiter.Synchronize().ok());
+  EXPECT_TRUE(MarkerWritten(marker));
+  // A gate already past the value holds nothing.
+  ASSERT_TRUE(marker.Zero().ok());
+  ASSERT_TRUE(WaitGateValue(word, 3, waiter.get()).ok());
+  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
+  ASSERT_TRUE(waiter.Synchronize().ok());
+  EXPECT_TRUE(MarkerWritten(marker));
+  EXPECT_EQ(WaitGateValue(nullptr, 1, waiter.get()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // The host's bounded wait (CudaEvent::WaitFor, what the decoder waits with): a stream
 // held at a shut gate makes it end with DEADLINE_EXCEEDED, not hang; once the gate
 // opens, the same event completes.
