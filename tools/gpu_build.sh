@@ -19,8 +19,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bazel_cmd=(bazel)
+build_flags=()
 if [[ -n ${FREEKV_BAZEL_OUTPUT_BASE:-} ]]; then
   bazel_cmd+=(--output_base="$FREEKV_BAZEL_OUTPUT_BASE")
+  # No bazel-* links into this other output base: `./freekv test` (the default one)
+  # would read them as packages and fail to load.
+  build_flags+=(--symlink_prefix=/)
 fi
 patterns=("$@")
 ((${#patterns[@]})) || patterns=(//...)
@@ -38,7 +42,7 @@ if ((${#tests[@]} + ${#benches[@]} == 0)); then
   exit 1
 fi
 echo "gpu_build: ${#tests[@]} tests, ${#benches[@]} benchmarks" >&2
-"${bazel_cmd[@]}" build --config=cuda "${tests[@]}" "${benches[@]}" //worker/model:convert_model \
+"${bazel_cmd[@]}" build --config=cuda "${build_flags[@]}" "${tests[@]}" "${benches[@]}" //worker/model:convert_model \
   //kvservice:kvservice //worker:worker //worker:eval
 bin_dir=$("${bazel_cmd[@]}" info --config=cuda bazel-bin 2>/dev/null)
 

@@ -8,6 +8,8 @@
 # FREEKV_TRACE_RECALLS=1 makes the GPU decoder log each recall's progress.
 # FREEKV_GPU_ONLY (an extended regex) runs only the targets whose label matches it;
 # FREEKV_BENCH_ARGS are passed to every benchmark (e.g. smaller sweeps).
+# A binary still running at its limit has every thread's stack written to its log
+# (cuda-gdb, the GPU machine's debugger) before it is killed: a hang shows where.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ -f .gpu.pack/bundle.tar.xz && ! -f .gpu/manifest.tsv ]]; then
@@ -33,6 +35,7 @@ if [[ ${FREEKV_MPS:-1} != 0 ]] && command -v nvidia-cuda-mps-control >/dev/null;
   export CUDA_MPS_LOG_DIRECTORY=${TMPDIR:-/tmp}/freekv-mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d; then
+    mps=1
     trap 'echo quit | nvidia-cuda-mps-control' EXIT
     echo "gpu_remote: running under MPS ($CUDA_MPS_PIPE_DIRECTORY)"
   else
@@ -57,11 +60,35 @@ while IFS=$'\t' read -r kind label path; do
   start=$SECONDS
   # Into a file, not a pipe: a child the binary leaves behind (a kvservice whose test
   # died) cannot then hold the run open. Its own session (setsid), away from this
-  # script's signals; SIGKILL 10 s after the timeout's SIGTERM; then anything still
-  # running from .gpu/ (such a leftover child) is killed.
-  timeout -k 10 "${FREEKV_GPU_TIMEOUT:-300}" setsid ".gpu/$path" "${args[@]}" >"$log" 2>&1
-  rc=$?
+  # script's signals. Past the limit: its stacks, SIGTERM, SIGKILL 10 s later; then
+  # anything still running from .gpu/ (such a leftover child) is killed.
+  setsid ".gpu/$path" "${args[@]}" >"$log" 2>&1 &
+  pid=$!
+  limit=${FREEKV_GPU_TIMEOUT:-300}
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS - start < limit)); do sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "gpu_remote: still running after $limit s; the stacks of its threads:" >>"$log"
+    if command -v cuda-gdb >/dev/null; then
+      timeout 90 cuda-gdb -p "$pid" -batch -ex 'set pagination off' \
+        -ex 'thread apply all bt 30' >>"$log" 2>&1
+    fi
+    kill -TERM -- -"$pid" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- -"$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    rc=124
+  else
+    wait "$pid"
+    rc=$?
+  fi
   pkill -KILL -f '\.gpu/(bin|runfiles)/' 2>/dev/null
+  # A client killed mid-run can leave the MPS server refusing the next one
+  # (cudaErrorDevicesUnavailable, seen after a hung test): start a fresh server.
+  if [[ $rc -ne 0 && ${mps:-0} == 1 ]]; then
+    echo quit | timeout 30 nvidia-cuda-mps-control
+    sleep 1
+    nvidia-cuda-mps-control -d || echo "gpu_remote: MPS did not restart" >&2
+  fi
   cat "$log"
   if [[ $rc -eq 0 ]]; then
     passed=$((passed + 1))
