@@ -71,11 +71,11 @@ __global__ void __launch_bounds__(kThreads)
 
 // Holds the calling thread, and so its launch and stream, until the gate reaches
 // `value` (HoldAtGate: thread 0 of block 0; the launch ends when every thread has),
-// adding the time it waited to *waited_ns when that is non-null. A spinning kernel rather than the driver's
-// cuStreamWaitValue32: a blocked stream memory operation stalls the hardware queue it
-// sits in, which other streams (the one that would open the gate) may share, and on
-// the H100 that deadlocked; a running kernel blocks only its own stream. It sleeps
-// between reads.
+// adding the time it waited to *waited_ns when that is non-null. A spinning kernel
+// rather than the driver's cuStreamWaitValue32: a blocked stream memory operation
+// stalls the hardware queue it sits in, which other streams (the one that would open
+// the gate) may share, and on the H100 that deadlocked; a running kernel blocks only
+// its own stream. It sleeps between reads.
 __device__ void HoldUntil(const uint32_t* gate, uint32_t value,
                           unsigned long long* waited_ns) {
   const volatile uint32_t* word = gate;
