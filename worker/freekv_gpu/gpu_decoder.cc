@@ -9,6 +9,7 @@
 #include "kernels/decode_attention.h"
 #include "kernels/score.h"
 #include "worker/freekv_gpu/decoder_impl.h"
+#include "worker/model/model_config.h"
 
 namespace freekv::gpu {
 namespace {
@@ -72,8 +73,9 @@ std::string GpuPolicyName(GpuPolicy p) {
 }
 
 uint64_t GpuDecoder::SlotBytes(const GpuDecoderOptions& o, const ModelConfig& c) {
-  return uint64_t(o.batch) * c.num_kv_heads * o.layout.selected * 2 * o.page_tokens * c.head_dim *
-         sizeof(BFloat16);
+  // A slot holds every (sequence, selected page) block of one layer.
+  return uint64_t(o.batch) * o.layout.selected *
+         KvGeometry(c, o.page_tokens, DType::kBFloat16).block_bytes();
 }
 
 uint64_t GpuDecoder::DeviceBytes(const GpuDecoderOptions& o, const ModelConfig& c) {

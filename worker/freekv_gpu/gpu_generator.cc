@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "worker/freekv_gpu/decoder_impl.h"
 #include "worker/freekv_gpu/generation.h"
+#include "worker/model/model_config.h"
 
 namespace freekv::gpu {
 namespace {
@@ -74,7 +75,7 @@ uint64_t GpuGenerator::SlotBytes(const GpuGenerateOptions& o, const ModelConfig&
 }
 
 uint64_t GpuGenerator::OffloadBytes(const GpuGenerateOptions& o, const ModelConfig& c) {
-  const uint64_t block = uint64_t(c.num_kv_heads) * 2 * o.page_tokens * c.head_dim * 2;
+  const uint64_t block = KvGeometry(c, o.page_tokens, DType::kBFloat16).block_bytes();
   const uint64_t least = PageOffloader::kAreas * uint64_t(c.num_layers) * block;
   return std::max<uint64_t>(least, (kOffloadRegionBytes + block - 1) / block * block);
 }
