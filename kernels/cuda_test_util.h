@@ -15,6 +15,12 @@
 namespace freekv {
 namespace kernels {
 
+// Makes every stream of this process, and of the processes it starts, share one
+// hardware work queue (CUDA_DEVICE_MAX_CONNECTIONS=1); call before any CUDA call. A
+// stream that waits for work another stream enqueues after it then deadlocks every
+// time, instead of only when the driver happens to put both streams in one queue.
+inline void ShareOneWorkQueue() { setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 1); }
+
 template <typename T>
 T Must(absl::StatusOr<T> value) {
   if (!value.ok()) {

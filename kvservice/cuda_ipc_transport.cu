@@ -31,6 +31,28 @@ absl::Status CheckRunsInside(absl::Span<const CopyRun> runs, uint64_t region_byt
   return absl::OkStatus();
 }
 
+// How long a pull waits for the worker's offload region to be written: far past any
+// step; a worker that never records its event gets an error, not a stuck handler.
+constexpr absl::Duration kWrittenLimit = absl::Seconds(30);
+
+// Polls `event` (the worker's, so this thread never blocks inside the driver on it)
+// until it completes or `limit` passes.
+absl::Status WaitForWorker(const gpu::Event& event, absl::Duration limit) {
+  const absl::Time deadline = absl::Now() + limit;
+  for (;;) {
+    const cudaError_t state = cudaEventQuery(event.get());
+    if (state == cudaSuccess) return absl::OkStatus();
+    if (state != cudaErrorNotReady) return gpu::CudaStatus(state, "the worker's offload event");
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the worker's offload region was not written within ", absl::FormatDuration(limit),
+          " of its offload request (its GPU stalled, or it asked before recording its "
+          "event)"));
+    }
+    absl::SleepFor(absl::Microseconds(5));
+  }
+}
+
 absl::StatusOr<std::vector<gpu::Event>> OpenEvents(int device,
                                                    const std::vector<std::string>& handles) {
   std::vector<gpu::Event> events;
@@ -148,8 +170,12 @@ absl::Status CudaIpcSessionTransport::Pull(absl::Span<const CopyRun> runs) {
   }
   absl::MutexLock lock(&pull_mu_);
   // The worker recorded this after writing the region and before asking to offload.
-  if (absl::Status s = h_.pull_streams->WaitEvent(h_.offload_written.get()); !s.ok()) {
-    return s;
+  // This thread waits for it, not the pull streams: a stream waiting on the worker's
+  // event blocks the hardware queue it sits in, which the push streams may share, and
+  // the worker's event may itself sit behind a decode that waits for a push.
+  {
+    gpu::DeviceGuard guard(h_.device);
+    if (absl::Status s = WaitForWorker(h_.offload_written, kWrittenLimit); !s.ok()) return s;
   }
   if (absl::Status s = h_.pull_streams->Enqueue(copies); !s.ok()) return s;
   return h_.pull_streams->Synchronize();

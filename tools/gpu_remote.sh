@@ -4,7 +4,9 @@
 # output, then one line "N passed, N failed". Exit status 0 only when all passed.
 #   tools/gpu_remote.sh [test|bench]     (default: both kinds)
 # Each binary gets FREEKV_GPU_TIMEOUT seconds (default 300). When $OUT is set (the
-# lent device machine), every binary's full output is also kept in $OUT/<name>.log.
+# lent device machine), every binary's full output is also kept, as $OUT/logs/<name>.log
+# while it runs and all of them in $OUT/gpu_logs.tar.gz at the end (the device returns
+# only a few files from $OUT, so one archive instead of a dozen logs).
 # FREEKV_TRACE_RECALLS=1 makes the GPU decoder log each recall's progress.
 # FREEKV_GPU_ONLY (an extended regex) runs only the targets whose label matches it;
 # FREEKV_BENCH_ARGS are passed to every benchmark (e.g. smaller sweeps).
@@ -25,6 +27,15 @@ export TEST_SRCDIR="$PWD/.gpu/runfiles" TEST_WORKSPACE=freekv
 # The worker's GPU tests load the real model staged beside the binaries.
 [[ -d .gpu/models/stories15M ]] && export FREEKV_MODEL_DIR="$PWD/.gpu/models/stories15M"
 only=${1:-}
+log_dir=${TMPDIR:-/tmp}
+[[ -n ${OUT:-} ]] && log_dir=$OUT/logs && mkdir -p "$log_dir"
+on_exit() {
+  [[ ${mps:-0} == 1 ]] && echo quit | nvidia-cuda-mps-control
+  if [[ -n ${OUT:-} ]]; then
+    tar -czf "$OUT/gpu_logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
+  fi
+}
+trap on_exit EXIT
 # The kvservice and the worker are two processes on one GPU. Without MPS the GPU
 # time-slices their contexts, and a recall's copies wait for the worker's slice to
 # end (measured on the H100: 2.4 ms per recall instead of 0.26 ms; bench/RESULTS.md).
@@ -36,7 +47,6 @@ if [[ ${FREEKV_MPS:-1} != 0 ]] && command -v nvidia-cuda-mps-control >/dev/null;
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d; then
     mps=1
-    trap 'echo quit | nvidia-cuda-mps-control' EXIT
     echo "gpu_remote: running under MPS ($CUDA_MPS_PIPE_DIRECTORY)"
   else
     unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
@@ -56,7 +66,7 @@ while IFS=$'\t' read -r kind label path; do
   args=()
   [[ $kind == bench && -n ${FREEKV_BENCH_ARGS:-} ]] && read -ra args <<<"$FREEKV_BENCH_ARGS"
   echo "=== $kind $label"
-  log=${OUT:-${TMPDIR:-/tmp}}/$(basename "$path").log
+  log=$log_dir/$(basename "$path").log
   start=$SECONDS
   # Into a file, not a pipe: a child the binary leaves behind (a kvservice whose test
   # died) cannot then hold the run open. Its own session (setsid), away from this

@@ -9,6 +9,7 @@
 #ifndef FREEKV_WORKER_FREEKV_GPU_DECODER_IMPL_H_
 #define FREEKV_WORKER_FREEKV_GPU_DECODER_IMPL_H_
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -60,7 +61,11 @@ struct GpuDecoder::Impl {
   static constexpr absl::Duration kStallLimit = absl::Seconds(20);
 
   // Shared scratch, in stream order; `inputs` holds the current StepInputs.
-  kernels::DeviceBuffer scores, group_scores, selected, workspace, inputs, base, gates;
+  kernels::DeviceBuffer scores, group_scores, selected, workspace, inputs, base;
+  // Gates (resident_ops.h), pinned: [layer][speculation, correction], then the abort
+  // word a stall report sets. `observed`, on the device: the word each hold passed on.
+  kernels::PinnedBuffer gates;
+  kernels::DeviceBuffer observed;
   kernels::DeviceBuffer zero;       // an int32 0 (a flag count that opens a gate)
   kernels::DeviceBuffer waited_ns;  // time the stream spent at gates (WaitGate)
   std::vector<kernels::PinnedBuffer> staged_inputs;  // kInputRing of them
@@ -69,6 +74,7 @@ struct GpuDecoder::Impl {
   std::optional<kernels::CudaGraph> step_graph;      // the step, captured
   std::optional<StepInputs> graph_shape;             // what they were captured for
   int32_t steps_run = 0;
+  int32_t steps_enqueued = 0;  // Step() calls that recorded their step_end event
   double enqueue_seconds = 0;
   // freekv: (layer, sequence, KV head) similarity checks enqueued (steps that select,
   // the priming step aside): the denominator of the correction rate.
@@ -77,16 +83,15 @@ struct GpuDecoder::Impl {
   std::unique_ptr<Generation> generation;
 
   int32_t L() const { return options.layers; }
-  // gates: [layer][speculation, correction], then [layer] attended (kGateWords).
-  static constexpr int kGateWords = 3;
   uint32_t* gate(int layer, bool correction) const {
     return gates.span<uint32_t>().data() + 2 * layer + (correction ? 1 : 0);
   }
-  // freekv: step + 1 once the step's attention has read the layer's pages; the
-  // speculative recall made at the step applies its pages only after (RecallItem).
-  uint32_t* attended_gate(int layer) const {
-    return gates.span<uint32_t>().data() + 2 * L() + layer;
+  uint32_t* abort_word() const { return gates.span<uint32_t>().data() + 2 * L(); }
+  uint32_t* observed_word(int layer, bool correction) const {
+    return observed.span<uint32_t>().data() + 2 * layer + (correction ? 1 : 0);
   }
+  // The layer's two staging slots, as this batch fills them.
+  std::array<absl::Span<const BFloat16>, 2> Slots(int layer) const;
   const int32_t* step_number(const StepInputs& in) const {
     return inputs.span<int32_t>().data() + in.step_at();
   }
@@ -97,8 +102,9 @@ struct GpuDecoder::Impl {
   absl::Status WaitForStream(absl::string_view what);
   absl::Status WaitForEvent(const kernels::CudaEvent& event, absl::string_view what);
   // DEADLINE_EXCEEDED naming `what` and where the recall machinery stands (each
-  // layer's gates and diff stamp, the driver's and the offloader's queues). Opens every
-  // gate far past its value first, so the stream drains before the decoder is freed.
+  // layer's gates and diff stamp, the driver's and the offloader's queues), also
+  // logged. Sets the abort word, so every hold passes and the stream drains before the
+  // decoder is freed.
   absl::Status Stalled(absl::string_view what);
   // Enqueues decode step t; real decoding also picks the next tokens and keeps the
   // pages that fill (generation.cc).
@@ -119,9 +125,14 @@ struct GpuDecoder::Impl {
   // set lacks (the diff's block, in pinned memory).
   absl::Status Select(int layer, const StepInputs& in, const DiffSet* diff);
   absl::Status Attend(int layer, const StepInputs& in);
+  // Applies the recall the gate of (layer, correction) published for step `in`, to
+  // the heads `heads` covers (nothing when it published none).
+  absl::Status ApplyPublished(int layer, const StepInputs& in, bool correction,
+                              const HeadMask& heads);
   // The real oracle: the selection's pages into the step's page table (over_full).
   absl::Status WriteSelectedPages(const StepInputs& in);
-  // The spec (or correction) gate of a layer, as step `in` waits for it.
+  // The spec (or correction) gate of a layer, as step `in` waits for it; the hold
+  // keeps the word it passed on for ApplyPublished.
   GateHold HoldAt(const StepInputs& in, int layer, bool correction) const;
 
   // Real decoding (generation.cc, generation_step.cc).

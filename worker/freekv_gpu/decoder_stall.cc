@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "worker/freekv_gpu/decoder_impl.h"
 
 namespace freekv::gpu {
@@ -22,18 +23,23 @@ absl::Status GpuDecoder::Impl::WaitForStream(absl::string_view what) {
 
 absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
   std::string where;
-  // The decode stream is the stuck one: read and open the gates on a stream of their own.
-  absl::StatusOr<kernels::CudaStream> side = kernels::CudaStream::Create();
-  std::vector<uint32_t> values(kGateWords * size_t(L()));
-  absl::Status read = side.status();
-  if (read.ok()) {
-    read = kernels::CopyAsync(values.data(), gates.data(), values.size() * 4, side->get());
+  // How far the stream got: the last step whose end it has run.
+  int32_t finished = 0;
+  while (finished < steps_enqueued && step_end[finished].WaitFor(absl::ZeroDuration()).ok()) {
+    ++finished;
   }
-  if (read.ok()) read = side->Synchronize();
-  for (int l = 0; l < L() && read.ok(); ++l) {
-    absl::StrAppend(&where, "layer ", l, ": speculation gate ", values[2 * l],
-                    ", correction gate ", values[2 * l + 1], ", attended gate ",
-                    values[2 * size_t(L()) + l]);
+  absl::StrAppend(&where, "the stream ran ", finished, " of the ", steps_enqueued,
+                  " steps enqueued; ");
+  // The gates are pinned: the host reads them directly (their value and the slot they
+  // name, resident_ops.h GateWord).
+  auto gate_text = [](const uint32_t* word) {
+    const uint32_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    return absl::StrCat(GateValue(w), (w & 3u) != 0 ? absl::StrCat(" (slot ", (w & 3u) - 1, ")")
+                                                    : std::string());
+  };
+  for (int l = 0; l < L(); ++l) {
+    absl::StrAppend(&where, "layer ", l, ": speculation gate ", gate_text(gate(l, false)),
+                    ", correction gate ", gate_text(gate(l, true)));
     if (driver != nullptr) {
       absl::StrAppend(&where, ", diff stamp ",
                       __atomic_load_n(layers[l].diff.stamp(), __ATOMIC_ACQUIRE),
@@ -42,20 +48,19 @@ absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
     }
     absl::StrAppend(&where, "; ");
   }
-  if (!read.ok()) absl::StrAppend(&where, "gates unreadable (", read.message(), "); ");
   if (driver != nullptr) absl::StrAppend(&where, driver->Describe(), "; ");
   if (generation != nullptr && generation->offloader != nullptr) {
     absl::StrAppend(&where, generation->offloader->Describe(), "; ");
   }
-  for (int l = 0; l < L() && side.ok(); ++l) {
-    for (uint32_t* word : {gate(l, false), gate(l, true), attended_gate(l)}) {
-      SetGate(word, kGateFarPast, side->get()).IgnoreError();
-    }
-  }
-  return absl::DeadlineExceededError(
+  // Every hold passes from now on.
+  __atomic_store_n(abort_word(), 1u, __ATOMIC_RELEASE);
+  absl::Status report = absl::DeadlineExceededError(
       absl::StrCat("the decode stalled: the GPU did not reach ", what, " within ",
                    absl::FormatDuration(kStallLimit), ". ", where,
-                   "every gate is now open so that the GPU drains"));
+                   "every hold now passes so that the GPU drains"));
+  // Logged as well as returned: if the GPU does not drain, the caller never returns it.
+  Log(LogLevel::kError, "%s", report.message());
+  return report;
 }
 
 }  // namespace freekv::gpu

@@ -56,8 +56,17 @@ absl::Status GpuDecoder::Impl::Attend(int layer, const StepInputs& in) {
 // Spec gates open at the step they serve, correction gates at step + 1: the values
 // RecallItem::gate_value carries (PushLayerItems).
 GateHold GpuDecoder::Impl::HoldAt(const StepInputs& in, int layer, bool correction) const {
-  return {gate(layer, correction), step_number(in), correction ? 1 : 0,
-          waited_ns.span<unsigned long long>().data()};
+  return {gate(layer, correction),   step_number(in),
+          correction ? 1 : 0,        waited_ns.span<unsigned long long>().data(),
+          abort_word(),              observed_word(layer, correction)};
+}
+
+absl::Status GpuDecoder::Impl::ApplyPublished(int layer, const StepInputs& in,
+                                              bool correction, const HeadMask& heads) {
+  LayerState& st = layers[layer];
+  return ApplyPublishedCuda(HoldAt(in, layer, correction), Slots(layer),
+                            st.diff.ReadOnlyDiff(), heads, st.view, options.layout,
+                            st.resident.span<int32_t>(), stream);
 }
 
 absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInputs& in) {
@@ -77,6 +86,12 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
                                       dev.subspan(in.append_tokens_at(), options.batch),
                                       st.view, s,
                                       speculates ? HoldAt(in, layer, false) : GateHold{}));
+  // Then the speculation's pages, into the heads the last step did not correct (the
+  // diff still holds that step's selection): before this step selects, after the last
+  // step's attention read the slots' old pages, by the stream's own order.
+  if (speculates) {
+    FREEKV_RETURN_IF_ERROR(ApplyPublished(layer, in, false, HeadMask{st.diff.flags(), true}));
+  }
   // Opens a gate from the stream, to the value a recall of this step would set (step
   // + 1): with recalls left out (skip_recall), or when there is nothing to recall.
   auto open_now = [&](bool correction) {
@@ -100,6 +115,7 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     FREEKV_RETURN_IF_ERROR(st.diff.Publish(step_number(in), s));
     if (own) FREEKV_RETURN_IF_ERROR(open_now(true));
     FREEKV_RETURN_IF_ERROR(WaitGate(HoldAt(in, layer, true), s));
+    FREEKV_RETURN_IF_ERROR(ApplyPublished(layer, in, true, HeadMask{}));
     // The next step's speculation would select with this same query: nothing is left
     // to recall, so its gate opens here.
     if (prime) FREEKV_RETURN_IF_ERROR(open_now(false));
@@ -135,13 +151,11 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
         st.q_prev.span<int32_t>().subspan(0, words),
         absl::MakeConstSpan(reinterpret_cast<const int32_t*>(model->q().data()), words), s,
         speculates ? HoldAt(in, layer, true) : GateHold{}));
+    if (speculates) {
+      FREEKV_RETURN_IF_ERROR(ApplyPublished(layer, in, true, HeadMask{st.diff.flags(), false}));
+    }
   }
   FREEKV_RETURN_IF_ERROR(Attend(layer, in));
-  if (p == GpuPolicy::kFreeKv) {
-    // The pages attention read may now be replaced by this step's speculation.
-    FREEKV_RETURN_IF_ERROR(OpenGateIfNone(
-        {zero.span<int32_t>().data(), attended_gate(layer), step_number(in), 1}, s));
-  }
   return model->PostAttention(layer, options.batch, s);
 }
 
@@ -160,10 +174,6 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer, bool selects) {
     if (correction && !heads.flags.empty()) item.num_flagged = d.num_flagged();
     item.gate = gate(layer, correction);
     item.gate_value = static_cast<uint32_t>(t + 1);
-    if (!correction) {
-      item.apply_after = attended_gate(layer);
-      item.apply_after_value = static_cast<uint32_t>(t + 1);
-    }
     driver->Push(item);
   };
   if (options.policy == GpuPolicy::kBlocking || prime) {
@@ -266,6 +276,7 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
   }
   if (options.real()) FREEKV_RETURN_IF_ERROR(AfterRealStep(t, *in, jobs, device_jobs));
   FREEKV_RETURN_IF_ERROR(step_end[t].Record(stream));
+  steps_enqueued = std::max(steps_enqueued, t + 1);
   enqueue_seconds += absl::ToDoubleSeconds(absl::Now() - start);
   return absl::OkStatus();
 }

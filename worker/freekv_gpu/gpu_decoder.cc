@@ -111,8 +111,10 @@ absl::Status GpuDecoder::Impl::Init() {
           options.batch, c.num_heads, c.head_dim, std::max(shape.full_pages, 64))),
       &workspace));
   FREEKV_RETURN_IF_ERROR(workspace.Zero());
-  FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(size_t(L()) * kGateWords * 4), &gates));
-  FREEKV_RETURN_IF_ERROR(gates.Zero());
+  FREEKV_RETURN_IF_ERROR(Assign(PinnedBuffer::Allocate((2 * size_t(L()) + 1) * 4), &gates));
+  std::fill(gates.span<uint32_t>().begin(), gates.span<uint32_t>().end(), 0u);
+  FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(2 * size_t(L()) * 4), &observed));
+  FREEKV_RETURN_IF_ERROR(observed.Zero());
   // The inputs only grow with the position: size the buffers for the last step.
   auto largest = StepInputs::Build(ShapeAt(options.max_steps));
   if (!largest.ok()) return largest.status();
@@ -137,12 +139,8 @@ absl::Status GpuDecoder::Impl::Init() {
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(sizeof(uint64_t)), &waited_ns));
   FREEKV_RETURN_IF_ERROR(waited_ns.Zero());
   if (NeedsSession(options)) {
-    std::vector<LayerResidency> residency;
-    for (const LayerState& l : layers) residency.push_back(l.Residency());
-    auto side = CudaStream::Create();
-    if (!side.ok()) return side.status();
-    driver = std::make_unique<RecallDriver>(*kv, std::move(residency), options.sequence_ids,
-                                            c.num_kv_heads, options.layout, *std::move(side));
+    driver = std::make_unique<RecallDriver>(*kv, options.sequence_ids, c.num_kv_heads,
+                                            options.layout);
   }
   // Zero() and Poison() above run on the legacy stream, which a non-blocking stream
   // does not wait for: finish everything before the first step.
@@ -153,7 +151,19 @@ GpuDecoder::GpuDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 GpuDecoder::~GpuDecoder() {
   if (impl_->driver != nullptr) impl_->driver->Finish().IgnoreError();
+  // The driver hands its slots back when destroyed: after the stream has read them.
   impl_->stream_holder[0].Synchronize().IgnoreError();
+}
+
+std::array<absl::Span<const BFloat16>, 2> GpuDecoder::Impl::Slots(int layer) const {
+  // This batch's slice places; the session's slots may be sized for a larger batch.
+  const size_t elems = size_t(shape.lists()) * options.layout.selected *
+                       kv->client().geometry().head_slice_bytes() / sizeof(BFloat16);
+  std::array<absl::Span<const BFloat16>, 2> out;
+  for (uint32_t s = 0; s < 2; ++s) {
+    out[s] = {reinterpret_cast<const BFloat16*>(kv->regions().staging_slot(layer, s)), elems};
+  }
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<GpuDecoder::Impl>> GpuDecoder::Impl::Create(

@@ -22,7 +22,7 @@
 namespace freekv::gpu {
 namespace {
 
-const bool kEager = (RequireEagerLoading(), true);  // before main: before CUDA starts
+const bool kEager = (RequireEagerLoading(), kernels::ShareOneWorkQueue(), true);  // before main: before CUDA starts
 
 using kernels::Must;
 

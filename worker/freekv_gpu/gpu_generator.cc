@@ -1,10 +1,12 @@
 #include "worker/freekv_gpu/gpu_generator.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 #include "worker/freekv_gpu/decoder_impl.h"
 #include "worker/freekv_gpu/generation.h"
 #include "worker/model/model_config.h"
@@ -34,14 +36,24 @@ absl::Status CheckTokens(const DecodeRequest& r, int32_t vocab) {
   return check(r.forced, "forced row");
 }
 
-// Lets the GPU finish whatever was enqueued (the driver opens every gate it owes even
-// after an error), so that nothing is freed under a running kernel.
+// Lets the GPU finish whatever was enqueued (a stalled stream is let through every
+// hold), so that nothing is freed under a running kernel, then hands the recall slots
+// back: no further step will read them.
 absl::Status Drain(GpuDecoder::Impl& m) {
-  // The stream first: a stalled one is let go (every gate opened), and the driver's
-  // items then complete.
   absl::Status status = m.WaitForStream("the end of the decode");
+  if (absl::IsDeadlineExceeded(status) &&
+      !m.WaitForStream("the end of the decode, every hold passing").ok()) {
+    // Stuck on something no hold releases: freeing the decoder's memory under a kernel
+    // that may still write it would corrupt whatever is allocated there next, and
+    // waiting would hang the worker for ever. The reports are in the log.
+    Log(LogLevel::kError, "the GPU did not drain with every hold passing; aborting");
+    std::abort();
+  }
   if (!status.ok()) status.Update(m.stream_holder[0].Synchronize());
-  if (m.driver != nullptr) status.Update(m.driver->Finish());
+  if (m.driver != nullptr) {
+    status.Update(m.driver->Finish());
+    m.driver->ReleaseAll();
+  }
   if (m.generation != nullptr && m.generation->offloader != nullptr) {
     status.Update(m.generation->offloader->Finish());
   }

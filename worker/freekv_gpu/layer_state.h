@@ -10,7 +10,6 @@
 #include "kernels/cuda_util.h"
 #include "kernels/select.h"
 #include "kernels/similarity.h"
-#include "worker/freekv_gpu/recall_driver.h"
 #include "worker/freekv_gpu/resident_ops.h"
 
 namespace freekv::gpu {
@@ -74,7 +73,6 @@ struct LayerState {
 
   static absl::StatusOr<LayerState> Create(const StateShape& shape, bool recalls,
                                            uint64_t seed, cudaStream_t stream);
-  LayerResidency Residency() const { return {view, resident.span<int32_t>()}; }
 };
 
 // Device bytes LayerState::Create allocates.

@@ -35,15 +35,12 @@ absl::Status AwaitStamp(const RecallItem& item) {
 
 }  // namespace
 
-RecallDriver::RecallDriver(CudaKvClient& kv, std::vector<LayerResidency> layers,
-                           std::vector<uint64_t> sequence_ids, int32_t num_kv_heads,
-                           ResidentLayout layout, kernels::CudaStream stream)
+RecallDriver::RecallDriver(CudaKvClient& kv, std::vector<uint64_t> sequence_ids,
+                           int32_t num_kv_heads, ResidentLayout layout)
     : kv_(kv),
-      layers_(std::move(layers)),
       sequence_ids_(std::move(sequence_ids)),
       num_kv_heads_(num_kv_heads),
-      layout_(layout),
-      stream_(std::move(stream)) {
+      layout_(layout) {
   issuer_ = std::thread([this] { IssueLoop(); });
   completer_ = std::thread([this] { CompleteLoop(); });
 }
@@ -55,6 +52,7 @@ RecallDriver::~RecallDriver() {
   }
   issuer_.join();
   completer_.join();
+  ReleaseAll();
 }
 
 void RecallDriver::Push(const RecallItem& item) {
@@ -64,18 +62,32 @@ void RecallDriver::Push(const RecallItem& item) {
 }
 
 absl::Status RecallDriver::Finish() {
-  {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](RecallDriver* d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu_) {
-          return d->done_ == d->pushed_;
-        },
-        this));
-  }
-  absl::Status drained = stream_.Synchronize();
   absl::MutexLock lock(&mu_);
-  absl::Status first = std::exchange(first_error_, absl::OkStatus());
-  return first.ok() ? drained : first;
+  mu_.Await(absl::Condition(
+      +[](RecallDriver* d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu_) {
+        return d->done_ == d->pushed_;
+      },
+      this));
+  return std::exchange(first_error_, absl::OkStatus());
+}
+
+void RecallDriver::ReleaseAll() {
+  absl::MutexLock lock(&mu_);
+  for (auto& layer : held_) {
+    for (const auto& [stamp, ticket] : layer) kv_.client().Release(ticket).IgnoreError();
+    layer.clear();
+  }
+}
+
+void RecallDriver::ReleaseRead(uint32_t layer, int32_t stamp) {
+  absl::MutexLock lock(&mu_);
+  if (layer >= held_.size()) return;
+  auto& held = held_[layer];
+  auto read = [stamp](const std::pair<int32_t, RecallTicket>& h) { return h.first < stamp; };
+  for (const auto& h : held) {
+    if (read(h)) kv_.client().Release(h.second).IgnoreError();
+  }
+  held.erase(std::remove_if(held.begin(), held.end(), read), held.end());
 }
 
 RecallDriverStats RecallDriver::stats() const {
@@ -131,6 +143,8 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
                                  std::optional<RecallTicket>* ticket, absl::Time* sent_at,
                                  bool* skip) {
   FREEKV_RETURN_IF_ERROR(AwaitStamp(item));
+  // The stream has selected this layer again: it applied every earlier item's slot.
+  ReleaseRead(item.layer, item.stamp_value);
   const absl::Time start = absl::Now();
   if (item.num_flagged != nullptr) {
     absl::MutexLock lock(&mu_);
@@ -190,8 +204,8 @@ void RecallDriver::CompleteLoop() {
           sent.item.layer, sent.item.gate_value, status.ToString());
     }
     if (sent.failed || !status.ok()) {
-      // Let the decode stream drain; Finish reports the error.
-      SetGate(sent.item.gate, sent.item.gate_value + kGateFarPast, stream_.get()).IgnoreError();
+      // Let the decode stream drain, applying nothing; Finish reports the error.
+      OpenGate(sent.item.gate, sent.item.gate_value + kGateFarPast);
     }
     absl::MutexLock lock(&mu_);
     completing_.reset();
@@ -201,10 +215,12 @@ void RecallDriver::CompleteLoop() {
 
 std::string RecallDriver::Describe() const {
   absl::MutexLock lock(&mu_);
+  size_t held = 0;
+  for (const auto& layer : held_) held += layer.size();
   std::string out = absl::StrCat("recall driver: ", pushed_, " items pushed, ", done_,
                                  " done, ", to_issue_.size(), " queued, ",
-                                 to_complete_.size(), " awaiting replies, its stream ",
-                                 stream_.Busy() ? "busy" : "idle");
+                                 to_complete_.size(), " awaiting replies, ", held,
+                                 " slots held");
   if (issuing_.has_value()) {
     absl::StrAppend(&out, "; issuing step ", issuing_->step, " layer ", issuing_->layer,
                     " (its diff's stamp reads ",
@@ -220,35 +236,23 @@ std::string RecallDriver::Describe() const {
 
 absl::Status RecallDriver::Complete(const Sent& sent) {
   const RecallItem& item = sent.item;
+  int32_t slot = -1;
   if (sent.ticket.has_value()) {
     const RecallTicket& t = *sent.ticket;
+    // The kvservice replies once the bytes are in the slot.
     FREEKV_RETURN_IF_ERROR(kv_.client().Wait(t, absl::Now() + kReplyDeadline));
     const absl::Time start = absl::Now();
-    {
-      absl::MutexLock lock(&mu_);
-      stats_.reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
-    }
-    const CudaRegions& regions = kv_.regions();
-    if (item.apply_after != nullptr) {
-      FREEKV_RETURN_IF_ERROR(
-          WaitGateValue(item.apply_after, item.apply_after_value, stream_.get()));
-    }
-    FREEKV_RETURN_IF_ERROR(regions.WaitSlotReady(t.layer, t.slot, stream_.get()));
-    // This batch's slice places; the session's slots may be sized for a larger batch.
-    const size_t places = sequence_ids_.size() * num_kv_heads_ * layout_.selected;
-    const absl::Span<const BFloat16> slot(
-        reinterpret_cast<const BFloat16*>(regions.staging_slot(t.layer, t.slot)),
-        places * kv_.client().geometry().head_slice_bytes() / sizeof(BFloat16));
-    const LayerResidency& layer = layers_[item.layer];
-    FREEKV_RETURN_IF_ERROR(ApplyRecallCuda(slot, item.diff, item.heads,
-                                           layer.pool, layout_, layer.resident,
-                                           stream_.get()));
-    FREEKV_RETURN_IF_ERROR(regions.MarkSlotFree(t.layer, t.slot, stream_.get()));
-    FREEKV_RETURN_IF_ERROR(kv_.client().Release(t));
     absl::MutexLock lock(&mu_);
+    stats_.reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
+    // Held before the gate opens: the stream may read the slot, select the layer again
+    // and let the issuer hand it back at once.
+    if (held_.size() <= item.layer) held_.resize(item.layer + 1);
+    held_[item.layer].emplace_back(item.stamp_value, t);
+    slot = static_cast<int32_t>(t.slot);
     stats_.host_work_seconds += absl::ToDoubleSeconds(absl::Now() - start);
   }
-  return SetGate(item.gate, item.gate_value, stream_.get());
+  OpenGate(item.gate, item.gate_value, slot);
+  return absl::OkStatus();
 }
 
 }  // namespace freekv::gpu

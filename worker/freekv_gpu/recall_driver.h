@@ -1,25 +1,32 @@
 // RecallDriver: the host side of a GPU worker's recalls, off the decode thread. The
-// decode thread enqueues a layer's selection and a copy of its diff to pinned memory,
-// records an event, and pushes an item; it never waits for the GPU. Two threads here
-// turn items into recalls and applied pages:
+// decode thread enqueues a layer's selection (its diff lands in pinned memory, then a
+// stamp) and pushes an item; it never waits for the GPU. Two threads here turn items
+// into recalls:
 //   issuer:    waits until the item's stamp shows its step (layer_state.h DiffSet),
-//              reads the diff (and the flags, for an item of some heads), sends the recall
-//              request (KvClient::Recall, no wait);
-//   completer: waits for each recall's reply in order, then on its own stream waits
-//              for the item's apply_after gate (if any) and the slot's ready event,
-//              applies the slot (ApplyRecallCuda), marks the slot free, releases it,
-//              and opens the item's gate (SetGate).
-// The decode stream waits on the gate (WaitGate) right before attention needs the
-// pages, so the host is never on the GPU's path unless a recall is late.
+//              hands back the layer's slots the stream has read since, reads the diff
+//              (and the flags, for an item of some heads), sends the recall request
+//              (KvClient::Recall, no wait);
+//   completer: waits for each recall's reply in order (the kvservice replies once the
+//              bytes are in the slot), then opens the item's gate from the host,
+//              naming the slot (OpenGate).
+// The decode stream holds at the gate right before it needs the pages and applies the
+// slot itself (ApplyPublishedCuda), so no GPU work of this driver ever sits between
+// the stream and its gate (resident_ops.h says why that deadlocked).
 //
-// An item with nothing to recall opens its gate at once (on the completer's stream,
-// in order); a correction item whose layer flagged no head is dropped (the decode
-// stream opened its gate itself, PublishCorrectionCuda). On any error the driver keeps
-// opening gates (far past their value) so the GPU drains, and Finish reports the first
-// error.
+// A slot goes back to the client (KvClient::Release) only once the stream has read it:
+// the stream applies a layer's recalls before it selects that layer again, so a layer's
+// stamp at step s means every item of that layer pushed before step s was applied.
+// Finish does not hand slots back; ReleaseAll, once the stream has drained for good,
+// does (the destructor too).
 //
-// Thread safety: Push and Finish from one thread (the decode thread); the driver's
-// own threads do the rest. Items must be pushed after their copies were enqueued.
+// An item with nothing to recall opens its gate at once, naming no slot; a correction
+// item whose layer flagged no head is dropped (the decode stream opened its gate
+// itself, PublishCorrectionCuda). On any error the driver keeps opening gates (far past
+// their value, naming no slot) so the GPU drains, and Finish reports the first error.
+//
+// Thread safety: Push, Finish and ReleaseAll from one thread (the decode thread); the
+// driver's own threads do the rest. Items must be pushed after their selection was
+// enqueued.
 #ifndef FREEKV_WORKER_FREEKV_GPU_RECALL_DRIVER_H_
 #define FREEKV_WORKER_FREEKV_GPU_RECALL_DRIVER_H_
 
@@ -28,6 +35,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -37,12 +45,6 @@
 #include "worker/freekv_gpu/resident_ops.h"
 
 namespace freekv::gpu {
-
-// What the driver needs of one layer's resident set (device memory).
-struct LayerResidency {
-  kernels::PagedKv<BFloat16> pool;
-  absl::Span<int32_t> resident;
-};
 
 // One selection's diff to recall: in pinned host memory that the selection kernels
 // wrote and that both the driver (building the request) and the apply kernel read.
@@ -59,13 +61,8 @@ struct RecallItem {
   // takes the unflagged heads of the same diff.
   HeadMask heads;
   const int32_t* num_flagged = nullptr;
-  uint32_t* gate = nullptr;
+  uint32_t* gate = nullptr;  // pinned: the decode stream polls it
   uint32_t gate_value = 0;
-  // When set, the recalled pages are applied only once this gate reaches
-  // `apply_after_value` (the driver's stream waits for it): freekv's speculation
-  // replaces pages that the attention of the step it was made in may still read.
-  const uint32_t* apply_after = nullptr;
-  uint32_t apply_after_value = 0;
 };
 
 struct RecallDriverStats {
@@ -73,28 +70,34 @@ struct RecallDriverStats {
   uint64_t slices = 0;
   uint64_t corrections = 0;   // correction items that sent a recall
   uint64_t flagged_heads = 0;  // (sequence, KV head) pairs corrections flagged
-  double host_work_seconds = 0;  // building and sending requests, enqueueing applies
+  double host_work_seconds = 0;  // building and sending requests, opening gates
   double reply_seconds = 0;      // summed over recalls: request sent -> reply read
 };
 
 class RecallDriver {
  public:
-  // `layers` and `sequence_ids` (one per batch row) must outlive the driver; so must
-  // `kv`. Starts the threads.
-  RecallDriver(CudaKvClient& kv, std::vector<LayerResidency> layers,
-               std::vector<uint64_t> sequence_ids, int32_t num_kv_heads,
-               ResidentLayout layout, kernels::CudaStream stream);
+  // `sequence_ids` (one per batch row) name the rows' sequences; `kv` must outlive the
+  // driver. Starts the threads.
+  RecallDriver(CudaKvClient& kv, std::vector<uint64_t> sequence_ids, int32_t num_kv_heads,
+               ResidentLayout layout);
+  // Stops the threads and hands back every slot still held: destroy the driver only
+  // once the decode stream has drained.
   ~RecallDriver();
   RecallDriver(const RecallDriver&) = delete;
   RecallDriver& operator=(const RecallDriver&) = delete;
 
   void Push(const RecallItem& item);
-  // Where the driver stands, for a stall report: items pushed and done, the item being
-  // issued (with what its diff's stamp reads) and the one awaiting its reply.
+  // Where the driver stands, for a stall report: items pushed and done, slots held,
+  // the item being issued (with what its diff's stamp reads) and the one awaiting its
+  // reply.
   std::string Describe() const;
-  // Waits until every pushed item is done and the driver's stream has drained; the
-  // first error since the last Finish, if any.
+  // Waits until every pushed item is done (its gate opened, or dropped); the first
+  // error since the last Finish, if any.
   absl::Status Finish();
+  // Hands back every slot still held. Only once the stream has run everything it was
+  // given and will be given no further step: a slot published for a step not yet run
+  // would be overwritten under it.
+  void ReleaseAll();
   RecallDriverStats stats() const;
 
  private:
@@ -109,14 +112,14 @@ class RecallDriver {
   absl::Status Issue(const RecallItem& item, std::vector<RecallSliceRef>& slices,
                      std::optional<RecallTicket>* ticket, absl::Time* sent_at, bool* skip);
   absl::Status Complete(const Sent& sent);
+  // Hands back the slots of `layer` that items pushed before step `stamp` hold.
+  void ReleaseRead(uint32_t layer, int32_t stamp);
   void Fail(const absl::Status& status);
 
   CudaKvClient& kv_;
-  const std::vector<LayerResidency> layers_;
   const std::vector<uint64_t> sequence_ids_;
   const int32_t num_kv_heads_;
   const ResidentLayout layout_;
-  const kernels::CudaStream stream_;
 
   mutable absl::Mutex mu_;
   std::deque<RecallItem> to_issue_ ABSL_GUARDED_BY(mu_);
@@ -126,6 +129,9 @@ class RecallDriver {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
   RecallDriverStats stats_ ABSL_GUARDED_BY(mu_);
+  // Slots published to the stream and not yet handed back: (the item's stamp value,
+  // its ticket) per layer.
+  std::vector<std::vector<std::pair<int32_t, RecallTicket>>> held_ ABSL_GUARDED_BY(mu_);
   // The items the two threads are working on, if any (Describe).
   std::optional<RecallItem> issuing_ ABSL_GUARDED_BY(mu_);
   std::optional<RecallItem> completing_ ABSL_GUARDED_BY(mu_);

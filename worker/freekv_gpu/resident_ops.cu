@@ -45,13 +45,37 @@ absl::Status CheckVectorisable(const kernels::PagedKv<BFloat16>& pool) {
   return absl::OkStatus();
 }
 
+// GateWord (resident_ops.h), on the device.
+__device__ __forceinline__ uint32_t DeviceGateValue(uint32_t word) { return word >> 2; }
+__device__ __forceinline__ uint32_t DeviceGateWord(uint32_t value) { return value << 2; }
+
+// Which slot an apply reads: slot0 (the host knew it), or the slot a published gate
+// word names (ApplyPublishedCuda); null when it names none.
+struct SlotPick {
+  const uint4* slot0;
+  const uint4* slot1;
+  const uint32_t* observed;  // null: slot0
+  const int32_t* step;
+  int32_t offset;
+};
+
+__device__ __forceinline__ const uint4* PickSlot(const SlotPick& pick) {
+  if (pick.observed == nullptr) return pick.slot0;
+  const uint32_t word = *pick.observed;
+  if (DeviceGateValue(word) != static_cast<uint32_t>(*pick.step + pick.offset)) return nullptr;
+  const uint32_t code = word & 3u;
+  return code == 1 ? pick.slot0 : code == 2 ? pick.slot1 : nullptr;
+}
+
 // One block per diff entry (list, j); blockIdx.x = list, blockIdx.y = j.
 __global__ void __launch_bounds__(kThreads)
-    ApplyKernel(const uint4* slot, const int32_t* pages, const int32_t* slots,
+    ApplyKernel(SlotPick pick, const int32_t* pages, const int32_t* slots,
                 const int32_t* counts, const uint8_t* flags, bool unflagged, PoolArgs pool,
                 ResidentLayout layout, int32_t* resident) {
   const int32_t list = blockIdx.x, j = blockIdx.y, k = layout.selected;
   if ((flags != nullptr && (flags[list] != 0) == unflagged) || j >= counts[list]) return;
+  const uint4* slot = PickSlot(pick);
+  if (slot == nullptr) return;
   const int32_t s = slots[list * k + j];
   if (s < 0 || s >= k) return;  // the select kernel never writes one; be safe
   const int32_t seq = list / pool.num_kv_heads, head = list % pool.num_kv_heads;
@@ -70,34 +94,45 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Holds the calling thread, and so its launch and stream, until the gate reaches
-// `value` (HoldAtGate: thread 0 of block 0; the launch ends when every thread has),
-// adding the time it waited to *waited_ns when that is non-null. A spinning kernel
-// rather than the driver's cuStreamWaitValue32: a blocked stream memory operation
-// stalls the hardware queue it sits in, which other streams (the one that would open
-// the gate) may share, and on the H100 that deadlocked; a running kernel blocks only
-// its own stream. It sleeps between reads.
-__device__ void HoldUntil(const uint32_t* gate, uint32_t value,
-                          unsigned long long* waited_ns) {
-  const volatile uint32_t* word = gate;
-  if (static_cast<int32_t>(*word - value) >= 0) return;
-  uint64_t start, end;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-  while (static_cast<int32_t>(*word - value) < 0) __nanosleep(256);
-  __threadfence();
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end));
-  if (waited_ns != nullptr) atomicAdd(waited_ns, static_cast<unsigned long long>(end - start));
+// `value` or the abort word is set (HoldAtGate: thread 0 of block 0; the launch ends
+// when every thread has), adding the time it waited to *waited_ns and writing the word
+// it passed on to *observed (each when non-null). A spinning kernel rather than the
+// driver's cuStreamWaitValue32: a blocked stream memory operation stalls the hardware
+// queue it sits in, which other streams may share, and on the H100 that deadlocked; a
+// running kernel blocks only its own stream. It sleeps between reads (the gate is
+// pinned host memory: each read crosses PCIe).
+__device__ void HoldUntil(const GateHold& hold, uint32_t value) {
+  const volatile uint32_t* word = hold.gate;
+  const volatile uint32_t* abort = hold.abort;
+  auto open = [&](uint32_t w) {
+    return static_cast<int32_t>(DeviceGateValue(w) - value) >= 0 ||
+           (abort != nullptr && *abort != 0);
+  };
+  uint32_t seen = *word;
+  if (!open(seen)) {
+    uint64_t start, end;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+      __nanosleep(256);
+      seen = *word;
+    } while (!open(seen));
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end));
+    if (hold.waited_ns != nullptr) {
+      atomicAdd(hold.waited_ns, static_cast<unsigned long long>(end - start));
+    }
+  }
+  // What the host wrote before the gate (the slot's bytes, landed before the reply) is
+  // read only after this.
+  __threadfence_system();
+  if (hold.observed != nullptr) *hold.observed = seen;
 }
 
 __device__ void HoldAtGate(const GateHold& hold) {
   if (hold.gate == nullptr || blockIdx.x != 0 || threadIdx.x != 0) return;
-  HoldUntil(hold.gate, static_cast<uint32_t>(*hold.step + hold.offset), hold.waited_ns);
+  HoldUntil(hold, static_cast<uint32_t>(*hold.step + hold.offset));
 }
 
 __global__ void WaitGateKernel(GateHold hold) { HoldAtGate(hold); }
-
-__global__ void WaitGateValueKernel(const uint32_t* gate, uint32_t value) {
-  HoldUntil(gate, value, nullptr);
-}
 
 __global__ void AppendKernel(const uint4* k, const uint4* v, const int32_t* pages,
                              const int32_t* tokens, PoolArgs pool, GateHold hold) {
@@ -126,15 +161,17 @@ __global__ void CopyWordsKernel(int32_t* dst, const int32_t* src, int64_t n,
   HoldAtGate(hold);
 }
 
-__global__ void SetGateKernel(uint32_t* gate, uint32_t value) { *gate = value; }
-
 __global__ void StampKernel(volatile int32_t* stamp, const int32_t* step) {
   __threadfence_system();
   *stamp = *step;
 }
 
 __global__ void OpenGateIfNoneKernel(GateIfNone open) {
-  if (*open.num_flagged == 0) *open.gate = static_cast<uint32_t>(*open.step + open.offset);
+  if (*open.num_flagged == 0) {
+    *reinterpret_cast<volatile uint32_t*>(open.gate) =
+        DeviceGateWord(static_cast<uint32_t>(*open.step + open.offset));
+    __threadfence_system();
+  }
 }
 
 constexpr int kCheckThreads = 1024;
@@ -151,7 +188,11 @@ __global__ void __launch_bounds__(kCheckThreads)
   *num_flagged = static_cast<int32_t>(flagged);
   __threadfence_system();
   *stamp = *step;
-  if (flagged == 0.0f) *gate = static_cast<uint32_t>(*step + offset);
+  if (flagged == 0.0f) {
+    *reinterpret_cast<volatile uint32_t*>(gate) =
+        DeviceGateWord(static_cast<uint32_t>(*step + offset));
+    __threadfence_system();
+  }
 }
 
 // splitmix64 of (seed, index) -> uniform in [-1, 1).
@@ -211,21 +252,47 @@ absl::Status CheckHold(const GateHold& hold) {
   return absl::OkStatus();
 }
 
+absl::Status LaunchApply(const SlotPick& pick, size_t slot_elems, const RecallDiff& diff,
+                         const HeadMask& heads, const kernels::PagedKv<BFloat16>& pool,
+                         const ResidentLayout& layout, absl::Span<int32_t> resident,
+                         cudaStream_t stream) {
+  FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot_elems, diff, heads.flags.size(), pool,
+                                          layout, resident.size()));
+  FREEKV_RETURN_IF_ERROR(CheckVectorisable(pool));
+  const dim3 grid(static_cast<unsigned>(diff.counts.size()), layout.selected);
+  ApplyKernel<<<grid, kThreads, 0, stream>>>(
+      pick, diff.pages.data(), diff.slots.data(), diff.counts.data(),
+      heads.flags.empty() ? nullptr : heads.flags.data(), heads.unflagged, ToArgs(pool),
+      layout, resident.data());
+  return LaunchStatus("ApplyKernel");
+}
+
 }  // namespace
 
 absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& diff,
                              const HeadMask& heads, const kernels::PagedKv<BFloat16>& pool,
                              const ResidentLayout& layout, absl::Span<int32_t> resident,
                              cudaStream_t stream) {
-  FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot.size(), diff, heads.flags.size(), pool,
-                                          layout, resident.size()));
-  FREEKV_RETURN_IF_ERROR(CheckVectorisable(pool));
-  const dim3 grid(static_cast<unsigned>(diff.counts.size()), layout.selected);
-  ApplyKernel<<<grid, kThreads, 0, stream>>>(
-      reinterpret_cast<const uint4*>(slot.data()), diff.pages.data(), diff.slots.data(),
-      diff.counts.data(), heads.flags.empty() ? nullptr : heads.flags.data(),
-      heads.unflagged, ToArgs(pool), layout, resident.data());
-  return LaunchStatus("ApplyKernel");
+  const auto* s = reinterpret_cast<const uint4*>(slot.data());
+  return LaunchApply({s, s, nullptr, nullptr, 0}, slot.size(), diff, heads, pool, layout,
+                     resident, stream);
+}
+
+absl::Status ApplyPublishedCuda(const GateHold& held,
+                                const std::array<absl::Span<const BFloat16>, 2>& slots,
+                                const RecallDiff& diff, const HeadMask& heads,
+                                const kernels::PagedKv<BFloat16>& pool,
+                                const ResidentLayout& layout, absl::Span<int32_t> resident,
+                                cudaStream_t stream) {
+  if (held.observed == nullptr || held.step == nullptr || slots[0].size() != slots[1].size()) {
+    return absl::InvalidArgumentError(
+        "ApplyPublishedCuda: the hold needs an observed word and a step, and the two "
+        "slots one size");
+  }
+  return LaunchApply({reinterpret_cast<const uint4*>(slots[0].data()),
+                      reinterpret_cast<const uint4*>(slots[1].data()), held.observed,
+                      held.step, held.offset},
+                     slots[0].size(), diff, heads, pool, layout, resident, stream);
 }
 
 absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat16> v,
@@ -251,13 +318,6 @@ absl::Status WaitGate(const GateHold& hold, cudaStream_t stream) {
   return LaunchStatus("WaitGateKernel");
 }
 
-absl::Status WaitGateValue(const uint32_t* gate, uint32_t value, cudaStream_t stream) {
-  if (gate == nullptr) return absl::InvalidArgumentError("WaitGateValue: no gate");
-  FREEKV_RETURN_IF_ERROR(CheckHold({gate, nullptr, 0, nullptr}));
-  WaitGateValueKernel<<<1, 1, 0, stream>>>(gate, value);
-  return LaunchStatus("WaitGateValueKernel");
-}
-
 absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> src,
                            cudaStream_t stream, const GateHold& hold) {
   if (dst.size() != src.size()) {
@@ -268,11 +328,6 @@ absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> sr
   CopyWordsKernel<<<Blocks(int64_t(src.size())), kThreads, 0, stream>>>(
       dst.data(), src.data(), int64_t(src.size()), hold);
   return LaunchStatus("CopyWordsKernel");
-}
-
-absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream) {
-  SetGateKernel<<<1, 1, 0, stream>>>(gate, value);
-  return LaunchStatus("SetGateKernel");
 }
 
 absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream) {

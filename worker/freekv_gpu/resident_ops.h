@@ -21,6 +21,7 @@
 #ifndef FREEKV_WORKER_FREEKV_GPU_RESIDENT_OPS_H_
 #define FREEKV_WORKER_FREEKV_GPU_RESIDENT_OPS_H_
 
+#include <array>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -77,6 +78,11 @@ struct GateHold {
   const int32_t* step = nullptr;
   int32_t offset = 0;
   unsigned long long* waited_ns = nullptr;
+  // A word that, once non-zero, lets every hold pass (a stalled decode lets its stream
+  // drain); may be null.
+  const uint32_t* abort = nullptr;
+  // Device memory: the gate word the hold passed on, for ApplyPublishedCuda; may be null.
+  uint32_t* observed = nullptr;
 };
 struct GateIfNone {
   const int32_t* num_flagged = nullptr;  // required (OpenGateIfNone refuses null)
@@ -96,6 +102,18 @@ absl::Status ApplyRecallCuda(absl::Span<const BFloat16> slot, const RecallDiff& 
                              const HeadMask& heads, const kernels::PagedKv<BFloat16>& pool,
                              const ResidentLayout& layout, absl::Span<int32_t> resident,
                              cudaStream_t stream);
+// ApplyRecallCuda of the recall a gate published (GateWord below), decided on the GPU
+// so that one captured graph serves every step: `held` is the hold the stream just
+// passed (its `observed` word, `*step + offset`); when that word publishes exactly the
+// awaited value with a slot, the layer's slot it names (`slots`, the layer's two) is
+// applied; otherwise (the GPU opened the gate itself, nothing was recalled, or the hold
+// was aborted) nothing is.
+absl::Status ApplyPublishedCuda(const GateHold& held,
+                                const std::array<absl::Span<const BFloat16>, 2>& slots,
+                                const RecallDiff& diff, const HeadMask& heads,
+                                const kernels::PagedKv<BFloat16>& pool,
+                                const ResidentLayout& layout, absl::Span<int32_t> resident,
+                                cudaStream_t stream);
 
 // Writes the new token of each sequence: k and v [num_seqs][num_kv_heads][head_dim]
 // go to token tokens[b] of pool page pages[b] (every head). A page or token outside
@@ -109,13 +127,24 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
                           const kernels::PagedKv<BFloat16>& pool, cudaStream_t stream,
                           const GateHold& hold = {});
 
-// Gates: a 32-bit device word per waiting point, compared with a step number the
-// stream reads from device memory (`*step + offset`), so that one captured CUDA graph
-// serves every step. WaitGate holds `stream` (a one-thread kernel that polls the word;
-// no host thread waits) until (int32_t)(*gate - (*step + offset)) >= 0, and adds the
-// nanoseconds it waited to *waited_ns when that is non-null; OpenGateIfNone writes
-// *step + offset into the gate only when *num_flagged == 0 (a layer with no corrected
-// head never waits for the host); SetGate writes a value the host knows.
+// Gates: a 32-bit word per waiting point, in pinned host memory, compared with a step
+// number the stream reads from device memory (`*step + offset`), so that one captured
+// CUDA graph serves every step. A gate word holds the value it opens in bits 2..31
+// and, in bits 0..1, the staging slot holding the recall it publishes (0: none, 1 or
+// 2: slot 0 or 1; GateWord). WaitGate holds `stream` (a one-thread kernel that polls
+// the word; no host thread waits) until (int32_t)(value - (*step + offset)) >= 0 or
+// the abort word is set, adds the nanoseconds it waited to *waited_ns and writes the
+// word it passed on to *observed (each when non-null). OpenGateIfNone writes
+// *step + offset, with no slot, when *num_flagged == 0 (a layer with no corrected head
+// never waits for the host); the recall driver opens gates from the host (OpenGate).
+//
+// Nothing but the host opens a gate that another stream of this process would have
+// to reach first: streams share the GPU's hardware work queues (on the H100 under MPS
+// a client may get very few), and a held stream blocks its queue, so work another
+// stream enqueues behind it would never run. That deadlock, not a slow recall, hung
+// freekv's decode when a driver stream applied the recalls and opened the gates; now
+// the decode stream applies them itself (ApplyPublishedCuda) and every gate is a word
+// the host writes or the stream itself wrote earlier.
 //
 // Gates need every kernel of the process loaded before the first wait: CUDA 12+ loads
 // modules lazily, and loading one while a gate holds a stream waits for that stream,
@@ -133,14 +162,20 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 // one.
 void RequireEagerLoading();
 // A gate value far past every step: opened to it, a gate lets every later wait pass
-// (how the recall driver and a stalled decode let the GPU drain after an error).
-inline constexpr uint32_t kGateFarPast = 1u << 30;
+// (how the recall driver lets the GPU drain after an error).
+inline constexpr uint32_t kGateFarPast = 1u << 28;
+// The word of a gate opened to `value`, publishing staging slot `slot` (-1: none).
+inline constexpr uint32_t GateWord(uint32_t value, int32_t slot = -1) {
+  return value << 2 | static_cast<uint32_t>(slot + 1);
+}
+inline constexpr uint32_t GateValue(uint32_t word) { return word >> 2; }
 absl::Status WaitGate(const GateHold& hold, cudaStream_t stream);
-// WaitGate with a value the host knows: holds `stream` until (int32_t)(*gate - value)
-// >= 0 (the recall driver holds its stream until a step's attention has read a layer).
-absl::Status WaitGateValue(const uint32_t* gate, uint32_t value, cudaStream_t stream);
 absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream);
-absl::Status SetGate(uint32_t* gate, uint32_t value, cudaStream_t stream);
+// From the host: publishes GateWord(value, slot) (a release store, after which the
+// stream may read the slot).
+inline void OpenGate(uint32_t* gate, uint32_t value, int32_t slot = -1) {
+  __atomic_store_n(gate, GateWord(value, slot), __ATOMIC_RELEASE);
+}
 
 // dst = src, within the device (word by word: both are 4-byte aligned).
 absl::Status CopyWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> src,
@@ -153,7 +188,7 @@ absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream)
 // freekv's correction point of a layer, in one launch: the similarity of q_t and
 // q_{t-1} per (sequence, KV head) with its flags and their count (kernels/similarity.h;
 // the flags and the count may be pinned host memory), then StampCuda's work, then
-// *gate = *step + offset when no head is flagged (OpenGateIfNone's work). The
+// the gate opened to *step + offset when no head is flagged (OpenGateIfNone's work). The
 // similarity needs nothing of the selection, so it can ride on the launch that
 // publishes the selection's diff.
 struct CorrectionCheck {

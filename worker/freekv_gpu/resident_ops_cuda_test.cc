@@ -1,8 +1,9 @@
 // The CUDA launchers of resident_ops.h against the CPU references on random inputs
-// (bit for bit: they only move bytes), the device copy, and the gates: a stream that waits on one
-// really stops until another stream opens it.
+// (bit for bit: they only move bytes), the device copy, and the gates: a stream that
+// waits on one really stops until the host opens it (or sets the abort word).
 #include <chrono>
 #include <random>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -16,7 +17,7 @@ namespace freekv::gpu {
 namespace {
 
 // Before main, so before CUDA starts (see RequireEagerLoading).
-const bool kEager = (RequireEagerLoading(), true);
+const bool kEager = (RequireEagerLoading(), kernels::ShareOneWorkQueue(), true);
 
 using kernels::CudaStream;
 using kernels::DeviceBuffer;
@@ -204,76 +205,83 @@ bool MarkerWritten(const DeviceBuffer& marker) {
   return false;
 }
 
-TEST(Gates, AWaitingStreamRunsOnlyOnceAnotherStreamOpensTheGate) {
-  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+// A gate and its abort word in pinned host memory, as the decoder keeps them; both
+// start shut.
+struct HostGate {
+  kernels::PinnedBuffer words = Must(kernels::PinnedBuffer::Allocate(2 * sizeof(uint32_t)));
+  uint32_t* word = words.span<uint32_t>().data();
+  uint32_t* abort = words.span<uint32_t>().data() + 1;
+  HostGate() { *word = *abort = 0; }
+};
+
+uint32_t Observed(const DeviceBuffer& observed) {
+  uint32_t word = 0;
+  EXPECT_TRUE(observed.CopyToHost(&word, sizeof(word)).ok());
+  return word;
+}
+
+TEST(Gates, AWaitingStreamRunsOnlyOnceTheHostOpensTheGate) {
+  HostGate gate;
   auto marker = Must(DeviceBuffer::Allocate(4096));
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{3}));
   auto waited = Must(DeviceBuffer::Allocate(sizeof(uint64_t)));
-  ASSERT_TRUE(gate.Zero().ok());
+  auto observed = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
   ASSERT_TRUE(marker.Zero().ok());
   ASSERT_TRUE(waited.Zero().ok());
+  ASSERT_TRUE(observed.Zero().ok());
+  Must(kernels::DeviceSynchronize());
   auto waiter = Must(CudaStream::Create());
-  auto opener = Must(CudaStream::Create());
-  uint32_t* word = gate.span<uint32_t>().data();
-  ASSERT_TRUE(SetGate(word, 4, opener.get()).ok());  // below the awaited 3 + 2
-  ASSERT_TRUE(opener.Synchronize().ok());
-  ASSERT_TRUE(WaitGate({word, step.span<int32_t>().data(), 2,
-                        waited.span<unsigned long long>().data()},
+  OpenGate(gate.word, 4, 1);  // below the awaited 3 + 2
+  ASSERT_TRUE(WaitGate({gate.word, step.span<int32_t>().data(), 2,
+                        waited.span<unsigned long long>().data(), gate.abort,
+                        observed.span<uint32_t>().data()},
                        waiter.get())
                   .ok());
   ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past a closed gate";
-  ASSERT_TRUE(SetGate(word, 5, opener.get()).ok());
+  OpenGate(gate.word, 5, 0);
   ASSERT_TRUE(waiter.Synchronize().ok());
   EXPECT_TRUE(MarkerWritten(marker));
+  EXPECT_EQ(Observed(observed), GateWord(5, 0)) << "the word the hold passed on";
   uint64_t waited_ns = 0;
   ASSERT_TRUE(waited.CopyToHost(&waited_ns, sizeof(waited_ns)).ok());
   EXPECT_GE(waited_ns, 90'000'000u) << "the wait lasted the 100 ms the gate was shut";
 }
 
-// WaitGateValue, the recall driver's hold before it applies a speculation: the
-// stream runs on only once the gate reaches the host's value; a gate already past it
-// holds nothing.
-TEST(Gates, WaitGateValueHoldsUntilTheGateReachesTheHostsValue) {
-  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+// The stall report's way out: the abort word lets a hold pass on a shut gate, and the
+// word it passed on still shows the gate shut (so nothing is applied).
+TEST(Gates, TheAbortWordLetsAHoldPassOnAShutGate) {
+  HostGate gate;
   auto marker = Must(DeviceBuffer::Allocate(4096));
-  ASSERT_TRUE(gate.Zero().ok());
+  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{8}));
+  auto observed = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
   ASSERT_TRUE(marker.Zero().ok());
+  Must(kernels::DeviceSynchronize());
   auto waiter = Must(CudaStream::Create());
-  auto opener = Must(CudaStream::Create());
-  uint32_t* word = gate.span<uint32_t>().data();
-  ASSERT_TRUE(SetGate(word, 6, opener.get()).ok());  // the attention of step 5
-  ASSERT_TRUE(opener.Synchronize().ok());
-  ASSERT_TRUE(WaitGateValue(word, 7, waiter.get()).ok());
+  OpenGate(gate.word, 7, 1);
+  ASSERT_TRUE(WaitGate({gate.word, step.span<int32_t>().data(), 0, nullptr, gate.abort,
+                        observed.span<uint32_t>().data()},
+                       waiter.get())
+                  .ok());
   ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past a closed gate";
-  ASSERT_TRUE(SetGate(word, 7, opener.get()).ok());
+  __atomic_store_n(gate.abort, 1u, __ATOMIC_RELEASE);
   ASSERT_TRUE(waiter.Synchronize().ok());
   EXPECT_TRUE(MarkerWritten(marker));
-  // A gate already past the value holds nothing.
-  ASSERT_TRUE(marker.Zero().ok());
-  ASSERT_TRUE(WaitGateValue(word, 3, waiter.get()).ok());
-  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
-  ASSERT_TRUE(waiter.Synchronize().ok());
-  EXPECT_TRUE(MarkerWritten(marker));
-  EXPECT_EQ(WaitGateValue(nullptr, 1, waiter.get()).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GateValue(Observed(observed)), 7u);
 }
 
 // The host's bounded wait (CudaEvent::WaitFor, what the decoder waits with): a stream
 // held at a shut gate makes it end with DEADLINE_EXCEEDED, not hang; once the gate
 // opens, the same event completes.
 TEST(Gates, AHostWaitOnAHeldStreamEndsAtItsLimit) {
-  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
-  ASSERT_TRUE(gate.Zero().ok());
+  HostGate gate;
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{1}));
   auto waiter = Must(CudaStream::Create());
-  auto opener = Must(CudaStream::Create());
   auto done = Must(kernels::CudaEvent::Create(/*timing=*/false));
-  uint32_t* word = gate.span<uint32_t>().data();
-  ASSERT_TRUE(WaitGate({word, step.span<int32_t>().data(), 0, nullptr}, waiter.get()).ok());
+  ASSERT_TRUE(WaitGate({gate.word, step.span<int32_t>().data(), 0, nullptr}, waiter.get()).ok());
   ASSERT_TRUE(done.Record(waiter.get()).ok());
   const auto start = std::chrono::steady_clock::now();
   const absl::Status held = done.WaitFor(absl::Milliseconds(200));
@@ -281,27 +289,85 @@ TEST(Gates, AHostWaitOnAHeldStreamEndsAtItsLimit) {
   EXPECT_EQ(held.code(), absl::StatusCode::kDeadlineExceeded) << held;
   EXPECT_GE(waited, std::chrono::milliseconds(200));
   EXPECT_LT(waited, std::chrono::seconds(5));
-  ASSERT_TRUE(SetGate(word, 1, opener.get()).ok());
+  OpenGate(gate.word, 1);
   EXPECT_TRUE(done.WaitFor(absl::Seconds(10)).ok());
 }
 
 TEST(Gates, OpenGateIfNoneOpensOnlyWhenNothingIsFlagged) {
-  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
-  ASSERT_TRUE(gate.Zero().ok());
+  HostGate gate;
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{6}));
   auto stream = Must(CudaStream::Create());
-  uint32_t* word = gate.span<uint32_t>().data();
   for (int32_t flagged : {3, 0}) {
     auto count = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
-    ASSERT_TRUE(OpenGateIfNone({count.span<int32_t>().data(), word,
+    ASSERT_TRUE(OpenGateIfNone({count.span<int32_t>().data(), gate.word,
                                 step.span<int32_t>().data(), 1},
                                stream.get())
                     .ok());
     ASSERT_TRUE(stream.Synchronize().ok());
-    uint32_t value = 0;
-    ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());
-    EXPECT_EQ(value, flagged == 0 ? 7u : 0u) << flagged << " flagged";
+    EXPECT_EQ(*gate.word, flagged == 0 ? GateWord(7) : 0u) << flagged << " flagged";
   }
+}
+
+// ApplyPublishedCuda against ApplyRecallRef of the slot the observed word names: slot
+// 1, then slot 0, are applied; a word naming no slot, or publishing another step's
+// value, applies nothing.
+TEST(ApplyPublishedCuda, AppliesTheSlotTheGatePublishedForThisStep) {
+  std::mt19937 rng(31);
+  Pools pool = RandomPools(rng);
+  const int32_t lists = kSeqs * kHeads, k = kLayout.selected;
+  const size_t slot_elems = size_t{lists} * k * 2 * kTokens * kDim;
+  const std::vector<BFloat16> slot0 = RandomVector<BFloat16>(rng, slot_elems);
+  const std::vector<BFloat16> slot1 = RandomVector<BFloat16>(rng, slot_elems);
+  std::vector<int32_t> pages(lists * k, -1), slots(lists * k, -1), counts(lists);
+  for (int32_t l = 0; l < lists; ++l) {
+    counts[l] = 1 + rng() % k;
+    std::vector<int32_t> order(k);
+    for (int32_t s = 0; s < k; ++s) order[s] = s;
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int32_t j = 0; j < counts[l]; ++j) {
+      slots[l * k + j] = order[j];
+      pages[l * k + j] = 100 + rng() % 1000;
+    }
+  }
+  std::vector<int32_t> resident(lists * k, -1);
+  const DeviceBuffer d_slot0 = kernels::Up(slot0), d_slot1 = kernels::Up(slot1);
+  const DeviceBuffer d_pages = kernels::Up(pages), d_slots = kernels::Up(slots);
+  const DeviceBuffer d_counts = kernels::Up(counts);
+  DeviceBuffer d_resident = kernels::Up(resident);
+  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{20}));
+  auto observed = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  auto stream = Must(CudaStream::Create());
+  const RecallDiff diff{d_pages.span<int32_t>(), d_slots.span<int32_t>(),
+                        d_counts.span<int32_t>()};
+  const GateHold held{nullptr, step.span<int32_t>().data(), 1, nullptr, nullptr,
+                      observed.span<uint32_t>().data()};
+  // (word, the slot it should apply: -1 none)
+  const std::pair<uint32_t, int> cases[] = {{GateWord(21, 1), 1}, {GateWord(21, -1), -1},
+                                            {GateWord(20, 0), -1}, {GateWord(21, 0), 0}};
+  for (const auto& [word, applied] : cases) {
+    ASSERT_TRUE(observed.CopyFromHost(&word, sizeof(word)).ok());
+    if (applied >= 0) {
+      ASSERT_TRUE(ApplyRecallRef(applied == 0 ? slot0 : slot1, {pages, slots, counts}, {},
+                                 pool.Host(), kLayout, absl::MakeSpan(resident))
+                      .ok());
+    }
+    ASSERT_TRUE(ApplyPublishedCuda(held, {d_slot0.span<const BFloat16>(),
+                                          d_slot1.span<const BFloat16>()},
+                                   diff, {}, pool.Device(), kLayout,
+                                   d_resident.span<int32_t>(), stream.get())
+                    .ok());
+    ASSERT_TRUE(stream.Synchronize().ok());
+    EXPECT_TRUE(SameBits(Download(pool.device), pool.host)) << "word " << word;
+    std::vector<int32_t> got(resident.size());
+    ASSERT_TRUE(d_resident.Download(absl::MakeSpan(got)).ok());
+    EXPECT_EQ(got, resident) << "word " << word;
+  }
+  EXPECT_EQ(ApplyPublishedCuda({}, {d_slot0.span<const BFloat16>(),
+                                    d_slot1.span<const BFloat16>()},
+                               diff, {}, pool.Device(), kLayout, d_resident.span<int32_t>(),
+                               stream.get())
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // The correction point against kernels' similarity reference: with some heads moved,
@@ -321,15 +387,14 @@ TEST(PublishCorrectionCuda, FlagsStampAndGateInOneLaunch) {
   }
   const DeviceBuffer d_q = kernels::Up(q);
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{12}));
-  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  HostGate gate;
   auto similarity = Must(DeviceBuffer::Allocate(kSeqs3 * kHkv * sizeof(float)));
   auto host = Must(kernels::PinnedBuffer::Allocate(64));  // flags | count | stamp
   auto stream = Must(CudaStream::Create());
   for (bool any_moved : {true, false}) {
     const std::vector<BFloat16>& prev = any_moved ? moved : q;
     const DeviceBuffer d_prev = kernels::Up(prev);
-    ASSERT_TRUE(gate.Zero().ok());
-    Must(kernels::DeviceSynchronize());
+    *gate.word = 0;
     uint8_t* flags = host.span<uint8_t>().data();
     int32_t* count = host.span<int32_t>().data() + 4;
     int32_t* stamp = host.span<int32_t>().data() + 5;
@@ -340,7 +405,7 @@ TEST(PublishCorrectionCuda, FlagsStampAndGateInOneLaunch) {
                                 {similarity.span<float>(), {flags, size_t{kSeqs3} * kHkv},
                                  {count, 1}}};
     ASSERT_TRUE(PublishCorrectionCuda(check, stamp, step.span<int32_t>().data(),
-                                      gate.span<uint32_t>().data(), 1, stream.get())
+                                      gate.word, 1, stream.get())
                     .ok());
     ASSERT_TRUE(stream.Synchronize().ok());
     std::vector<float> want_sim(kSeqs3 * kHkv);
@@ -355,18 +420,15 @@ TEST(PublishCorrectionCuda, FlagsStampAndGateInOneLaunch) {
     EXPECT_EQ(*count, want_count[0]);
     EXPECT_EQ(*count > 0, any_moved);
     EXPECT_EQ(*stamp, 12);
-    uint32_t value = 0;
-    ASSERT_TRUE(gate.CopyToHost(&value, sizeof(value)).ok());
-    EXPECT_EQ(value, any_moved ? 0u : 13u);
+    EXPECT_EQ(*gate.word, any_moved ? 0u : GateWord(13));
   }
 }
 
 // AppendKvCuda and CopyWordsCuda holding a gate: their own work is done, but the
 // stream goes no further until the gate opens.
 TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
-  auto gate = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  HostGate gate;
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{9}));
-  auto opener = Must(CudaStream::Create());
   auto waiter = Must(CudaStream::Create());
   std::mt19937 rng(8);
   std::vector<int32_t> words(4099);
@@ -383,11 +445,11 @@ TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
   ASSERT_TRUE(AppendKvRef(k, v, pages, tokens, pool.Host()).ok());
   for (int which = 0; which < 2; ++which) {
     auto marker = Must(DeviceBuffer::Allocate(4096));
-    ASSERT_TRUE(gate.Zero().ok());
+    *gate.word = 0;
     ASSERT_TRUE(marker.Zero().ok());
     ASSERT_TRUE(dst.Zero().ok());
     Must(kernels::DeviceSynchronize());
-    const GateHold hold{gate.span<uint32_t>().data(), step.span<int32_t>().data(), 1, nullptr};
+    const GateHold hold{gate.word, step.span<int32_t>().data(), 1, nullptr};
     ASSERT_TRUE((which == 0 ? CopyWordsCuda(dst.span<int32_t>(), src.span<const int32_t>(),
                                             waiter.get(), hold)
                             : AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
@@ -397,7 +459,7 @@ TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
     ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_FALSE(MarkerWritten(marker)) << "launch " << which << " did not hold the gate";
-    ASSERT_TRUE(SetGate(gate.span<uint32_t>().data(), 10, opener.get()).ok());
+    OpenGate(gate.word, 10);
     ASSERT_TRUE(waiter.Synchronize().ok());
     EXPECT_TRUE(MarkerWritten(marker));
     if (which == 0) {
