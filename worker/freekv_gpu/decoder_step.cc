@@ -63,6 +63,9 @@ GateHold GpuDecoder::Impl::HoldAt(const StepInputs& in, int layer, bool correcti
 
 absl::Status GpuDecoder::Impl::ApplyPublished(int layer, const StepInputs& in,
                                               bool correction, const HeadMask& heads) {
+  // Without a session (recalls left out) the stream opens every gate itself, naming
+  // no slot: there is nothing to apply.
+  if (driver == nullptr) return absl::OkStatus();
   LayerState& st = layers[layer];
   return ApplyPublishedCuda(HoldAt(in, layer, correction), Slots(layer),
                             st.diff.ReadOnlyDiff(), heads, st.view, options.layout,

@@ -174,15 +174,18 @@ INSTANTIATE_TEST_SUITE_P(Policies, GpuDecoderTest,
                          ::testing::Values(GpuPolicy::kFreeKv, GpuPolicy::kBlocking),
                          [](const auto& info) { return GpuPolicyName(info.param); });
 
-// The policies that keep every page on the GPU need no kvservice: the tiny model's
-// steps run (graphs and all) and take time.
-TEST(GpuDecoderLocal, FullAndOracleDecodeWithoutASession) {
+// The policies that keep every page on the GPU need no kvservice, nor do freekv and
+// blocking with their recalls left out (the stream opens its own gates, and nothing is
+// applied): the tiny model's steps run (graphs and all) and take time.
+TEST(GpuDecoderLocal, DecodesWithoutASessionWhenNothingIsRecalled) {
   alarm(60);
   const ModelWeights weights = Must(RandomModelWeights(TinyConfig(), {}));
   auto model = Must(GpuLlama::Create(weights, kBatch));
-  for (GpuPolicy policy : {GpuPolicy::kFull, GpuPolicy::kOracle}) {
+  for (GpuPolicy policy :
+       {GpuPolicy::kFull, GpuPolicy::kOracle, GpuPolicy::kFreeKv, GpuPolicy::kBlocking}) {
     GpuDecoderOptions options;
     options.policy = policy;
+    options.skip_recall = Recalls(policy);
     options.batch = kBatch;
     options.layers = 2;
     options.context = int64_t{kPages} * 32;

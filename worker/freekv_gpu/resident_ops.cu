@@ -67,17 +67,28 @@ __device__ __forceinline__ const uint4* PickSlot(const SlotPick& pick) {
   return code == 1 ? pick.slot0 : code == 2 ? pick.slot1 : nullptr;
 }
 
-// One block per diff entry (list, j); blockIdx.x = list, blockIdx.y = j.
+// One block per diff entry (list, j); blockIdx.x = list, blockIdx.y = j. Thread 0
+// alone reads the slot's word and the diff (pinned host memory, where each read crosses
+// PCIe: from every warp of every block those reads cost more than the copy) and tells
+// the block what to copy, if anything.
 __global__ void __launch_bounds__(kThreads)
     ApplyKernel(SlotPick pick, const int32_t* pages, const int32_t* slots,
                 const int32_t* counts, const uint8_t* flags, bool unflagged, PoolArgs pool,
                 ResidentLayout layout, int32_t* resident) {
+  __shared__ const uint4* slot;
+  __shared__ int32_t s, logical;
   const int32_t list = blockIdx.x, j = blockIdx.y, k = layout.selected;
-  if ((flags != nullptr && (flags[list] != 0) == unflagged) || j >= counts[list]) return;
-  const uint4* slot = PickSlot(pick);
-  if (slot == nullptr) return;
-  const int32_t s = slots[list * k + j];
-  if (s < 0 || s >= k) return;  // the select kernel never writes one; be safe
+  if (threadIdx.x == 0) {
+    slot = PickSlot(pick);
+    s = -1;
+    if (slot != nullptr && (flags == nullptr || (flags[list] != 0) != unflagged) &&
+        j < counts[list]) {
+      s = slots[list * k + j];
+      logical = pages[list * k + j];
+    }
+  }
+  __syncthreads();
+  if (slot == nullptr || s < 0 || s >= k) return;  // the select kernel never writes s >= k
   const int32_t seq = list / pool.num_kv_heads, head = list % pool.num_kv_heads;
   // ResidentLayout::selected_page, spelled out: the header is host-only C++.
   const int64_t page = int64_t{seq} * (layout.sink + k + layout.window) + layout.sink + s;
@@ -90,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
                         int64_t{t * pool.num_kv_heads + head} * pool.vecs_per_row + vec;
     (i < half ? pool.k : pool.v)[dst] = src[i];
   }
-  if (threadIdx.x == 0) resident[list * k + s] = pages[list * k + j];
+  if (threadIdx.x == 0) resident[list * k + s] = logical;
 }
 
 // Holds the calling thread, and so its launch and stream, until the gate reaches
