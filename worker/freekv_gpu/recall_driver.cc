@@ -200,7 +200,7 @@ void RecallDriver::CompleteLoop() {
     absl::Status status = sent.failed ? absl::OkStatus() : Complete(sent);
     if (!status.ok()) Fail(status);
     if (kTrace) {
-      Log(LogLevel::kInfo, "applied step %d layer %d, gate %d opened: %s", sent.item.step,
+      Log(LogLevel::kInfo, "published step %d layer %d, gate %d opened: %s", sent.item.step,
           sent.item.layer, sent.item.gate_value, status.ToString());
     }
     if (sent.failed || !status.ok()) {
