@@ -55,6 +55,11 @@ struct GpuDecoder::Impl {
   cudaStream_t stream = nullptr;
   std::vector<LayerState> layers;
   std::unique_ptr<RecallDriver> driver;
+  // freekv with a session: the stream its speculative applies run on, beside the
+  // decode stream (ForkSpeculation), and the events that fork it at a step's start and
+  // join each layer's apply before that layer selects.
+  std::optional<kernels::CudaStream> spec_stream;
+  std::vector<kernels::CudaEvent> spec_fork, spec_join;
   // How long the host waits for the GPU to reach a point of the decode before it calls
   // the decode stalled (a step takes milliseconds; a hung recall never ends). Shorter
   // than the recall driver's own limits, so that the report shows the stall as it is.
@@ -128,7 +133,14 @@ struct GpuDecoder::Impl {
   // Applies the recall the gate of (layer, correction) published for step `in`, to
   // the heads `heads` covers (nothing when it published none).
   absl::Status ApplyPublished(int layer, const StepInputs& in, bool correction,
-                              const HeadMask& heads);
+                              const HeadMask& heads, cudaStream_t on);
+  // freekv: at the start of a step, forks spec_stream off the decode stream and
+  // enqueues there, per layer, a hold at its speculation gate, the apply of what the
+  // gate published, and the layer's join event. The hold waits only for the host
+  // (which opens the gate after the last step's selection, enqueued earlier), so it
+  // can share a queue with anything; the decode stream waits for the join right before
+  // the layer selects, and the apply runs beside the layer's earlier work.
+  absl::Status ForkSpeculation(const StepInputs& in);
   // The real oracle: the selection's pages into the step's page table (over_full).
   absl::Status WriteSelectedPages(const StepInputs& in);
   // The spec (or correction) gate of a layer, as step `in` waits for it; the hold

@@ -62,14 +62,32 @@ GateHold GpuDecoder::Impl::HoldAt(const StepInputs& in, int layer, bool correcti
 }
 
 absl::Status GpuDecoder::Impl::ApplyPublished(int layer, const StepInputs& in,
-                                              bool correction, const HeadMask& heads) {
+                                              bool correction, const HeadMask& heads,
+                                              cudaStream_t on) {
   // Without a session (recalls left out) the stream opens every gate itself, naming
   // no slot: there is nothing to apply.
   if (driver == nullptr) return absl::OkStatus();
   LayerState& st = layers[layer];
   return ApplyPublishedCuda(HoldAt(in, layer, correction), Slots(layer),
                             st.diff.ReadOnlyDiff(), heads, st.view, options.layout,
-                            st.resident.span<int32_t>(), stream);
+                            st.resident.span<int32_t>(), on);
+}
+
+absl::Status GpuDecoder::Impl::ForkSpeculation(const StepInputs& in) {
+  const cudaStream_t side = spec_stream->get();
+  FREEKV_RETURN_IF_ERROR(spec_fork[0].Record(stream));
+  FREEKV_RETURN_IF_ERROR(spec_fork[0].MakeStreamWait(side));
+  for (int l = 0; l < L(); ++l) {
+    GateHold hold = HoldAt(in, l, false);
+    hold.waited_ns = nullptr;  // the decode stream's own hold (the append's) counts stalls
+    FREEKV_RETURN_IF_ERROR(WaitGate(hold, side));
+    // The heads the last step did not correct, from its diff (this step's selection of
+    // the layer comes after the join).
+    FREEKV_RETURN_IF_ERROR(
+        ApplyPublished(l, in, false, HeadMask{layers[l].diff.flags(), true}, side));
+    FREEKV_RETURN_IF_ERROR(spec_join[l].Record(side));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInputs& in) {
@@ -82,18 +100,19 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
   const GpuPolicy p = options.policy;
   const bool speculates = p == GpuPolicy::kFreeKv && !prime;
   // freekv: the append also holds the stream until the speculative recall made for
-  // this layer at step t - 1 has landed (one launch, not two).
+  // this layer at step t - 1 has landed (one launch, not two; what the stall counts).
+  // spec_stream applies it (ForkSpeculation) and observes the word.
+  GateHold spec_hold = speculates ? HoldAt(in, layer, false) : GateHold{};
+  spec_hold.observed = nullptr;
   FREEKV_RETURN_IF_ERROR(AppendKvCuda(model->k().subspan(0, kv_rows),
                                       model->v().subspan(0, kv_rows),
                                       dev.subspan(in.append_pages_at(), options.batch),
                                       dev.subspan(in.append_tokens_at(), options.batch),
-                                      st.view, s,
-                                      speculates ? HoldAt(in, layer, false) : GateHold{}));
-  // Then the speculation's pages, into the heads the last step did not correct (the
-  // diff still holds that step's selection): before this step selects, after the last
-  // step's attention read the slots' old pages, by the stream's own order.
-  if (speculates) {
-    FREEKV_RETURN_IF_ERROR(ApplyPublished(layer, in, false, HeadMask{st.diff.flags(), true}));
+                                      st.view, s, spec_hold));
+  // The speculation's pages are in before this step selects; after the last step's
+  // attention read the slots' old pages, since the fork follows it.
+  if (speculates && spec_stream.has_value()) {
+    FREEKV_RETURN_IF_ERROR(spec_join[layer].MakeStreamWait(s));
   }
   // Opens a gate from the stream, to the value a recall of this step would set (step
   // + 1): with recalls left out (skip_recall), or when there is nothing to recall.
@@ -118,7 +137,7 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     FREEKV_RETURN_IF_ERROR(st.diff.Publish(step_number(in), s));
     if (own) FREEKV_RETURN_IF_ERROR(open_now(true));
     FREEKV_RETURN_IF_ERROR(WaitGate(HoldAt(in, layer, true), s));
-    FREEKV_RETURN_IF_ERROR(ApplyPublished(layer, in, true, HeadMask{}));
+    FREEKV_RETURN_IF_ERROR(ApplyPublished(layer, in, true, HeadMask{}, s));
     // The next step's speculation would select with this same query: nothing is left
     // to recall, so its gate opens here.
     if (prime) FREEKV_RETURN_IF_ERROR(open_now(false));
@@ -155,7 +174,8 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
         absl::MakeConstSpan(reinterpret_cast<const int32_t*>(model->q().data()), words), s,
         speculates ? HoldAt(in, layer, true) : GateHold{}));
     if (speculates) {
-      FREEKV_RETURN_IF_ERROR(ApplyPublished(layer, in, true, HeadMask{st.diff.flags(), false}));
+      FREEKV_RETURN_IF_ERROR(
+          ApplyPublished(layer, in, true, HeadMask{st.diff.flags(), false}, s));
     }
   }
   FREEKV_RETURN_IF_ERROR(Attend(layer, in));
@@ -222,6 +242,9 @@ absl::Status GpuDecoder::Impl::EnqueueStep(
                                      step_number(in),
                                      model->hidden().subspan(0, size_t(options.batch) * c.dim),
                                      stream));
+  }
+  if (options.policy == GpuPolicy::kFreeKv && !prime && spec_stream.has_value()) {
+    FREEKV_RETURN_IF_ERROR(ForkSpeculation(in));
   }
   for (int l = 0; l < L(); ++l) {
     FREEKV_RETURN_IF_ERROR(EnqueueLayer(prime, l, in));

@@ -141,6 +141,15 @@ absl::Status GpuDecoder::Impl::Init() {
   if (NeedsSession(options)) {
     driver = std::make_unique<RecallDriver>(*kv, options.sequence_ids, c.num_kv_heads,
                                             options.layout);
+    if (options.policy == GpuPolicy::kFreeKv) {
+      auto side = CudaStream::Create();
+      if (!side.ok()) return side.status();
+      spec_stream.emplace(*std::move(side));
+      for (int i = 0; i <= L(); ++i) {
+        FREEKV_RETURN_IF_ERROR(
+            Append(CudaEvent::Create(/*timing=*/false), i == 0 ? &spec_fork : &spec_join));
+      }
+    }
   }
   // Zero() and Poison() above run on the legacy stream, which a non-blocking stream
   // does not wait for: finish everything before the first step.
@@ -151,8 +160,9 @@ GpuDecoder::GpuDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 GpuDecoder::~GpuDecoder() {
   if (impl_->driver != nullptr) impl_->driver->Finish().IgnoreError();
-  // The driver hands its slots back when destroyed: after the stream has read them.
+  // The driver hands its slots back when destroyed: after the streams have read them.
   impl_->stream_holder[0].Synchronize().IgnoreError();
+  if (impl_->spec_stream.has_value()) impl_->spec_stream->Synchronize().IgnoreError();
 }
 
 std::array<absl::Span<const BFloat16>, 2> GpuDecoder::Impl::Slots(int layer) const {
