@@ -9,9 +9,10 @@
 //   completer: waits for each recall's reply in order (the kvservice replies once the
 //              bytes are in the slot), then opens the item's gate from the host,
 //              naming the slot (OpenGate).
-// The decode stream holds at the gate right before it needs the pages and applies the
-// slot itself (ApplyPublishedCuda), so no GPU work of this driver ever sits between
-// the stream and its gate (resident_ops.h says why that deadlocked).
+// The decode stream (or, for freekv's speculation, the stream it forks at each step's
+// start) holds at the gate and applies the slot itself (ApplyPublishedCuda), so no GPU
+// work of this driver ever sits between a stream and its gate (resident_ops.h says why
+// that deadlocked).
 //
 // A slot goes back to the client (KvClient::Release) only once the stream has read it:
 // the stream applies a layer's recalls before it selects that layer again, so a layer's

@@ -138,13 +138,13 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 // *step + offset, with no slot, when *num_flagged == 0 (a layer with no corrected head
 // never waits for the host); the recall driver opens gates from the host (OpenGate).
 //
-// Nothing but the host opens a gate that another stream of this process would have
-// to reach first: streams share the GPU's hardware work queues (on the H100 under MPS
-// a client may get very few), and a held stream blocks its queue, so work another
-// stream enqueues behind it would never run. That deadlock, not a slow recall, hung
-// freekv's decode when a driver stream applied the recalls and opened the gates; now
-// the decode stream applies them itself (ApplyPublishedCuda) and every gate is a word
-// the host writes or the stream itself wrote earlier.
+// A gate must open on GPU work enqueued before the hold, never after: streams share
+// the GPU's hardware work queues (on the H100 under MPS a client may get very few), and
+// a held stream blocks its queue, so work another stream enqueues behind it may never
+// run. That deadlock, not a slow recall, hung freekv's decode when a driver stream
+// applied the recalls and opened the gates. Now every gate is a word the host writes
+// (after the selection it recalls for, enqueued earlier) or the stream itself wrote
+// earlier, and the holding streams apply the slots (ApplyPublishedCuda).
 //
 // Gates need every kernel of the process loaded before the first wait: CUDA 12+ loads
 // modules lazily, and loading one while a gate holds a stream waits for that stream,
