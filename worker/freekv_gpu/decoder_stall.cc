@@ -34,8 +34,8 @@ absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
   // name, resident_ops.h GateWord).
   auto gate_text = [](const uint32_t* word) {
     const uint32_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
-    return absl::StrCat(GateValue(w), (w & 3u) != 0 ? absl::StrCat(" (slot ", (w & 3u) - 1, ")")
-                                                    : std::string());
+    return absl::StrCat(GateValue(w), GateSlot(w) >= 0 ? absl::StrCat(" (slot ", GateSlot(w), ")")
+                                                       : std::string());
   };
   for (int l = 0; l < L(); ++l) {
     absl::StrAppend(&where, "layer ", l, ": speculation gate ", gate_text(gate(l, false)),

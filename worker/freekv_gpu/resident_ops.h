@@ -169,6 +169,8 @@ inline constexpr uint32_t GateWord(uint32_t value, int32_t slot = -1) {
   return value << 2 | static_cast<uint32_t>(slot + 1);
 }
 inline constexpr uint32_t GateValue(uint32_t word) { return word >> 2; }
+// The staging slot a gate word publishes, or -1.
+inline constexpr int32_t GateSlot(uint32_t word) { return static_cast<int32_t>(word & 3u) - 1; }
 absl::Status WaitGate(const GateHold& hold, cudaStream_t stream);
 absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream);
 // From the host: publishes GateWord(value, slot) (a release store, after which the

@@ -64,25 +64,38 @@ bool SameBits(const std::vector<BFloat16>& a, const std::vector<BFloat16>& b) {
                     [](BFloat16 x, BFloat16 y) { return x.bits == y.bits; });
 }
 
+// A diff over every (sequence, KV head) list, as GroupSelectCuda writes it: each list
+// has at least `min_count` entries (at most `selected`), each in a distinct slot and
+// naming a page in [100, 1100); -1 past the count.
+struct HostDiff {
+  std::vector<int32_t> pages, slots, counts;
+};
+HostDiff RandomDiff(std::mt19937& rng, int32_t min_count) {
+  const int32_t lists = kSeqs * kHeads, k = kLayout.selected;
+  HostDiff d{std::vector<int32_t>(lists * k, -1), std::vector<int32_t>(lists * k, -1),
+             std::vector<int32_t>(lists)};
+  for (int32_t l = 0; l < lists; ++l) {
+    d.counts[l] = min_count + rng() % (k + 1 - min_count);
+    std::vector<int32_t> order(k);
+    for (int32_t s = 0; s < k; ++s) order[s] = s;
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int32_t j = 0; j < d.counts[l]; ++j) {
+      d.slots[l * k + j] = order[j];
+      d.pages[l * k + j] = 100 + rng() % 1000;
+    }
+  }
+  return d;
+}
+
 TEST(ApplyRecallCuda, MatchesTheReferenceOnRandomDiffs) {
   std::mt19937 rng(21);
   Pools pool = RandomPools(rng);
   const int32_t lists = kSeqs * kHeads, k = kLayout.selected;
   const std::vector<BFloat16> slot =
       RandomVector<BFloat16>(rng, size_t{lists} * k * 2 * kTokens * kDim);
-  std::vector<int32_t> pages(lists * k, -1), slots(lists * k, -1), counts(lists);
+  const auto [pages, slots, counts] = RandomDiff(rng, 0);
   std::vector<uint8_t> mask(lists);
-  for (int32_t l = 0; l < lists; ++l) {
-    counts[l] = rng() % (k + 1);
-    mask[l] = rng() % 4 != 0;
-    std::vector<int32_t> order(k);
-    for (int32_t s = 0; s < k; ++s) order[s] = s;
-    std::shuffle(order.begin(), order.end(), rng);
-    for (int32_t j = 0; j < counts[l]; ++j) {
-      slots[l * k + j] = order[j];
-      pages[l * k + j] = 100 + rng() % 1000;
-    }
-  }
+  for (uint8_t& m : mask) m = rng() % 4 != 0;
   std::vector<int32_t> resident(lists * k);
   for (int32_t& r : resident) r = rng() % 50;
   auto d_slot = Must(DeviceBuffer::Upload<BFloat16>(slot));
@@ -318,17 +331,7 @@ TEST(ApplyPublishedCuda, AppliesTheSlotTheGatePublishedForThisStep) {
   const size_t slot_elems = size_t{lists} * k * 2 * kTokens * kDim;
   const std::vector<BFloat16> slot0 = RandomVector<BFloat16>(rng, slot_elems);
   const std::vector<BFloat16> slot1 = RandomVector<BFloat16>(rng, slot_elems);
-  std::vector<int32_t> pages(lists * k, -1), slots(lists * k, -1), counts(lists);
-  for (int32_t l = 0; l < lists; ++l) {
-    counts[l] = 1 + rng() % k;
-    std::vector<int32_t> order(k);
-    for (int32_t s = 0; s < k; ++s) order[s] = s;
-    std::shuffle(order.begin(), order.end(), rng);
-    for (int32_t j = 0; j < counts[l]; ++j) {
-      slots[l * k + j] = order[j];
-      pages[l * k + j] = 100 + rng() % 1000;
-    }
-  }
+  const auto [pages, slots, counts] = RandomDiff(rng, 1);
   std::vector<int32_t> resident(lists * k, -1);
   const DeviceBuffer d_slot0 = kernels::Up(slot0), d_slot1 = kernels::Up(slot1);
   const DeviceBuffer d_pages = kernels::Up(pages), d_slots = kernels::Up(slots);
