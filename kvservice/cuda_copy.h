@@ -7,7 +7,9 @@
 // buffers in turn, and moves each with one large copy per run of adjacent
 // destinations, pipelined: the CPU packs one buffer while the DMA drains the other.
 // Batched copies and the CPU gather each stall well short of the link on their own
-// (the gather is bound by the CPU: about 5 GB/s a thread on the lent H100 hosts), so
+// (the gather needs many threads, and then host memory bounds it: each gathered byte
+// is read and written by the CPU and read again by the DMA, which held it to 0.77 of
+// the link on the lent H100 hosts, bench/RESULTS.md GPU recall run 7), so
 // kSplit runs both at once: while the CPU packs most of a piece, one batched call
 // sends the rest straight from the sources on a second stream, which waits only for
 // the caller's events (WaitEvent), not for the previous piece's copy-out.

@@ -371,6 +371,7 @@ CudaIpcTransportFactory::CudaIpcTransportFactory(const CudaIpcTransportOptions& 
     GatherPoolOptions pool;
     pool.threads = options_.gather_threads;
     pool.streaming_stores = options_.gather_streaming_stores;
+    pool.prefetch_bytes = options_.gather_prefetch_bytes;
     gather_pool_ = std::make_unique<GatherPool>(pool);
     options_.push.gather_pool = gather_pool_.get();
   }

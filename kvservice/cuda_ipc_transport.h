@@ -46,9 +46,11 @@ struct CudaIpcTransportOptions {
   // How pulls (offloads: whole blocks, merged) move.
   CopyOptions pull;
   // The factory's GatherPool, shared by every session (push.method kGather or kSplit):
-  // its threads, and whether they write the bounce buffers with streaming stores.
+  // its threads, whether they write the bounce buffers with streaming stores, and how
+  // far ahead of their copy they prefetch the store.
   int gather_threads = 8;
   bool gather_streaming_stores = true;
+  size_t gather_prefetch_bytes = size_t{8} << 10;
 };
 
 class CudaIpcTransportFactory : public TransportFactory {

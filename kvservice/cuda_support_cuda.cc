@@ -30,6 +30,7 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
   transport.pull.method = CopyMethod::kBatch;
   transport.pull.streams = options.copy_streams;
   transport.gather_threads = options.gather_threads;
+  transport.gather_prefetch_bytes = size_t(options.gather_prefetch_kib) << 10;
   absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> factory =
       CudaIpcTransportFactory::Create(transport);
   if (!factory.ok()) return factory.status();

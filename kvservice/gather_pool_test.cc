@@ -1,5 +1,5 @@
-// GatherPool copies every range exactly, whatever the thread count, the store kind and
-// the mix of sizes and alignments; runs `meanwhile` once on the caller while it
+// GatherPool copies every range exactly, whatever the thread count, the store kind, the
+// prefetch distance (none, a few KiB, more than a grain) and the mix of sizes and alignments; runs `meanwhile` once on the caller while it
 // copies; and can be called from several threads at once.
 #include "kvservice/gather_pool.h"
 
@@ -56,14 +56,17 @@ void ExpectCopied(const std::vector<HostCopy>& copies) {
   }
 }
 
-TEST(GatherPoolTest, CopiesEveryRangeForAnyThreadCountAndStoreKind) {
+TEST(GatherPoolTest, CopiesEveryRangeForAnyThreadCountStoreKindAndPrefetch) {
   std::mt19937_64 rng(11);
   const std::vector<uint8_t> source = RandomSource(8 << 20, rng);
   for (bool streaming : {false, true}) {
     for (int threads : {1, 2, 3, 8}) {
-      GatherPool pool({threads, absl::Microseconds(500), streaming});
+      // One distance per thread count: none, a few KiB, more than a grain.
+      const size_t prefetch = threads == 2 ? 0 : threads == 3 ? size_t{1} << 20 : 8 << 10;
+      GatherPool pool({threads, absl::Microseconds(500), streaming, prefetch});
       EXPECT_EQ(pool.threads(), threads);
       EXPECT_EQ(pool.streaming_stores(), streaming);
+      EXPECT_EQ(pool.prefetch_bytes(), prefetch);
       for (int round = 0; round < 5; ++round) {
         // Fresh random contents (never a constant) so a skipped range shows.
         std::vector<uint8_t> packed = RandomSource(1 << 20, rng);
