@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -29,6 +30,7 @@
 #include "kvservice/session_registry.h"
 #include "kvservice/transport_router.h"
 #include "kvservice/ucx_transport.h"
+#include "kvservice/usable_cpus.h"
 
 ABSL_FLAG(std::string, socket, "/run/freekv/kvservice.sock",
           "Unix domain socket the gRPC API listens on (created with mode 0660; its "
@@ -89,8 +91,14 @@ ABSL_FLAG(double, cuda_direct_share, 1.0 / 3,
           "CUDA IPC, --cuda_copy_method=split: the share (0 to 1) of each piece's "
           "blocks copied straight from the store while the packing threads pack the "
           "rest. The best share depends on the host's CPU and memory (bench/RESULTS.md).");
-ABSL_FLAG(int32_t, cuda_gather_threads, 8,
-          "CUDA IPC: threads that pack recalled blocks (gather), shared by all sessions.");
+ABSL_FLAG(int32_t, cuda_gather_threads, 0,
+          "CUDA IPC: threads that pack recalled blocks (gather, split), shared by all "
+          "sessions. 0: half the CPUs this process may use (affinity and cgroup "
+          "quota), 1 to 14.");
+ABSL_FLAG(int32_t, cuda_gather_prefetch_kib, 8,
+          "CUDA IPC: how far ahead of their copy (KiB, 0 to 1024; 0: not at all) the "
+          "packing threads prefetch the store. Each block starts at a random place, "
+          "so without it a thread waits out DRAM latency at every block and page.");
 ABSL_FLAG(int32_t, shutdown_grace_ms, 5000,
           "On SIGTERM: how long in-flight calls may finish before they are cancelled.");
 
@@ -114,6 +122,16 @@ absl::Status CheckFlags() {
   if (!(share >= 0.0 && share <= 1.0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--cuda_direct_share is ", share, "; it must be within 0 to 1"));
+  }
+  if (absl::GetFlag(FLAGS_cuda_gather_threads) < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cuda_gather_threads is ", absl::GetFlag(FLAGS_cuda_gather_threads),
+                     "; give a thread count, or 0 to size it from the usable CPUs"));
+  }
+  const int32_t prefetch = absl::GetFlag(FLAGS_cuda_gather_prefetch_kib);
+  if (prefetch < 0 || prefetch > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--cuda_gather_prefetch_kib is ", prefetch, "; it must be within 0 to 1024"));
   }
   if (absl::GetFlag(FLAGS_socket).empty() && absl::GetFlag(FLAGS_listen).empty()) {
     return absl::InvalidArgumentError("give --socket, --listen, or both");
@@ -178,6 +196,15 @@ absl::StatusOr<std::unique_ptr<ChunkAllocator>> StoreChunks(size_t chunk_bytes) 
   return pinned;
 }
 
+// Packing threads for --cuda_gather_threads=0: half the usable CPUs, because the
+// threads spin between recalls and the workers' host threads (which open their GPU's
+// gates when replies come) share these CPUs unless the kvservice has its own. On the
+// lent 16-CPU H100 host, 14 threads beat 8 at batch 16 (29 against 36 ms a step) but
+// slowed each reply at batch 1 about threefold (bench/RESULTS.md, decode run 10).
+// Past 14 the gather is bound by host memory, not threads: it reads and writes each
+// byte and the DMA reads it again (GPU recall run 7).
+int AutoGatherThreads() { return std::clamp(UsableCpus() / 2, 1, 14); }
+
 // The CUDA IPC factory when CUDA and a GPU are here; otherwise null and why not.
 absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* absent) {
   if (!BuiltWithCuda()) {
@@ -192,6 +219,10 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* ab
   options.copy_method = absl::GetFlag(FLAGS_cuda_copy_method);
   options.copy_streams = absl::GetFlag(FLAGS_cuda_copy_streams);
   options.gather_threads = absl::GetFlag(FLAGS_cuda_gather_threads);
+  if (options.gather_threads == 0) options.gather_threads = AutoGatherThreads();
+  Log(LogLevel::kInfo, "CUDA IPC recalls: %s, %d packing threads", options.copy_method,
+      options.gather_threads);
+  options.gather_prefetch_kib = absl::GetFlag(FLAGS_cuda_gather_prefetch_kib);
   options.direct_share = absl::GetFlag(FLAGS_cuda_direct_share);
   return MakeCudaIpcTransportFactory(options);
 }

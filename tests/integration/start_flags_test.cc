@@ -13,7 +13,8 @@ namespace {
 TEST(StartFlags, OutOfRangeValuesStopTheServiceAtStartUp) {
   for (const char* flag : {"--max_sessions=0", "--default_lease_ms=-5",
                            "--cuda_direct_share=1.5", "--cuda_direct_share=-0.25",
-                           "--cuda_direct_share=nan"}) {
+                           "--cuda_direct_share=nan", "--cuda_gather_prefetch_kib=-1", "--cuda_gather_threads=-2",
+                           "--cuda_gather_prefetch_kib=1025"}) {
     absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
         KvServiceProcess::Start({flag});
     ASSERT_FALSE(service.ok()) << flag << " was accepted";
@@ -26,7 +27,8 @@ TEST(StartFlags, OutOfRangeValuesStopTheServiceAtStartUp) {
 
 TEST(StartFlags, ValuesInRangeServe) {
   absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
-      KvServiceProcess::Start({"--cuda_direct_share=0", "--max_sessions=1"});
+      KvServiceProcess::Start({"--cuda_direct_share=0", "--max_sessions=1",
+                                "--cuda_gather_prefetch_kib=0"});
   ASSERT_TRUE(service.ok()) << service.status();
   absl::StatusOr<int> status = (*service)->Stop();
   ASSERT_TRUE(status.ok()) << status.status();
