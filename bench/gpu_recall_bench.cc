@@ -4,14 +4,14 @@
 // against the contiguous pinned H2D copy measured in the same run (the ceiling).
 //
 //   in-process rows: CopyStreams (the kvservice's own copy code) from a pinned store
-//     in this process: one cudaMemcpyAsync per block (the reference system's way);
-//     cudaMemcpyBatchAsync with each attribute choice, over 1 or 2 streams, from a
-//     store registered with cudaHostRegister (as the kvservice's), a small one (to
-//     see what locality buys) and one from cudaHostAlloc; CPU gather into pinned
-//     bounce buffers then large copies, with 4 to 12 threads, streaming or plain
-//     stores; split (gather with a share of each request batched straight from the
-//     store meanwhile); the CPU gather alone (no GPU copy), and gather beside threads
-//     that spin or wait in the CUDA driver, to show what bounds it;
+//     in this process (registered with cudaHostRegister, as the kvservice's): one
+//     cudaMemcpyAsync per block (the reference system's way); cudaMemcpyBatchAsync
+//     over 1 or 2 streams; CPU gather into pinned bounce buffers then large copies,
+//     with 8 to 14 threads, with and without prefetching the store; split (gather with
+//     a share of each request batched straight from the store meanwhile); the CPU
+//     gather alone (no GPU copy), to show what bounds it. Runs 1-6 in bench/RESULTS.md
+//     also compared batch attributes, 4 streams, small and cudaHostAlloc'd stores,
+//     plain stores and gather beside busy threads; those rows are gone;
 //   kvservice rows: the real kvservice process serving a CUDA IPC session of this
 //     process (Llama-3.1-8B geometry), each step's 32 recall requests sent over gRPC
 //     and timed until the last reply (so gRPC and the service's bookkeeping count),
@@ -19,10 +19,8 @@
 // Every row checks sampled blocks bit for bit before it reports. Prints one markdown
 // table (what bench/RESULTS.md records). Single-threaded apart from the store fill.
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -42,9 +40,12 @@ ABSL_FLAG(int32_t, store_gib, 4, "GiB of store the blocks are scattered over.");
 ABSL_FLAG(int32_t, layers, 32, "Layers per step (one recall request each).");
 ABSL_FLAG(int32_t, slices, 256, "16 KiB (page, head) slices per layer per step.");
 ABSL_FLAG(int32_t, steps, 20, "Timed steps per row (after 3 untimed ones).");
-ABSL_FLAG(std::string, service_methods, "gather/8,split/8,split/12,batch/2",
-          "kvservice rows, METHOD/N each (a kvservice per row): gather or split with N "
-          "threads, or batch over N streams.");
+ABSL_FLAG(std::string, service_methods,
+          "gather/8:prefetch=0,gather/8,gather/12,split/8,split/12,split/12:share=0.25,"
+          "split/14:share=0.25,batch/2",
+          "kvservice rows, METHOD/N[:share=S][:prefetch=KIB] each (a kvservice per row): "
+          "gather or split with N threads, or batch over N streams; share and prefetch "
+          "set --cuda_direct_share and --cuda_gather_prefetch_kib.");
 
 namespace freekv {
 namespace {
@@ -151,45 +152,46 @@ struct Store {
   size_t bytes = 0;
 };
 
-std::vector<Store> MakeStores() {
-  const size_t big = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
-  std::vector<Store> stores(2);
-  stores[0].name = absl::StrFormat("%d GiB registered", absl::GetFlag(FLAGS_store_gib));
-  stores[0].bytes = big;
-  stores[1].name = "64 MiB registered";
-  stores[1].bytes = size_t{64} << 20;
-  for (size_t i = 0; i < stores.size(); ++i) {
-    stores[i].chunk = PinnedChunk(stores[i].bytes);
-    stores[i].data = stores[i].chunk.data();
-    FillRandom(stores[i].data, stores[i].bytes, 10 + i);
-  }
-  return stores;
+Store MakeStore() {
+  Store store;
+  store.name = absl::StrFormat("%d GiB registered", absl::GetFlag(FLAGS_store_gib));
+  store.bytes = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
+  store.chunk = PinnedChunk(store.bytes);
+  store.data = store.chunk.data();
+  FillRandom(store.data, store.bytes, 10);
+  return store;
 }
 
 struct Way {
   std::string name;
   CopyOptions options;
-  int store = 0;  // index into MakeStores()
 };
 
-// The gather pools the in-process rows use, by thread count and store kind.
+// The gather pools the in-process rows use: streaming stores, prefetching 8 KiB ahead
+// (GatherPoolOptions' defaults) unless named otherwise.
 struct Pools {
-  GatherPool four{{4, absl::Microseconds(500), true}};
+  GatherPool eight_unprefetched{{8, absl::Microseconds(500), true, 0}};
   GatherPool eight{{8, absl::Microseconds(500), true}};
-  GatherPool eight_plain{{8, absl::Microseconds(500), false}};
   GatherPool twelve{{12, absl::Microseconds(500), true}};
+  GatherPool twelve_plain{{12, absl::Microseconds(500), false}};
+  GatherPool fourteen{{14, absl::Microseconds(500), true}};
 };
 
-CopyOptions Batch(int streams, bool prefer_overlap = false, bool any_source_order = false) {
+// How `pool` writes and prefetches, as the rows name it.
+std::string PoolName(const GatherPool& pool) {
+  std::string name = pool.streaming_stores() ? "streaming stores" : "plain stores";
+  if (pool.prefetch_bytes() == 0) return name + ", no prefetch";
+  return absl::StrFormat("%s, prefetch %zu KiB", name, pool.prefetch_bytes() >> 10);
+}
+
+CopyOptions Batch(int streams) {
   CopyOptions options;  // kBatch
   options.streams = streams;
-  options.prefer_overlap = prefer_overlap;
-  options.any_source_order = any_source_order;
   return options;
 }
 
 // kGather, or kSplit with `direct_share` when it is given.
-CopyOptions Gather(GatherPool& pool, size_t bounce_mib = 8, double direct_share = -1) {
+CopyOptions Gather(GatherPool& pool, double direct_share = -1, size_t bounce_mib = 8) {
   CopyOptions options;
   options.method = direct_share < 0 ? CopyMethod::kGather : CopyMethod::kSplit;
   options.gather_pool = &pool;
@@ -201,21 +203,23 @@ CopyOptions Gather(GatherPool& pool, size_t bounce_mib = 8, double direct_share 
 std::vector<Way> InProcessWays(Pools& pools) {
   CopyOptions per_block;
   per_block.method = CopyMethod::kPerRun;
-  return {{"cudaMemcpyAsync per block", per_block, 0},
-          {"batch, 1 stream", Batch(1), 0},
-          {"batch, 1 stream, PreferOverlapWithCompute", Batch(1, true), 0},
-          {"batch, 1 stream, SrcAccessOrderAny", Batch(1, false, true), 0},
-          {"batch, 2 streams", Batch(2), 0},
-          {"batch, 4 streams", Batch(4), 0},
-          {"batch, 1 stream", Batch(1), 1},
-          {"gather, 4 threads, 2 x 8 MiB bounce", Gather(pools.four), 0},
-          {"gather, 8 threads, 2 x 8 MiB bounce", Gather(pools.eight), 0},
-          {"gather, 8 threads, 2 x 8 MiB bounce, plain stores", Gather(pools.eight_plain), 0},
-          {"gather, 12 threads, 2 x 8 MiB bounce", Gather(pools.twelve), 0},
-          {"gather, 8 threads, 2 x 2 MiB bounce", Gather(pools.eight, 2), 0},
-          {"split, 8 threads, 1/4 direct", Gather(pools.eight, 8, 0.25), 0},
-          {"split, 8 threads, 1/3 direct", Gather(pools.eight, 8, 1.0 / 3), 0},
-          {"split, 8 threads, 1/2 direct", Gather(pools.eight, 8, 0.5), 0}};
+  return {{"cudaMemcpyAsync per block", per_block},
+          {"batch, 1 stream", Batch(1)},
+          {"batch, 2 streams", Batch(2)},
+          {"gather, 8 threads, no prefetch", Gather(pools.eight_unprefetched)},
+          {"gather, 8 threads", Gather(pools.eight)},
+          {"gather, 12 threads", Gather(pools.twelve)},
+          {"gather, 14 threads", Gather(pools.fourteen)},
+          {"gather, 12 threads, plain stores", Gather(pools.twelve_plain)},
+          {"gather, 12 threads, 2 x 2 MiB bounce", Gather(pools.twelve, -1, 2)},
+          {"gather, 12 threads, plain stores, 2 x 2 MiB bounce",
+           Gather(pools.twelve_plain, -1, 2)},
+
+          {"split, 8 threads, 1/4 direct", Gather(pools.eight, 0.25)},
+          {"split, 8 threads, 1/3 direct", Gather(pools.eight, 1.0 / 3)},
+          {"split, 12 threads, 1/4 direct", Gather(pools.twelve, 0.25)},
+          {"split, 12 threads, 1/3 direct", Gather(pools.twelve, 1.0 / 3)},
+          {"split, 14 threads, 1/4 direct", Gather(pools.fourteen, 0.25)}};
 }
 
 // One in-process row: per step, each layer's `slices` random store slices are copied
@@ -257,8 +261,9 @@ Row InProcessRow(const Way& way, const Store& store, std::byte* staging) {
 
 // The CPU half of gather alone: each request's random store slices packed into one
 // pinned 8 MiB bounce buffer (halves in turn), no GPU copy. What gather can reach at
-// most on this host.
-Row CpuGatherRow(GatherPool& pool, const Store& store) {
+// most on this host. `sequential`: the slices are adjacent instead (a plain memory
+// copy: what the host's memory moves at most).
+Row CpuGatherRow(GatherPool& pool, const Store& store, bool sequential = false) {
   const int layers = absl::GetFlag(FLAGS_layers);
   const int slices = absl::GetFlag(FLAGS_slices);
   auto bounce = Unwrap(testing::TestHostBuffer::Create(2 * slices * kSlice), "bounce");
@@ -269,8 +274,9 @@ Row CpuGatherRow(GatherPool& pool, const Store& store) {
     for (int layer = 0; layer < layers; ++layer) {
       std::byte* half = bounce->data() + (layer % 2) * slices * kSlice;
       requests[layer].clear();
+      const size_t first = rng() % (store.bytes / kSlice - slices);
       for (int i = 0; i < slices; ++i) {
-        const size_t block = rng() % (store.bytes / kSlice);
+        const size_t block = sequential ? first + i : rng() % (store.bytes / kSlice);
         requests[layer].push_back({half + i * kSlice, store.data + block * kSlice, kSlice});
       }
     }
@@ -284,40 +290,10 @@ Row CpuGatherRow(GatherPool& pool, const Store& store) {
       std::exit(1);
     }
   }
-  return {absl::StrFormat("CPU gather only (no GPU copy), %d threads, %s stores",
-                          pool.threads(), pool.streaming_stores() ? "streaming" : "plain"),
+  return {absl::StrFormat("CPU %s only (no GPU copy), %d threads, %s",
+                          sequential ? "copy of adjacent blocks" : "gather", pool.threads(),
+                          PoolName(pool)),
           "in-process, " + store.name, Median(gbps)};
-}
-
-// What the kvservice's other threads may cost a recall: `row` measured while four
-// threads spin on the CPU, or while one thread waits in cudaStreamSynchronize on a
-// busy stream (as the completion thread waits for each recall's event).
-enum class Load { kSpinningThreads, kSyncingThread };
-
-Row UnderLoad(Load load, const std::function<Row()>& row) {
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < (load == Load::kSpinningThreads ? 4 : 0); ++i) {
-    threads.emplace_back([&stop] {
-      while (!stop.load(std::memory_order_relaxed)) {
-      }
-    });
-  }
-  if (load == Load::kSyncingThread) {
-    threads.emplace_back([&stop] {
-      auto stream = Unwrap(testing::TestStream::Create(), "stream");
-      while (!stop.load()) {
-        BENCH_CHECK(stream->Busy(absl::Milliseconds(2)));
-        BENCH_CHECK(stream->Synchronize());
-      }
-    });
-  }
-  Row result = row();
-  stop.store(true);
-  for (std::thread& thread : threads) thread.join();
-  result.way += load == Load::kSpinningThreads ? ", + 4 threads spinning"
-                                               : ", + a thread in cudaStreamSynchronize";
-  return result;
 }
 
 std::vector<Row> InProcessRows() {
@@ -325,20 +301,17 @@ std::vector<Row> InProcessRows() {
   auto staging = Unwrap(
       testing::TestDeviceBuffer::Create(2 * absl::GetFlag(FLAGS_layers) * slot_bytes),
       "staging");
-  std::vector<Store> stores = MakeStores();
+  const Store store = MakeStore();
   Pools pools;
   std::vector<Row> rows;
   for (const Way& way : InProcessWays(pools)) {
-    rows.push_back(InProcessRow(way, stores[way.store], staging->data()));
+    rows.push_back(InProcessRow(way, store, staging->data()));
   }
-  const Way gather8{"gather, 8 threads, 2 x 8 MiB bounce", Gather(pools.eight), 0};
-  for (Load load : {Load::kSpinningThreads, Load::kSyncingThread}) {
-    rows.push_back(
-        UnderLoad(load, [&] { return InProcessRow(gather8, stores[0], staging->data()); }));
+  for (GatherPool* pool : {&pools.eight_unprefetched, &pools.eight, &pools.twelve,
+                           &pools.twelve_plain, &pools.fourteen}) {
+    rows.push_back(CpuGatherRow(*pool, store));
   }
-  for (GatherPool* pool : {&pools.four, &pools.eight, &pools.eight_plain}) {
-    rows.push_back(CpuGatherRow(*pool, stores[0]));
-  }
+  rows.push_back(CpuGatherRow(pools.fourteen, store, /*sequential=*/true));
   return rows;
 }
 
@@ -419,20 +392,36 @@ void CheckSlot(CudaKvClient& worker, const std::vector<std::byte>& pattern, uint
 // One kvservice row: a CUDA IPC session, the store offloaded, `steps` timed steps.
 // `spec` is METHOD/N (gather threads or batch streams).
 Row ServiceRow(const std::string& spec) {
-  const std::vector<std::string> parts = absl::StrSplit(spec, '/');
+  const std::vector<std::string> settings = absl::StrSplit(spec, ':');
+  const std::vector<std::string> parts = absl::StrSplit(settings[0], '/');
   const std::string& method = parts[0];
   const std::string n = parts.size() > 1 ? parts[1] : "1";
   const bool threads = method == "gather" || method == "split";  // N counts threads
+  std::vector<std::string> flags = {
+      absl::StrFormat("--capacity=%dG", absl::GetFlag(FLAGS_store_gib) + 1),
+      "--chunk_bytes=256M", "--cuda_copy_method=" + method,
+      (threads ? "--cuda_gather_threads=" : "--cuda_copy_streams=") + n};
+  std::string way = absl::StrFormat("kvservice CUDA IPC, %s, %s %s", method, n,
+                                    threads ? "threads" : "stream(s)");
+  for (size_t i = 1; i < settings.size(); ++i) {
+    const std::pair<std::string, std::string> kv = absl::StrSplit(settings[i], '=');
+    if (kv.first == "share") {
+      flags.push_back("--cuda_direct_share=" + kv.second);
+      way += ", " + kv.second + " direct";
+    } else if (kv.first == "prefetch") {
+      flags.push_back("--cuda_gather_prefetch_kib=" + kv.second);
+      way += kv.second == "0" ? ", no prefetch" : ", prefetch " + kv.second + " KiB";
+    } else {
+      std::fprintf(stderr, "--service_methods: '%s' in '%s' is not share=S or prefetch=KIB\n",
+                   settings[i].c_str(), spec.c_str());
+      std::exit(2);
+    }
+  }
   const Geometry g = LlamaGeometry();
   const int slices = absl::GetFlag(FLAGS_slices);
   const size_t store_bytes = size_t(absl::GetFlag(FLAGS_store_gib)) << 30;
   const uint32_t pages = store_bytes / g.block_bytes() / g.num_layers;
-  auto service = Unwrap(
-      testing::KvServiceProcess::Start(
-          {absl::StrFormat("--capacity=%dG", absl::GetFlag(FLAGS_store_gib) + 1),
-           "--chunk_bytes=256M", "--cuda_copy_method=" + method,
-           (threads ? "--cuda_gather_threads=" : "--cuda_copy_streams=") + n}),
-      "kvservice");
+  auto service = Unwrap(testing::KvServiceProcess::Start(flags), "kvservice");
   KvClientOptions options;
   options.target = service->target();
   options.geometry = g;
@@ -468,8 +457,7 @@ Row ServiceRow(const std::string& spec) {
     CheckSlot(*worker, pattern, pages, tickets.back(), requests.back(), step);
     for (const RecallTicket& done : tickets) BENCH_CHECK(worker->client().Release(done));
   }
-  return {absl::StrFormat("kvservice CUDA IPC, %s, %s %s", method, n,
-                          threads ? "threads" : "stream(s)"),
+  return {way,
           absl::StrFormat("2 processes, %d GiB pinned store",
                           absl::GetFlag(FLAGS_store_gib)),
           Median(gbps)};
