@@ -192,6 +192,7 @@ void CudaIpcSessionTransport::Push(std::vector<CopyRun> runs,
 bool CudaIpcSessionTransport::NextJob(Job* job) {
   const absl::Time spin_until = absl::Now() + kIssuerSpin;
   while (waiting_.load(std::memory_order_acquire) == 0 && absl::Now() < spin_until) {
+    std::this_thread::yield();  // the gRPC thread that queues the next push may need this CPU
   }
   absl::MutexLock lock(&issue_mu_);
   auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(issue_mu_) {
@@ -276,14 +277,25 @@ absl::StatusOr<gpu::Event> CudaIpcSessionTransport::TakeEvent() {
       return event;
     }
   }
-  // Spin-waited (no cudaEventBlockingSync): a recall's completion is on the decode's
-  // critical path, and a sleeping wait adds tens of microseconds.
+  // Polled (WaitFor), not cudaEventBlockingSync: a recall's completion is on the
+  // decode's critical path, and a sleeping wait adds tens of microseconds.
   return gpu::Event::Create(h_.device, cudaEventDisableTiming);
 }
 
+// Polls rather than cudaEventSynchronize, which spins without ever giving up the CPU:
+// this thread waits through most of every recall, and a yield lets the session's gRPC
+// and packing threads (or a worker's) have the CPU meanwhile, while a free CPU still
+// sees the event within a microsecond or two.
 absl::Status CudaIpcSessionTransport::WaitFor(const gpu::Event& event) const {
   gpu::DeviceGuard guard(h_.device);
-  return gpu::CudaStatus(cudaEventSynchronize(event.get()), "waiting for a recall's copies");
+  for (;;) {
+    const cudaError_t state = cudaEventQuery(event.get());
+    if (state == cudaSuccess) return absl::OkStatus();
+    if (state != cudaErrorNotReady) {
+      return gpu::CudaStatus(state, "waiting for a recall's copies");
+    }
+    std::this_thread::yield();
+  }
 }
 
 void CudaIpcSessionTransport::CompleteInOrder() {

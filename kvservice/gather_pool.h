@@ -10,6 +10,8 @@
 // microseconds each, one after the other) would cost as much as the copying: workers
 // spin on an atomic for `spin` after each job, and only then park on a mutex. A burst
 // of recalls (one decode step's) thus costs no wake-ups; an idle service burns no CPU.
+// They run at a lower priority (nice 5) and yield while they spin, so that a thread
+// carrying a request or a reply, or a worker's, gets a contested CPU first.
 //
 // A job is cut into grains of about 128 KiB that the threads claim one at a time, so a
 // thread that the OS descheduled (the service shares its cores with gRPC and the

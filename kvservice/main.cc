@@ -197,12 +197,12 @@ absl::StatusOr<std::unique_ptr<ChunkAllocator>> StoreChunks(size_t chunk_bytes) 
 }
 
 // Packing threads for --cuda_gather_threads=0: half the usable CPUs, because the
-// threads spin between recalls and the workers' host threads (which open their GPU's
-// gates when replies come) share these CPUs unless the kvservice has its own. On the
-// lent 16-CPU H100 host, 14 threads beat 8 at batch 16 (29 against 36 ms a step) but
-// slowed each reply at batch 1 about threefold (bench/RESULTS.md, decode run 10).
-// Past 14 the gather is bound by host memory, not threads: it reads and writes each
-// byte and the DMA reads it again (GPU recall run 7).
+// workers' host threads (which open their GPU's gates when replies come) share these
+// CPUs unless the kvservice has its own. On the lent 16-CPU H100 host under decode, 8
+// threads beat 14 at batch 16 (20.0 against 23.7 ms a step, bench/RESULTS.md decode
+// run 11), though 14 did better in the recall benchmark alone. Past 14 the gather is
+// bound by host memory, not threads: it reads and writes each byte and the DMA reads it
+// again (GPU recall run 7).
 int AutoGatherThreads() { return std::clamp(UsableCpus() / 2, 1, 14); }
 
 // The CUDA IPC factory when CUDA and a GPU are here; otherwise null and why not.
