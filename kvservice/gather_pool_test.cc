@@ -1,10 +1,17 @@
 // GatherPool copies every range exactly, whatever the thread count, the store kind, the
-// prefetch distance (none, a few KiB, more than a grain) and the mix of sizes and alignments; runs `meanwhile` once on the caller while it
-// copies; and can be called from several threads at once.
+// prefetch distance (none, a few KiB, more than a grain) and the mix of sizes and
+// alignments; runs `meanwhile` once on the caller while it copies; can be called from
+// several threads at once; and its workers run at a lower priority than the caller.
 #include "kvservice/gather_pool.h"
 
+#include <dirent.h>
+
+#include <chrono>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -134,6 +141,51 @@ TEST(GatherPoolTest, ParkedWorkersWakeForTheNextJob) {
     pool.Copy(copies);
     ExpectCopied(copies);
   }
+}
+
+// The nice value (field 19) of a /proc/.../stat file; -100 when it cannot be read.
+int NiceIn(const std::string& stat_path) {
+  std::ifstream stat(stat_path);
+  const std::string text((std::istreambuf_iterator<char>(stat)),
+                         std::istreambuf_iterator<char>());
+  // The command name (field 2) may hold spaces; the fields after it are plain.
+  const size_t paren = text.rfind(')');
+  if (paren == std::string::npos || paren + 2 > text.size()) return -100;
+  std::istringstream fields(text.substr(paren + 2));
+  std::string field;
+  for (int i = 3; i <= 19; ++i) {
+    if (!(fields >> field)) return -100;
+  }
+  return std::stoi(field);
+}
+
+// Threads of this process at nice value `nice`.
+int ThreadsAtNice(int nice) {
+  int count = 0;
+  DIR* tasks = opendir("/proc/self/task");
+  if (tasks == nullptr) return -1;
+  while (dirent* entry = readdir(tasks)) {
+    if (entry->d_name[0] == '.') continue;
+    if (NiceIn(std::string("/proc/self/task/") + entry->d_name + "/stat") == nice) ++count;
+  }
+  closedir(tasks);
+  return count;
+}
+
+TEST(GatherPoolTest, WorkersRunAtNiceFiveTheCallerUnchanged) {
+  const int caller = NiceIn("/proc/thread-self/stat");
+  ASSERT_NE(caller, -100);
+  if (caller > 5) GTEST_SKIP() << "this test runs at nice " << caller << ", above the pool's";
+  const int before = ThreadsAtNice(5);
+  ASSERT_GE(before, 0);
+  GatherPool pool({4, absl::Microseconds(500), true});
+  // The workers lower their own priority as they start: wait for all three.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (ThreadsAtNice(5) < before + 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(ThreadsAtNice(5), before + 3);
+  EXPECT_EQ(NiceIn("/proc/thread-self/stat"), caller) << "the caller's priority changed";
 }
 
 }  // namespace
