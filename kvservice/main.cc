@@ -123,10 +123,11 @@ absl::Status CheckFlags() {
     return absl::InvalidArgumentError(
         absl::StrCat("--cuda_direct_share is ", share, "; it must be within 0 to 1"));
   }
-  if (absl::GetFlag(FLAGS_cuda_gather_threads) < 0) {
+  if (const int32_t threads = absl::GetFlag(FLAGS_cuda_gather_threads);
+      threads < 0 || threads > 256) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--cuda_gather_threads is ", absl::GetFlag(FLAGS_cuda_gather_threads),
-                     "; give a thread count, or 0 to size it from the usable CPUs"));
+        absl::StrCat("--cuda_gather_threads is ", threads,
+                     "; give 1 to 256 threads, or 0 to size it from the usable CPUs"));
   }
   const int32_t prefetch = absl::GetFlag(FLAGS_cuda_gather_prefetch_kib);
   if (prefetch < 0 || prefetch > 1024) {

@@ -11,10 +11,11 @@ namespace freekv::testing {
 namespace {
 
 TEST(StartFlags, OutOfRangeValuesStopTheServiceAtStartUp) {
-  for (const char* flag : {"--max_sessions=0", "--default_lease_ms=-5",
-                           "--cuda_direct_share=1.5", "--cuda_direct_share=-0.25",
-                           "--cuda_direct_share=nan", "--cuda_gather_prefetch_kib=-1", "--cuda_gather_threads=-2",
-                           "--cuda_gather_prefetch_kib=1025"}) {
+  for (const char* flag :
+       {"--max_sessions=0", "--default_lease_ms=-5", "--cuda_direct_share=1.5",
+        "--cuda_direct_share=-0.25", "--cuda_direct_share=nan", "--cuda_gather_prefetch_kib=-1",
+        "--cuda_gather_prefetch_kib=1025", "--cuda_gather_threads=-2",
+        "--cuda_gather_threads=100000"}) {
     absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
         KvServiceProcess::Start({flag});
     ASSERT_FALSE(service.ok()) << flag << " was accepted";
