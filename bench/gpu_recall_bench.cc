@@ -390,7 +390,8 @@ void CheckSlot(CudaKvClient& worker, const std::vector<std::byte>& pattern, uint
 }
 
 // One kvservice row: a CUDA IPC session, the store offloaded, `steps` timed steps.
-// `spec` is METHOD/N (gather threads or batch streams).
+// `spec` is METHOD/N[:share=S][:prefetch=KIB] (gather threads or batch streams, and
+// the kvservice flags the settings name).
 Row ServiceRow(const std::string& spec) {
   const std::vector<std::string> settings = absl::StrSplit(spec, ':');
   const std::vector<std::string> parts = absl::StrSplit(settings[0], '/');
