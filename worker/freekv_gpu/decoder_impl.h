@@ -59,7 +59,8 @@ struct GpuDecoder::Impl {
   // decode stream (ForkSpeculation), and the events that fork it at a step's start and
   // join each layer's apply before that layer selects.
   std::optional<kernels::CudaStream> spec_stream;
-  std::vector<kernels::CudaEvent> spec_fork, spec_join;
+  std::optional<kernels::CudaEvent> spec_fork;
+  std::vector<kernels::CudaEvent> spec_join;  // [layer]
   // How long the host waits for the GPU to reach a point of the decode before it calls
   // the decode stalled (a step takes milliseconds; a hung recall never ends). Shorter
   // than the recall driver's own limits, so that the report shows the stall as it is.

@@ -75,8 +75,8 @@ absl::Status GpuDecoder::Impl::ApplyPublished(int layer, const StepInputs& in,
 
 absl::Status GpuDecoder::Impl::ForkSpeculation(const StepInputs& in) {
   const cudaStream_t side = spec_stream->get();
-  FREEKV_RETURN_IF_ERROR(spec_fork[0].Record(stream));
-  FREEKV_RETURN_IF_ERROR(spec_fork[0].MakeStreamWait(side));
+  FREEKV_RETURN_IF_ERROR(spec_fork->Record(stream));
+  FREEKV_RETURN_IF_ERROR(spec_fork->MakeStreamWait(side));
   for (int l = 0; l < L(); ++l) {
     GateHold hold = HoldAt(in, l, false);
     hold.waited_ns = nullptr;  // the decode stream's own hold (the append's) counts stalls

@@ -145,9 +145,11 @@ absl::Status GpuDecoder::Impl::Init() {
       auto side = CudaStream::Create();
       if (!side.ok()) return side.status();
       spec_stream.emplace(*std::move(side));
-      for (int i = 0; i <= L(); ++i) {
-        FREEKV_RETURN_IF_ERROR(
-            Append(CudaEvent::Create(/*timing=*/false), i == 0 ? &spec_fork : &spec_join));
+      auto fork = CudaEvent::Create(/*timing=*/false);
+      if (!fork.ok()) return fork.status();
+      spec_fork.emplace(*std::move(fork));
+      for (int l = 0; l < L(); ++l) {
+        FREEKV_RETURN_IF_ERROR(Append(CudaEvent::Create(/*timing=*/false), &spec_join));
       }
     }
   }

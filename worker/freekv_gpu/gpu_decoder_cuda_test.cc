@@ -22,7 +22,8 @@
 namespace freekv::gpu {
 namespace {
 
-const bool kEager = (RequireEagerLoading(), kernels::ShareOneWorkQueue(), true);  // before main: before CUDA starts
+// Before main, so before CUDA starts.
+const bool kEager = (RequireEagerLoading(), kernels::ShareOneWorkQueue(), true);
 
 using kernels::Must;
 

@@ -45,9 +45,12 @@ absl::Status CheckVectorisable(const kernels::PagedKv<BFloat16>& pool) {
   return absl::OkStatus();
 }
 
-// GateWord (resident_ops.h), on the device.
-__device__ __forceinline__ uint32_t DeviceGateValue(uint32_t word) { return word >> 2; }
-__device__ __forceinline__ uint32_t DeviceGateWord(uint32_t value) { return value << 2; }
+// Opens `gate` to `value` from the device, naming no slot, and makes it visible to
+// the host and to holds on other streams at once.
+__device__ __forceinline__ void OpenGateOnDevice(uint32_t* gate, uint32_t value) {
+  *reinterpret_cast<volatile uint32_t*>(gate) = GateWord(value);
+  __threadfence_system();
+}
 
 // Which slot an apply reads: slot0 (the host knew it), or the slot a published gate
 // word names (ApplyPublishedCuda); null when it names none.
@@ -62,9 +65,9 @@ struct SlotPick {
 __device__ __forceinline__ const uint4* PickSlot(const SlotPick& pick) {
   if (pick.observed == nullptr) return pick.slot0;
   const uint32_t word = *pick.observed;
-  if (DeviceGateValue(word) != static_cast<uint32_t>(*pick.step + pick.offset)) return nullptr;
-  const uint32_t code = word & 3u;
-  return code == 1 ? pick.slot0 : code == 2 ? pick.slot1 : nullptr;
+  if (GateValue(word) != static_cast<uint32_t>(*pick.step + pick.offset)) return nullptr;
+  const int32_t slot = GateSlot(word);
+  return slot == 0 ? pick.slot0 : slot == 1 ? pick.slot1 : nullptr;
 }
 
 // One block per diff entry (list, j); blockIdx.x = list, blockIdx.y = j. Thread 0
@@ -116,7 +119,7 @@ __device__ void HoldUntil(const GateHold& hold, uint32_t value) {
   const volatile uint32_t* word = hold.gate;
   const volatile uint32_t* abort = hold.abort;
   auto open = [&](uint32_t w) {
-    return static_cast<int32_t>(DeviceGateValue(w) - value) >= 0 ||
+    return static_cast<int32_t>(GateValue(w) - value) >= 0 ||
            (abort != nullptr && *abort != 0);
   };
   uint32_t seen = *word;
@@ -179,9 +182,7 @@ __global__ void StampKernel(volatile int32_t* stamp, const int32_t* step) {
 
 __global__ void OpenGateIfNoneKernel(GateIfNone open) {
   if (*open.num_flagged == 0) {
-    *reinterpret_cast<volatile uint32_t*>(open.gate) =
-        DeviceGateWord(static_cast<uint32_t>(*open.step + open.offset));
-    __threadfence_system();
+    OpenGateOnDevice(open.gate, static_cast<uint32_t>(*open.step + open.offset));
   }
 }
 
@@ -199,11 +200,7 @@ __global__ void __launch_bounds__(kCheckThreads)
   *num_flagged = static_cast<int32_t>(flagged);
   __threadfence_system();
   *stamp = *step;
-  if (flagged == 0.0f) {
-    *reinterpret_cast<volatile uint32_t*>(gate) =
-        DeviceGateWord(static_cast<uint32_t>(*step + offset));
-    __threadfence_system();
-  }
+  if (flagged == 0.0f) OpenGateOnDevice(gate, static_cast<uint32_t>(*step + offset));
 }
 
 // splitmix64 of (seed, index) -> uniform in [-1, 1).

@@ -164,13 +164,20 @@ void RequireEagerLoading();
 // A gate value far past every step: opened to it, a gate lets every later wait pass
 // (how the recall driver lets the GPU drain after an error).
 inline constexpr uint32_t kGateFarPast = 1u << 28;
+// The gate-word helpers serve the host (the recall driver) and the kernels alike.
+#if defined(__CUDACC__)
+#define FREEKV_GATE_FN __host__ __device__ inline constexpr
+#else
+#define FREEKV_GATE_FN inline constexpr
+#endif
 // The word of a gate opened to `value`, publishing staging slot `slot` (-1: none).
-inline constexpr uint32_t GateWord(uint32_t value, int32_t slot = -1) {
+FREEKV_GATE_FN uint32_t GateWord(uint32_t value, int32_t slot = -1) {
   return value << 2 | static_cast<uint32_t>(slot + 1);
 }
-inline constexpr uint32_t GateValue(uint32_t word) { return word >> 2; }
+FREEKV_GATE_FN uint32_t GateValue(uint32_t word) { return word >> 2; }
 // The staging slot a gate word publishes, or -1.
-inline constexpr int32_t GateSlot(uint32_t word) { return static_cast<int32_t>(word & 3u) - 1; }
+FREEKV_GATE_FN int32_t GateSlot(uint32_t word) { return static_cast<int32_t>(word & 3u) - 1; }
+#undef FREEKV_GATE_FN
 absl::Status WaitGate(const GateHold& hold, cudaStream_t stream);
 absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream);
 // From the host: publishes GateWord(value, slot) (a release store, after which the

@@ -3,8 +3,8 @@
 // waits on one really stops until the host opens it (or sets the abort word).
 #include <chrono>
 #include <random>
-#include <utility>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
