@@ -61,6 +61,11 @@ struct GpuDecoder::Impl {
   std::optional<kernels::CudaStream> spec_stream;
   std::optional<kernels::CudaEvent> spec_fork;
   std::vector<kernels::CudaEvent> spec_join;  // [layer]
+  // freekv: the stream that selects the speculation's heads of a layer beside the
+  // layer's attention, and the events that fork it after the correction point and join
+  // it at the layer's end (the next layer rewrites q and the score buffers it reads).
+  std::optional<kernels::CudaStream> select_stream;
+  std::optional<kernels::CudaEvent> select_fork, select_join;
   // How long the host waits for the GPU to reach a point of the decode before it calls
   // the decode stalled (a step takes milliseconds; a hung recall never ends). Shorter
   // than the recall driver's own limits, so that the report shows the stall as it is.
@@ -68,6 +73,8 @@ struct GpuDecoder::Impl {
 
   // Shared scratch, in stream order; `inputs` holds the current StepInputs.
   kernels::DeviceBuffer scores, group_scores, selected, workspace, inputs, base;
+  // freekv: the layer's head masks, flagged then unflagged (PublishCorrectionCuda).
+  kernels::DeviceBuffer head_masks;
   // Gates (resident_ops.h), pinned: [layer][speculation, correction], then the abort
   // word a stall report sets. `observed`, on the device: the word each hold passed on.
   kernels::PinnedBuffer gates;
@@ -127,9 +134,15 @@ struct GpuDecoder::Impl {
   // What the recall driver must do for (step, layer), in the order the GPU waits;
   // nothing when the step has no candidate to select.
   void PushLayerItems(int32_t t, int layer, bool selects);
-  // Scores and selects the pages of every head; with `diff`, also what the resident
-  // set lacks (the diff's block, in pinned memory).
-  absl::Status Select(int layer, const StepInputs& in, const DiffSet* diff);
+  // Scores and selects the pages of every head (or of the heads `mask` sets: their
+  // rows of the outputs alone are written), on `on`; with `diff`, also what the
+  // resident set lacks (the diff's block, in pinned memory).
+  absl::Status Select(int layer, const StepInputs& in, const DiffSet* diff,
+                      absl::Span<const uint8_t> mask, cudaStream_t on);
+  absl::Span<const uint8_t> HeadMaskOf(bool flagged) const {
+    return head_masks.span<const uint8_t>().subspan(flagged ? 0 : shape.lists(),
+                                                    shape.lists());
+  }
   absl::Status Attend(int layer, const StepInputs& in);
   // Applies the recall the gate of (layer, correction) published for step `in`, to
   // the heads `heads` covers (nothing when it published none).
@@ -140,7 +153,8 @@ struct GpuDecoder::Impl {
   // gate published, and the layer's join event. The hold waits only for the host
   // (which opens the gate after the last step's selection, enqueued earlier), so it
   // can share a queue with anything; the decode stream waits for the join right before
-  // the layer selects, and the apply runs beside the layer's earlier work.
+  // the layer's correction point (which then selects), and the apply runs beside the
+  // layer's earlier work.
   absl::Status ForkSpeculation(const StepInputs& in);
   // The real oracle: the selection's pages into the step's page table (over_full).
   absl::Status WriteSelectedPages(const StepInputs& in);

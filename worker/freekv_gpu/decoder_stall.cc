@@ -41,8 +41,10 @@ absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
     absl::StrAppend(&where, "layer ", l, ": speculation gate ", gate_text(gate(l, false)),
                     ", correction gate ", gate_text(gate(l, true)));
     if (driver != nullptr) {
-      absl::StrAppend(&where, ", diff stamp ",
-                      __atomic_load_n(layers[l].diff.stamp(), __ATOMIC_ACQUIRE),
+      absl::StrAppend(&where, ", diff stamps ",
+                      __atomic_load_n(layers[l].diff.stamp(), __ATOMIC_ACQUIRE), " and ",
+                      __atomic_load_n(layers[l].diff.spec_stamp(), __ATOMIC_ACQUIRE),
+                      " (speculation)",
                       " (heads flagged ",
                       __atomic_load_n(layers[l].diff.num_flagged(), __ATOMIC_ACQUIRE), ")");
     }

@@ -11,7 +11,8 @@
 
 namespace freekv::gpu {
 
-absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in, const DiffSet* diff) {
+absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in, const DiffSet* diff,
+                                      absl::Span<const uint8_t> mask, cudaStream_t on) {
   const ModelConfig& c = model->config();
   const LayerState& st = layers[layer];
   const absl::Span<const int32_t> dev = inputs.span<int32_t>();
@@ -26,13 +27,13 @@ absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in, const Dif
   const absl::Span<float> s = scores.span<float>().subspan(0, options.batch * c.num_heads * n);
   FREEKV_RETURN_IF_ERROR(kernels::PageScoreCuda<BFloat16>(
       model->q().subspan(0, size_t(options.batch) * c.num_heads * c.head_dim),
-      c.num_heads, digests, cands, scale, {}, s, stream));
+      c.num_heads, digests, cands, scale, mask, s, on));
   const bool with_diff = diff != nullptr;
   return kernels::GroupSelectCuda(
       s, c.num_heads, c.num_kv_heads, cands, options.layout.selected,
       with_diff ? st.resident.span<const int32_t>() : absl::Span<const int32_t>(),
-      options.layout.selected, {}, group_scores.span<float>().subspan(0, shape.lists() * n),
-      selected.span<int32_t>(), with_diff ? diff->Diff() : kernels::ResidentDiff{}, stream);
+      options.layout.selected, mask, group_scores.span<float>().subspan(0, shape.lists() * n),
+      selected.span<int32_t>(), with_diff ? diff->Diff() : kernels::ResidentDiff{}, on);
 }
 
 absl::Status GpuDecoder::Impl::Attend(int layer, const StepInputs& in) {
@@ -125,7 +126,7 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
   const bool selects = in.max_candidates() > 0;
   const bool own = options.skip_recall || !selects;
   if (p == GpuPolicy::kOracle && selects) {
-    FREEKV_RETURN_IF_ERROR(Select(layer, in, nullptr));
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, nullptr, {}, s));
     if (shape.over_full) FREEKV_RETURN_IF_ERROR(WriteSelectedPages(in));
   }
   if (!selects && Recalls(p)) {
@@ -133,7 +134,7 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     if (p == GpuPolicy::kFreeKv) FREEKV_RETURN_IF_ERROR(open_now(false));
   } else if (p == GpuPolicy::kBlocking || prime) {
     // Select with the current query, recall what is missing, wait for it.
-    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff));
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, {}, s));
     FREEKV_RETURN_IF_ERROR(st.diff.Publish(step_number(in), s));
     if (own) FREEKV_RETURN_IF_ERROR(open_now(true));
     FREEKV_RETURN_IF_ERROR(WaitGate(HoldAt(in, layer, true), s));
@@ -142,13 +143,17 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     // to recall, so its gate opens here.
     if (prime) FREEKV_RETURN_IF_ERROR(open_now(false));
   } else if (p == GpuPolicy::kFreeKv) {
-    // The speculative recall made at step t - 1 has landed. One selection with q_t
-    // then serves both of FreeKV's recalls: the heads whose query moved (similarity
-    // below tau) are corrected now and waited for below; the other heads' part of the
-    // same diff is the speculation for step t + 1, recalled while the step goes on.
-    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff));
-    // The similarity, its flags, the diff's stamp, and the correction gate opened when
-    // no head is flagged: one launch.
+    // The speculative recall made at step t - 1 has landed. The correction point then
+    // compares q_t with q_{t-1} per (sequence, KV head), flags the heads whose query
+    // moved (similarity below tau), and opens the correction gate in the same launch
+    // when none did. A flagged head is corrected now: selected with q_t on this
+    // stream, recalled, and waited for below. The other
+    // heads' selection with q_t is the speculation for step t + 1: it runs beside the
+    // layer's attention on select_stream (its stamp lets the host recall it while the
+    // step goes on), so with no head flagged the decode stream never waits for a
+    // selection. The speculation's branch holds nothing, and everything the host needs
+    // before it opens this layer's correction gate is enqueued ahead of that gate's
+    // hold in this stream: no queue the branches share can deadlock (resident_ops.h).
     const size_t q_rows = size_t(options.batch) * c.num_heads * c.head_dim;
     const CorrectionCheck check{model->q().subspan(0, q_rows),
                                 st.q_prev.span<const BFloat16>(),
@@ -157,29 +162,41 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
                                 c.head_dim,
                                 options.tau,
                                 {st.similarity.span<float>(), st.diff.flags(),
-                                 {st.diff.num_flagged(), 1}}};
-    FREEKV_RETURN_IF_ERROR(PublishCorrectionCuda(check, st.diff.stamp(), step_number(in),
-                                                 gate(layer, true), 1, s));
+                                 {st.diff.num_flagged(), 1}},
+                                head_masks.span<uint8_t>()};
+    FREEKV_RETURN_IF_ERROR(PublishCorrectionCuda(check, step_number(in), gate(layer, true),
+                                                 1, s));
+    const cudaStream_t side = select_stream->get();
+    FREEKV_RETURN_IF_ERROR(select_fork->Record(s));
+    FREEKV_RETURN_IF_ERROR(select_fork->MakeStreamWait(side));
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(false), side));
+    FREEKV_RETURN_IF_ERROR(StampCuda(st.diff.spec_stamp(), step_number(in), side));
+    FREEKV_RETURN_IF_ERROR(select_join->Record(side));
+    // The flagged heads' rows of the same buffers (none: the kernels return at once).
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(true), s));
     if (own) {
       FREEKV_RETURN_IF_ERROR(open_now(true));
       FREEKV_RETURN_IF_ERROR(open_now(false));
     }
   }
   if (p == GpuPolicy::kFreeKv) {
-    // q_t becomes the next step's q_prev; the copy also holds the stream until the
-    // correction has landed.
+    // q_t becomes the next step's q_prev; the copy also stamps the correction's part of
+    // the diff and then holds the stream until the correction has landed.
+    GateHold hold = speculates ? HoldAt(in, layer, true) : GateHold{};
+    if (speculates && selects) hold.stamp = st.diff.stamp();
     const size_t words = st.q_prev.bytes() / sizeof(int32_t);
     FREEKV_RETURN_IF_ERROR(CopyWordsCuda(
         st.q_prev.span<int32_t>().subspan(0, words),
         absl::MakeConstSpan(reinterpret_cast<const int32_t*>(model->q().data()), words), s,
-        speculates ? HoldAt(in, layer, true) : GateHold{}));
+        hold));
     if (speculates) {
       FREEKV_RETURN_IF_ERROR(
           ApplyPublished(layer, in, true, HeadMask{st.diff.flags(), false}, s));
     }
   }
   FREEKV_RETURN_IF_ERROR(Attend(layer, in));
-  return model->PostAttention(layer, options.batch, s);
+  FREEKV_RETURN_IF_ERROR(model->PostAttention(layer, options.batch, s));
+  return speculates && selects ? select_join->MakeStreamWait(s) : absl::OkStatus();
 }
 
 void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer, bool selects) {
@@ -190,7 +207,8 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer, bool selects) {
     RecallItem item;
     item.step = serves;
     item.layer = layer;
-    item.stamp = d.stamp();
+    // freekv's speculation is selected and stamped beside the decode stream.
+    item.stamp = correction || prime ? d.stamp() : d.spec_stamp();
     item.stamp_value = t;
     item.diff = d.ReadOnlyDiff();
     item.heads = heads;

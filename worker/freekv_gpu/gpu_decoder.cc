@@ -138,6 +138,20 @@ absl::Status GpuDecoder::Impl::Init() {
   FREEKV_RETURN_IF_ERROR(zero.Zero());
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(sizeof(uint64_t)), &waited_ns));
   FREEKV_RETURN_IF_ERROR(waited_ns.Zero());
+  if (options.policy == GpuPolicy::kFreeKv) {
+    auto side = CudaStream::Create();
+    if (!side.ok()) return side.status();
+    select_stream.emplace(*std::move(side));
+    auto fork = CudaEvent::Create(/*timing=*/false);
+    if (!fork.ok()) return fork.status();
+    select_fork.emplace(*std::move(fork));
+    auto join = CudaEvent::Create(/*timing=*/false);
+    if (!join.ok()) return join.status();
+    select_join.emplace(*std::move(join));
+    FREEKV_RETURN_IF_ERROR(
+        Assign(DeviceBuffer::Allocate(2 * size_t(shape.lists())), &head_masks));
+    FREEKV_RETURN_IF_ERROR(head_masks.Zero());
+  }
   if (NeedsSession(options)) {
     driver = std::make_unique<RecallDriver>(*kv, options.sequence_ids, c.num_kv_heads,
                                             options.layout);
@@ -165,6 +179,7 @@ GpuDecoder::~GpuDecoder() {
   // The driver hands its slots back when destroyed: after the streams have read them.
   impl_->stream_holder[0].Synchronize().IgnoreError();
   if (impl_->spec_stream.has_value()) impl_->spec_stream->Synchronize().IgnoreError();
+  if (impl_->select_stream.has_value()) impl_->select_stream->Synchronize().IgnoreError();
 }
 
 std::array<absl::Span<const BFloat16>, 2> GpuDecoder::Impl::Slots(int layer) const {

@@ -25,11 +25,11 @@ absl::StatusOr<DiffSet> DiffSet::Create(int32_t lists, int32_t selected) {
   DiffSet d;
   d.lists = lists;
   d.selected = selected;
-  auto host = kernels::PinnedBuffer::Allocate((d.block_ints() + 1) * sizeof(int32_t));
+  auto host = kernels::PinnedBuffer::Allocate((d.block_ints() + 2) * sizeof(int32_t));
   if (!host.ok()) return host.status();
   d.host = *std::move(host);
   std::fill_n(d.host.span<int32_t>().data(), d.block_ints(), 0);
-  *d.stamp() = -1;  // no step yet
+  *d.stamp() = *d.spec_stamp() = -1;  // no step yet
   return d;
 }
 

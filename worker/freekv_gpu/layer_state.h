@@ -34,11 +34,14 @@ struct StateShape {
 // A selection diff (one int32 block: pages, slots, counts, the correction count, then
 // the flags as bytes) in pinned host memory that the kernels write and read directly
 // (zero-copy: on the H100 the copy nodes that brought the diff over cost as much as
-// the rest of freekv's extra work), followed by a stamp: the step whose diff the block
-// holds. The stream writes the stamp after the kernels that wrote the block, so a host
-// thread that reads the stamp (acquire) sees the whole block of that step. A stamp
-// rather than an event because steps run as CUDA graphs, whose event records a host
-// thread cannot wait on reliably (measured: it saw the previous step's record).
+// the rest of freekv's extra work), followed by two stamps: the step whose diff the
+// block holds. The stream writes a stamp after the kernels that wrote its part of the
+// block, so a host thread that reads the stamp (acquire) sees that part of that step.
+// Stamps rather than events because steps run as CUDA graphs, whose event records a
+// host thread cannot wait on reliably (measured: it saw the previous step's record).
+// stamp() covers the whole block (blocking, freekv's first step) or, for freekv, the
+// flagged heads' rows (the correction, selected on the decode stream); spec_stamp()
+// the other heads' rows (the speculation, selected beside it).
 struct DiffSet {
   kernels::PinnedBuffer host;
   int32_t lists = 0, selected = 0;
@@ -55,6 +58,7 @@ struct DiffSet {
     return {reinterpret_cast<uint8_t*>(num_flagged() + 1), size_t(lists)};
   }
   int32_t* stamp() const { return block() + block_ints(); }
+  int32_t* spec_stamp() const { return stamp() + 1; }
   // Writes *step (device) into the stamp, after the stream's work so far.
   absl::Status Publish(const int32_t* step, cudaStream_t stream) const;
 

@@ -142,8 +142,12 @@ __device__ void HoldUntil(const GateHold& hold, uint32_t value) {
 }
 
 __device__ void HoldAtGate(const GateHold& hold) {
-  if (hold.gate == nullptr || blockIdx.x != 0 || threadIdx.x != 0) return;
-  HoldUntil(hold, static_cast<uint32_t>(*hold.step + hold.offset));
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  if (hold.stamp != nullptr) {
+    __threadfence_system();
+    *reinterpret_cast<volatile int32_t*>(hold.stamp) = *hold.step;
+  }
+  if (hold.gate != nullptr) HoldUntil(hold, static_cast<uint32_t>(*hold.step + hold.offset));
 }
 
 __global__ void WaitGateKernel(GateHold hold) { HoldAtGate(hold); }
@@ -191,15 +195,21 @@ constexpr int kCheckThreads = 1024;
 __global__ void __launch_bounds__(kCheckThreads)
     PublishCorrectionKernel(const __nv_bfloat16* q, const __nv_bfloat16* q_prev, int32_t rows,
                             int32_t group, int32_t head_dim, float tau, float* similarity,
-                            uint8_t* flags, int32_t* num_flagged, volatile int32_t* stamp,
+                            uint8_t* flags, int32_t* num_flagged, uint8_t* masks,
                             const int32_t* step, uint32_t* gate, int32_t offset) {
   __shared__ float scratch[32];
   const float flagged = kernels::SimilarityBlock(q, q_prev, rows, group, head_dim, tau,
                                                  similarity, flags, scratch);
+  // SimilarityBlock's reduction synchronised the block after every similarity write;
+  // the masks come from the device copy, not the pinned flags.
+  for (int row = threadIdx.x; row < rows; row += blockDim.x) {
+    const bool moved = similarity[row] < tau;
+    masks[row] = moved ? 1 : 0;
+    masks[rows + row] = moved ? 0 : 1;
+  }
   if (threadIdx.x != 0) return;
   *num_flagged = static_cast<int32_t>(flagged);
   __threadfence_system();
-  *stamp = *step;
   if (flagged == 0.0f) OpenGateOnDevice(gate, static_cast<uint32_t>(*step + offset));
 }
 
@@ -252,6 +262,9 @@ absl::Status CheckHold(const GateHold& hold) {
     const char* mode = getenv("CUDA_MODULE_LOADING");
     return mode != nullptr && std::string(mode) == "EAGER";
   }();
+  if ((hold.gate != nullptr || hold.stamp != nullptr) && hold.step == nullptr) {
+    return absl::InvalidArgumentError("a gate hold or a stamp needs the step it compares with");
+  }
   if (hold.gate != nullptr && !eager) {
     return absl::FailedPreconditionError(
         "gates need CUDA_MODULE_LOADING=EAGER (call RequireEagerLoading() at the start of "
@@ -351,17 +364,17 @@ absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream) {
   return LaunchStatus("OpenGateIfNoneKernel");
 }
 
-absl::Status PublishCorrectionCuda(const CorrectionCheck& c, int32_t* stamp,
-                                   const int32_t* step, uint32_t* gate, int32_t offset,
-                                   cudaStream_t stream) {
+absl::Status PublishCorrectionCuda(const CorrectionCheck& c, const int32_t* step,
+                                   uint32_t* gate, int32_t offset, cudaStream_t stream) {
   FREEKV_RETURN_IF_ERROR(kernels::CheckSimilarityShapes(
       c.q.size(), c.q_prev.size(), c.num_q_heads, c.num_kv_heads, c.head_dim, c.outputs));
+  FREEKV_RETURN_IF_ERROR(kernels::CheckSize("masks", c.masks.size(), 2 * c.outputs.flags.size()));
   PublishCorrectionKernel<<<1, kCheckThreads, 0, stream>>>(
       reinterpret_cast<const __nv_bfloat16*>(c.q.data()),
       reinterpret_cast<const __nv_bfloat16*>(c.q_prev.data()),
       static_cast<int32_t>(c.outputs.flags.size()), c.num_q_heads / c.num_kv_heads,
       c.head_dim, c.tau, c.outputs.similarity.data(), c.outputs.flags.data(),
-      c.outputs.num_flagged.data(), stamp, step, gate, offset);
+      c.outputs.num_flagged.data(), c.masks.data(), step, gate, offset);
   return LaunchStatus("PublishCorrectionKernel");
 }
 

@@ -83,6 +83,10 @@ struct GateHold {
   const uint32_t* abort = nullptr;
   // Device memory: the gate word the hold passed on, for ApplyPublishedCuda; may be null.
   uint32_t* observed = nullptr;
+  // When non-null: set to *step (StampCuda's work, fence first) just before the hold,
+  // after the stream's earlier work. freekv's correction stamps its diff so, on the
+  // launch that then waits for the recall the stamp lets the host send.
+  int32_t* stamp = nullptr;
 };
 struct GateIfNone {
   const int32_t* num_flagged = nullptr;  // required (OpenGateIfNone refuses null)
@@ -196,19 +200,22 @@ absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream)
 
 // freekv's correction point of a layer, in one launch: the similarity of q_t and
 // q_{t-1} per (sequence, KV head) with its flags and their count (kernels/similarity.h;
-// the flags and the count may be pinned host memory), then StampCuda's work, then
-// the gate opened to *step + offset when no head is flagged (OpenGateIfNone's work). The
-// similarity needs nothing of the selection, so it can ride on the launch that
-// publishes the selection's diff.
+// the flags and the count may be pinned host memory), the same flags as two head masks
+// for the selection kernels (`masks`, device memory: [lists] bytes set for the flagged
+// heads, then [lists] set for the others; a selection kernel reads its mask byte from
+// every CTA, and a pinned byte crosses PCIe), then the gate opened to *step + offset
+// when no head is flagged (OpenGateIfNone's work). The masks split the layer's
+// selection: the flagged heads' on the decode stream (the correction waits for it),
+// the others' beside it (the speculation, which nothing in the step waits for).
 struct CorrectionCheck {
   absl::Span<const BFloat16> q, q_prev;  // [num_seqs][num_q_heads][head_dim]
   int32_t num_q_heads = 0, num_kv_heads = 0, head_dim = 0;
   float tau = 0;
   kernels::SimilarityOutputs outputs;
+  absl::Span<uint8_t> masks;  // [2][num_seqs * num_kv_heads], device memory
 };
-absl::Status PublishCorrectionCuda(const CorrectionCheck& check, int32_t* stamp,
-                                   const int32_t* step, uint32_t* gate, int32_t offset,
-                                   cudaStream_t stream);
+absl::Status PublishCorrectionCuda(const CorrectionCheck& check, const int32_t* step,
+                                   uint32_t* gate, int32_t offset, cudaStream_t stream);
 
 // Benchmark inputs: uniform values in [-scale, scale) from (seed, index).
 absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,

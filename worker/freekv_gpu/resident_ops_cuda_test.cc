@@ -374,10 +374,10 @@ TEST(ApplyPublishedCuda, AppliesTheSlotTheGatePublishedForThisStep) {
 }
 
 // The correction point against kernels' similarity reference: with some heads moved,
-// the same flags and count, the stamp written and the gate left shut; with none moved,
-// the gate open at step + 1. Flags, count and stamp in pinned host memory, as the
-// decoder keeps them.
-TEST(PublishCorrectionCuda, FlagsStampAndGateInOneLaunch) {
+// the same flags and count, the flagged and unflagged head masks, and the gate left
+// shut; with none moved, the gate open at step + 1. Flags and count in pinned host
+// memory, as the decoder keeps them.
+TEST(PublishCorrectionCuda, FlagsMasksAndGateInOneLaunch) {
   constexpr int32_t kSeqs3 = 3, kHq = 8, kHkv = 2, kDim = 128;
   std::mt19937 rng(41);
   const std::vector<BFloat16> q = RandomVector<BFloat16>(rng, size_t{kSeqs3} * kHq * kDim);
@@ -392,7 +392,7 @@ TEST(PublishCorrectionCuda, FlagsStampAndGateInOneLaunch) {
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{12}));
   HostGate gate;
   auto similarity = Must(DeviceBuffer::Allocate(kSeqs3 * kHkv * sizeof(float)));
-  auto host = Must(kernels::PinnedBuffer::Allocate(64));  // flags | count | stamp
+  auto host = Must(kernels::PinnedBuffer::Allocate(64));  // flags | count
   auto stream = Must(CudaStream::Create());
   for (bool any_moved : {true, false}) {
     const std::vector<BFloat16>& prev = any_moved ? moved : q;
@@ -400,15 +400,16 @@ TEST(PublishCorrectionCuda, FlagsStampAndGateInOneLaunch) {
     *gate.word = 0;
     uint8_t* flags = host.span<uint8_t>().data();
     int32_t* count = host.span<int32_t>().data() + 4;
-    int32_t* stamp = host.span<int32_t>().data() + 5;
     std::fill_n(flags, kSeqs3 * kHkv, uint8_t{7});
-    *count = *stamp = -1;
+    *count = -1;
+    DeviceBuffer masks = kernels::Up(std::vector<uint8_t>(2 * kSeqs3 * kHkv, 7));
     const CorrectionCheck check{d_q.span<const BFloat16>(), d_prev.span<const BFloat16>(),
                                 kHq, kHkv, kDim, 0.8f,
                                 {similarity.span<float>(), {flags, size_t{kSeqs3} * kHkv},
-                                 {count, 1}}};
-    ASSERT_TRUE(PublishCorrectionCuda(check, stamp, step.span<int32_t>().data(),
-                                      gate.word, 1, stream.get())
+                                 {count, 1}},
+                                masks.span<uint8_t>()};
+    ASSERT_TRUE(PublishCorrectionCuda(check, step.span<int32_t>().data(), gate.word, 1,
+                                      stream.get())
                     .ok());
     ASSERT_TRUE(stream.Synchronize().ok());
     std::vector<float> want_sim(kSeqs3 * kHkv);
@@ -422,13 +423,17 @@ TEST(PublishCorrectionCuda, FlagsStampAndGateInOneLaunch) {
     EXPECT_EQ(std::vector<uint8_t>(flags, flags + kSeqs3 * kHkv), want_flags);
     EXPECT_EQ(*count, want_count[0]);
     EXPECT_EQ(*count > 0, any_moved);
-    EXPECT_EQ(*stamp, 12);
+    std::vector<uint8_t> want_masks = want_flags;
+    for (uint8_t f : want_flags) want_masks.push_back(f == 0 ? 1 : 0);
+    std::vector<uint8_t> got_masks(want_masks.size());
+    ASSERT_TRUE(masks.Download(absl::MakeSpan(got_masks)).ok());
+    EXPECT_EQ(got_masks, want_masks);
     EXPECT_EQ(*gate.word, any_moved ? 0u : GateWord(13));
   }
 }
 
-// AppendKvCuda and CopyWordsCuda holding a gate: their own work is done, but the
-// stream goes no further until the gate opens.
+// AppendKvCuda and CopyWordsCuda holding a gate: their own work is done (and the
+// copy's stamp written), but the stream goes no further until the gate opens.
 TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
   HostGate gate;
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{9}));
@@ -439,6 +444,8 @@ TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
   const DeviceBuffer src = Must(DeviceBuffer::Upload<int32_t>(words));
   DeviceBuffer dst = Must(DeviceBuffer::Allocate(words.size() * sizeof(int32_t)));
   Pools pool = RandomPools(rng);
+  auto stamp_host = Must(kernels::PinnedBuffer::Allocate(sizeof(int32_t)));
+  int32_t* stamp = stamp_host.span<int32_t>().data();
   const std::vector<BFloat16> k = RandomVector<BFloat16>(rng, size_t{kSeqs} * kHeads * kDim);
   const std::vector<BFloat16> v = RandomVector<BFloat16>(rng, k.size());
   const std::vector<int32_t> pages = {1, kLayout.pages_per_seq() + 3, 2 * kLayout.pages_per_seq()};
@@ -452,7 +459,9 @@ TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
     ASSERT_TRUE(marker.Zero().ok());
     ASSERT_TRUE(dst.Zero().ok());
     Must(kernels::DeviceSynchronize());
-    const GateHold hold{gate.word, step.span<int32_t>().data(), 1, nullptr};
+    GateHold hold{gate.word, step.span<int32_t>().data(), 1, nullptr};
+    *stamp = -1;
+    if (which == 0) hold.stamp = stamp;  // the copy also stamps before it holds
     ASSERT_TRUE((which == 0 ? CopyWordsCuda(dst.span<int32_t>(), src.span<const int32_t>(),
                                             waiter.get(), hold)
                             : AppendKvCuda(d_k.span<BFloat16>(), d_v.span<BFloat16>(),
@@ -462,6 +471,8 @@ TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
     ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_FALSE(MarkerWritten(marker)) << "launch " << which << " did not hold the gate";
+    EXPECT_EQ(__atomic_load_n(stamp, __ATOMIC_ACQUIRE), which == 0 ? 9 : -1)
+        << "the stamp is written before the hold, and only when asked for";
     OpenGate(gate.word, 10);
     ASSERT_TRUE(waiter.Synchronize().ok());
     EXPECT_TRUE(MarkerWritten(marker));
