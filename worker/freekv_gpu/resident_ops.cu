@@ -70,41 +70,51 @@ __device__ __forceinline__ const uint4* PickSlot(const SlotPick& pick) {
   return slot == 0 ? pick.slot0 : slot == 1 ? pick.slot1 : nullptr;
 }
 
-// One block per diff entry (list, j); blockIdx.x = list, blockIdx.y = j. Thread 0
-// alone reads the slot's word and the diff (pinned host memory, where each read crosses
-// PCIe: from every warp of every block those reads cost more than the copy) and tells
-// the block what to copy, if anything.
-__global__ void __launch_bounds__(kThreads)
+// One warp per diff entry (list, j): blockIdx.x = list, j = blockIdx.y * kApplyWarps +
+// the warp. Lane 0 alone reads the slot's word and the diff (pinned host memory, where
+// each read crosses PCIe: from every warp of every block those reads cost more than the
+// copy), the count first (most entries are past it), and tells the warp what to copy,
+// if anything. A warp, not a block, per 16 KiB entry: the apply runs beside the decode
+// stream's kernels, and blocks that mostly wait on PCIe would take the SMs' thread
+// slots from them (at batch 4 a block per entry asked for every slot of the H100).
+constexpr int kApplyWarps = 8;
+
+__global__ void __launch_bounds__(kApplyWarps * 32)
     ApplyKernel(SlotPick pick, const int32_t* pages, const int32_t* slots,
                 const int32_t* counts, const uint8_t* flags, bool unflagged, PoolArgs pool,
                 ResidentLayout layout, int32_t* resident) {
-  __shared__ const uint4* slot;
-  __shared__ int32_t s, logical;
-  const int32_t list = blockIdx.x, j = blockIdx.y, k = layout.selected;
-  if (threadIdx.x == 0) {
+  const int32_t list = blockIdx.x, k = layout.selected;
+  const int32_t lane = threadIdx.x % 32;
+  const int32_t j = blockIdx.y * kApplyWarps + threadIdx.x / 32;
+  if (j >= k) return;
+  const uint4* slot = nullptr;
+  int32_t s = -1, logical = 0;
+  if (lane == 0) {
     slot = PickSlot(pick);
-    s = -1;
-    if (slot != nullptr && (flags == nullptr || (flags[list] != 0) != unflagged) &&
-        j < counts[list]) {
+    if (slot != nullptr && j < counts[list] &&
+        (flags == nullptr || (flags[list] != 0) != unflagged)) {
       s = slots[list * k + j];
       logical = pages[list * k + j];
     }
   }
-  __syncthreads();
-  if (slot == nullptr || s < 0 || s >= k) return;  // the select kernel never writes s >= k
+  s = __shfl_sync(0xffffffffu, s, 0);
+  // the select kernel never writes s >= k
+  if (s < 0 || s >= k) return;
+  slot = reinterpret_cast<const uint4*>(
+      __shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(slot), 0));
   const int32_t seq = list / pool.num_kv_heads, head = list % pool.num_kv_heads;
   // ResidentLayout::selected_page, spelled out: the header is host-only C++.
   const int64_t page = int64_t{seq} * (layout.sink + k + layout.window) + layout.sink + s;
   const int32_t half = pool.page_tokens * pool.vecs_per_row;
   const uint4* src = slot + (int64_t{list} * k + j) * 2 * half;
-  for (int32_t i = threadIdx.x; i < 2 * half; i += kThreads) {
+  for (int32_t i = lane; i < 2 * half; i += 32) {
     const int32_t within = i % half;
     const int32_t t = within / pool.vecs_per_row, vec = within % pool.vecs_per_row;
     const int64_t dst = page * pool.page_stride +
                         int64_t{t * pool.num_kv_heads + head} * pool.vecs_per_row + vec;
     (i < half ? pool.k : pool.v)[dst] = src[i];
   }
-  if (threadIdx.x == 0) resident[list * k + s] = logical;
+  if (lane == 0) resident[list * k + s] = logical;
 }
 
 // Holds the calling thread, and so its launch and stream, until the gate reaches
@@ -280,8 +290,9 @@ absl::Status LaunchApply(const SlotPick& pick, size_t slot_elems, const RecallDi
   FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot_elems, diff, heads.flags.size(), pool,
                                           layout, resident.size()));
   FREEKV_RETURN_IF_ERROR(CheckVectorisable(pool));
-  const dim3 grid(static_cast<unsigned>(diff.counts.size()), layout.selected);
-  ApplyKernel<<<grid, kThreads, 0, stream>>>(
+  const dim3 grid(static_cast<unsigned>(diff.counts.size()),
+                  (layout.selected + kApplyWarps - 1) / kApplyWarps);
+  ApplyKernel<<<grid, kApplyWarps * 32, 0, stream>>>(
       pick, diff.pages.data(), diff.slots.data(), diff.counts.data(),
       heads.flags.empty() ? nullptr : heads.flags.data(), heads.unflagged, ToArgs(pool),
       layout, resident.data());
