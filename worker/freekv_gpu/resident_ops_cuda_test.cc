@@ -206,6 +206,14 @@ TEST(CopyWordsCuda, CopiesEveryWordAndRefusesMismatchedSizes) {
                           stream.get())
                 .code(),
             absl::StatusCode::kInvalidArgument);
+  // A stamp (or a gate) without the step it writes (or compares with) is refused.
+  int32_t stamp = -1;
+  GateHold no_step;
+  no_step.stamp = &stamp;
+  EXPECT_EQ(CopyWordsCuda(to.span<int32_t>(), from.span<const int32_t>(), stream.get(),
+                          no_step)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // A marker buffer stays zero while `waiter` is held at the gate, and is filled once
