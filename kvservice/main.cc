@@ -78,12 +78,13 @@ ABSL_FLAG(freekv::PinStore, pin_store, freekv::PinStore::kAuto,
           "CUDA IPC recall needs for full speed. auto pins when the kvservice is built "
           "with CUDA and sees a GPU; true fails start-up without them. A chunk that "
           "cannot be pinned is an error, never pageable memory.");
-ABSL_FLAG(std::string, cuda_copy_method, "split",
-          "CUDA IPC recalls: 'split' (CPU threads pack most blocks into pinned bounce "
-          "buffers sent as large copies while a third goes straight from the store in "
-          "one cudaMemcpyBatchAsync; fastest end to end on the H100), 'gather' (all "
-          "packed), 'batch' (one cudaMemcpyBatchAsync per request) or 'per_run' (one "
-          "cudaMemcpyAsync per run; benchmarks only).");
+ABSL_FLAG(std::string, cuda_copy_method, "gather",
+          "CUDA IPC recalls: 'gather' (CPU threads pack every block into pinned bounce "
+          "buffers sent as large copies; the fastest while the worker decodes on the "
+          "H100), 'split' (a share goes straight from the store in one "
+          "cudaMemcpyBatchAsync meanwhile; faster for recalls alone, slower under "
+          "decode), 'batch' (one cudaMemcpyBatchAsync per request) or 'per_run' (one "
+          "cudaMemcpyAsync per run; benchmarks only). bench/RESULTS.md has both.");
 ABSL_FLAG(int32_t, cuda_copy_streams, 1,
           "CUDA IPC: streams a session's batch/per_run recall copies and its offload "
           "copies are spread over.");

@@ -4,10 +4,13 @@
 // hold exactly the offloaded bytes. The stream-side events are held to their promise:
 // the kvservice neither writes a slot before the worker marked it free nor reads the
 // offload region before the worker's stream wrote it, even when that takes 100 ms.
+// Each test runs against both ways the kvservice packs recalls (`gather`, the default,
+// and `split`, which sends a share straight from the store).
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -37,11 +40,11 @@ Geometry SmallGeometry() {
   return g;
 }
 
-class CudaIpcTest : public ::testing::Test {
+class CudaIpcTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
-        KvServiceProcess::Start({"--capacity=256M", "--chunk_bytes=4M"});
+    absl::StatusOr<std::unique_ptr<KvServiceProcess>> service = KvServiceProcess::Start(
+        {"--capacity=256M", "--chunk_bytes=4M", "--cuda_copy_method=" + GetParam()});
     ASSERT_TRUE(service.ok()) << service.status();
     service_ = *std::move(service);
     client_ = OpenClient("cuda_ipc_test");
@@ -160,7 +163,7 @@ class CudaIpcTest : public ::testing::Test {
   std::map<PageKey, std::vector<std::byte>> expected_;
 };
 
-TEST_F(CudaIpcTest, ScatteredSlicesLandBitIdenticalInBothSlots) {
+TEST_P(CudaIpcTest, ScatteredSlicesLandBitIdenticalInBothSlots) {
   Offload(*client_, /*sequence=*/11, /*pages=*/6);
   Offload(*client_, /*sequence=*/12, /*pages=*/6);
   std::mt19937 rng(2024);
@@ -184,7 +187,7 @@ TEST_F(CudaIpcTest, ScatteredSlicesLandBitIdenticalInBothSlots) {
   }
 }
 
-TEST_F(CudaIpcTest, SlotIsWrittenOnlyAfterTheWorkerMarksItFree) {
+TEST_P(CudaIpcTest, SlotIsWrittenOnlyAfterTheWorkerMarksItFree) {
   Offload(*client_, 3, 6);
   std::mt19937 rng(7);
   const uint32_t layer = 2;
@@ -210,7 +213,7 @@ TEST_F(CudaIpcTest, SlotIsWrittenOnlyAfterTheWorkerMarksItFree) {
   ExpectSlot(WaitAndRead(*client_, *b), layer, second, std::byte{0x5A});
 }
 
-TEST_F(CudaIpcTest, OffloadReadsWhatTheWorkerStreamWrote) {
+TEST_P(CudaIpcTest, OffloadReadsWhatTheWorkerStreamWrote) {
   const Geometry g = SmallGeometry();
   const uint32_t pages = 8;
   std::vector<std::byte> host;
@@ -243,7 +246,7 @@ TEST_F(CudaIpcTest, OffloadReadsWhatTheWorkerStreamWrote) {
   ExpectSlot(WaitAndRead(*client_, *t), 1, slices, std::byte{0});
 }
 
-TEST_F(CudaIpcTest, TwoWorkersOnOneGpuShareTheServiceAndStayApart) {
+TEST_P(CudaIpcTest, TwoWorkersOnOneGpuShareTheServiceAndStayApart) {
   std::unique_ptr<CudaKvClient> other = OpenClient("cuda_ipc_test other");
   ASSERT_NE(other, nullptr);
   Offload(*client_, 1, 4);
@@ -265,6 +268,11 @@ TEST_F(CudaIpcTest, TwoWorkersOnOneGpuShareTheServiceAndStayApart) {
   EXPECT_EQ(client_->client().Wait(*c, absl::Now() + absl::Seconds(10)).code(),
             absl::StatusCode::kNotFound);
 }
+
+INSTANTIATE_TEST_SUITE_P(CopyMethods, CudaIpcTest, ::testing::Values("gather", "split"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace freekv
