@@ -4,8 +4,9 @@
 // A step's GPU work reads everything that changes from step to step (positions,
 // tables, the step number the gates compare with, the input's seed) from one device
 // buffer uploaded before it, so the work of a step is captured once as a CUDA graph
-// and replayed until the step's sizes change (a new page). The priming step of freekv (a blocking step), steps that wait
-// on the host, and runs with graphs off are enqueued directly.
+// and replayed until the step's sizes change (a new page). The priming step of freekv
+// (a blocking step), steps that wait on the host, and runs with graphs off are enqueued
+// directly.
 #ifndef FREEKV_WORKER_FREEKV_GPU_DECODER_IMPL_H_
 #define FREEKV_WORKER_FREEKV_GPU_DECODER_IMPL_H_
 

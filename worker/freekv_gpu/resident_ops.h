@@ -95,10 +95,10 @@ struct GateIfNone {
   int32_t offset = 0;
 };
 
-// For every (b, h) `heads` covers and j < counts[b][h]: copies slot slice (b, h, j) into head h of pool page
-// layout.selected_page(b, slots[b][h][j]) and sets resident[b][h][slots..] to
-// pages[b][h][j]. The pool is bf16 with K and V interleaved per page (pool.v = pool.k
-// + page_elems); pool.num_pages >= num_seqs * pages_per_seq.
+// For every (b, h) `heads` covers and j < counts[b][h]: copies slot slice (b, h, j)
+// into head h of pool page layout.selected_page(b, slots[b][h][j]) and sets
+// resident[b][h][slots..] to pages[b][h][j]. The pool is bf16 with K and V interleaved
+// per page (pool.v = pool.k + page_elems); pool.num_pages >= num_seqs * pages_per_seq.
 absl::Status ApplyRecallRef(absl::Span<const BFloat16> slot, const RecallDiff& diff,
                             const HeadMask& heads, const kernels::PagedKv<BFloat16>& pool,
                             const ResidentLayout& layout, absl::Span<int32_t> resident);
