@@ -36,6 +36,13 @@ absl::Status Assign(absl::StatusOr<T> from, T* to) {
   *to = *std::move(from);
   return absl::OkStatus();
 }
+// to->emplace(the value of `from`), or its error (for members that start empty).
+template <typename T>
+absl::Status Emplace(absl::StatusOr<T> from, std::optional<T>* to) {
+  if (!from.ok()) return from.status();
+  to->emplace(*std::move(from));
+  return absl::OkStatus();
+}
 
 StateShape ShapeOf(const GpuDecoderOptions& o, const ModelConfig& c);
 

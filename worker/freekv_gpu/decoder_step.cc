@@ -303,11 +303,9 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
   if (options.graphs && !prime && !options.host_wait) {
     if (!graph_shape.has_value() || !graph_shape->SameShape(*in)) {
       step_graph.reset();
-      auto graph = kernels::CudaGraph::Capture(stream, [&] {
+      FREEKV_RETURN_IF_ERROR(Emplace(kernels::CudaGraph::Capture(stream, [&] {
         return EnqueueStep(*in, false, [](int) { return absl::OkStatus(); });
-      });
-      if (!graph.ok()) return graph.status();
-      step_graph.emplace(*std::move(graph));
+      }), &step_graph));
       graph_shape = *in;
     }
     FREEKV_RETURN_IF_ERROR(step_graph->Launch(stream));

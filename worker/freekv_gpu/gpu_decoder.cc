@@ -139,15 +139,9 @@ absl::Status GpuDecoder::Impl::Init() {
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(sizeof(uint64_t)), &waited_ns));
   FREEKV_RETURN_IF_ERROR(waited_ns.Zero());
   if (options.policy == GpuPolicy::kFreeKv) {
-    auto side = CudaStream::Create();
-    if (!side.ok()) return side.status();
-    select_stream.emplace(*std::move(side));
-    auto fork = CudaEvent::Create(/*timing=*/false);
-    if (!fork.ok()) return fork.status();
-    select_fork.emplace(*std::move(fork));
-    auto join = CudaEvent::Create(/*timing=*/false);
-    if (!join.ok()) return join.status();
-    select_join.emplace(*std::move(join));
+    FREEKV_RETURN_IF_ERROR(Emplace(CudaStream::Create(), &select_stream));
+    FREEKV_RETURN_IF_ERROR(Emplace(CudaEvent::Create(/*timing=*/false), &select_fork));
+    FREEKV_RETURN_IF_ERROR(Emplace(CudaEvent::Create(/*timing=*/false), &select_join));
     FREEKV_RETURN_IF_ERROR(
         Assign(DeviceBuffer::Allocate(2 * size_t(shape.lists())), &head_masks));
     FREEKV_RETURN_IF_ERROR(head_masks.Zero());
@@ -156,12 +150,8 @@ absl::Status GpuDecoder::Impl::Init() {
     driver = std::make_unique<RecallDriver>(*kv, options.sequence_ids, c.num_kv_heads,
                                             options.layout);
     if (options.policy == GpuPolicy::kFreeKv) {
-      auto side = CudaStream::Create();
-      if (!side.ok()) return side.status();
-      spec_stream.emplace(*std::move(side));
-      auto fork = CudaEvent::Create(/*timing=*/false);
-      if (!fork.ok()) return fork.status();
-      spec_fork.emplace(*std::move(fork));
+      FREEKV_RETURN_IF_ERROR(Emplace(CudaStream::Create(), &spec_stream));
+      FREEKV_RETURN_IF_ERROR(Emplace(CudaEvent::Create(/*timing=*/false), &spec_fork));
       for (int l = 0; l < L(); ++l) {
         FREEKV_RETURN_IF_ERROR(Append(CudaEvent::Create(/*timing=*/false), &spec_join));
       }
