@@ -73,11 +73,16 @@ __device__ __forceinline__ const uint4* PickSlot(const SlotPick& pick) {
 // One warp per diff entry (list, j): blockIdx.x = list, j = blockIdx.y * kApplyWarps +
 // the warp. Lane 0 alone reads the slot's word and the diff (pinned host memory, where
 // each read crosses PCIe: from every warp of every block those reads cost more than the
-// copy), the count first (most entries are past it), and tells the warp what to copy,
-// if anything. A warp, not a block, per 16 KiB entry: the apply runs beside the decode
-// stream's kernels, and blocks that mostly wait on PCIe would take the SMs' thread
-// slots from them (at batch 4 a block per entry asked for every slot of the H100).
+// copy), and tells the warp what to copy, if anything. It issues the diff's four reads
+// together, one PCIe round trip rather than four in a row (under a recall's DMA each
+// trip waits behind the copy engine's traffic). A warp, not a block, per 16 KiB entry:
+// the apply runs beside the decode stream's kernels, and blocks that mostly wait on
+// PCIe would take the SMs' thread slots from them (at batch 4 a block per entry asked
+// for every slot of the H100).
 constexpr int kApplyWarps = 8;
+// 16-byte vectors each lane loads before it stores any: one after the other, a warp
+// waited out a device-memory latency per 512 bytes.
+constexpr int kApplyInFlight = 8;
 
 __global__ void __launch_bounds__(kApplyWarps * 32)
     ApplyKernel(SlotPick pick, const int32_t* pages, const int32_t* slots,
@@ -91,10 +96,15 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
   int32_t s = -1, logical = 0;
   if (lane == 0) {
     slot = PickSlot(pick);
-    if (slot != nullptr && j < counts[list] &&
-        (flags == nullptr || (flags[list] != 0) != unflagged)) {
-      s = slots[list * k + j];
-      logical = pages[list * k + j];
+    if (slot != nullptr) {
+      const int32_t count = counts[list];
+      const bool flagged = flags != nullptr && flags[list] != 0;
+      const int32_t entry_slot = slots[list * k + j];
+      const int32_t entry_page = pages[list * k + j];
+      if (j < count && (flags == nullptr || flagged != unflagged)) {
+        s = entry_slot;
+        logical = entry_page;
+      }
     }
   }
   s = __shfl_sync(0xffffffffu, s, 0);
@@ -107,12 +117,23 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
   const int64_t page = int64_t{seq} * (layout.sink + k + layout.window) + layout.sink + s;
   const int32_t half = pool.page_tokens * pool.vecs_per_row;
   const uint4* src = slot + (int64_t{list} * k + j) * 2 * half;
-  for (int32_t i = lane; i < 2 * half; i += 32) {
-    const int32_t within = i % half;
-    const int32_t t = within / pool.vecs_per_row, vec = within % pool.vecs_per_row;
-    const int64_t dst = page * pool.page_stride +
-                        int64_t{t * pool.num_kv_heads + head} * pool.vecs_per_row + vec;
-    (i < half ? pool.k : pool.v)[dst] = src[i];
+  for (int32_t first = lane; first < 2 * half; first += 32 * kApplyInFlight) {
+    uint4 vecs[kApplyInFlight];
+#pragma unroll
+    for (int u = 0; u < kApplyInFlight; ++u) {
+      const int32_t i = first + 32 * u;
+      if (i < 2 * half) vecs[u] = src[i];
+    }
+#pragma unroll
+    for (int u = 0; u < kApplyInFlight; ++u) {
+      const int32_t i = first + 32 * u;
+      if (i >= 2 * half) break;
+      const int32_t within = i % half;
+      const int32_t t = within / pool.vecs_per_row, vec = within % pool.vecs_per_row;
+      const int64_t dst = page * pool.page_stride +
+                          int64_t{t * pool.num_kv_heads + head} * pool.vecs_per_row + vec;
+      (i < half ? pool.k : pool.v)[dst] = vecs[u];
+    }
   }
   if (lane == 0) resident[list * k + s] = logical;
 }

@@ -3,10 +3,12 @@
 // waits on one really stops until the host opens it (or sets the abort word).
 #include <chrono>
 #include <random>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda_test_util.h"
 #include "kernels/cuda_util.h"
@@ -64,24 +66,35 @@ bool SameBits(const std::vector<BFloat16>& a, const std::vector<BFloat16>& b) {
                     [](BFloat16 x, BFloat16 y) { return x.bits == y.bits; });
 }
 
+// The device pool and resident table the GPU wrote equal the reference's.
+void ExpectPoolAndResidentMatch(const Pools& pool, const DeviceBuffer& d_resident,
+                                const std::vector<int32_t>& resident,
+                                const std::string& label) {
+  EXPECT_TRUE(SameBits(Download(pool.device), pool.host)) << label;
+  std::vector<int32_t> got(resident.size());
+  ASSERT_TRUE(d_resident.Download(absl::MakeSpan(got)).ok());
+  EXPECT_EQ(got, resident) << label;
+}
+
 // A diff over every (sequence, KV head) list, as GroupSelectCuda writes it: each list
 // has at least `min_count` entries (at most `selected`), each in a distinct slot and
-// naming a page in [100, 1100); -1 past the count.
+// naming a page in [100, 1100). Past the count sit entries an earlier step left (valid
+// slots, pages in [5000, 6000)), which an apply must ignore.
 struct HostDiff {
   std::vector<int32_t> pages, slots, counts;
 };
 HostDiff RandomDiff(std::mt19937& rng, int32_t min_count) {
   const int32_t lists = kSeqs * kHeads, k = kLayout.selected;
-  HostDiff d{std::vector<int32_t>(lists * k, -1), std::vector<int32_t>(lists * k, -1),
+  HostDiff d{std::vector<int32_t>(lists * k), std::vector<int32_t>(lists * k),
              std::vector<int32_t>(lists)};
   for (int32_t l = 0; l < lists; ++l) {
     d.counts[l] = min_count + rng() % (k + 1 - min_count);
     std::vector<int32_t> order(k);
     for (int32_t s = 0; s < k; ++s) order[s] = s;
     std::shuffle(order.begin(), order.end(), rng);
-    for (int32_t j = 0; j < d.counts[l]; ++j) {
+    for (int32_t j = 0; j < k; ++j) {
       d.slots[l * k + j] = order[j];
-      d.pages[l * k + j] = 100 + rng() % 1000;
+      d.pages[l * k + j] = (j < d.counts[l] ? 100 : 5000) + rng() % 1000;
     }
   }
   return d;
@@ -122,10 +135,7 @@ TEST(ApplyRecallCuda, MatchesTheReferenceOnRandomDiffs) {
                                 stream.get())
                     .ok());
     ASSERT_TRUE(stream.Synchronize().ok());
-    EXPECT_TRUE(SameBits(Download(pool.device), pool.host)) << "mode " << mode;
-    std::vector<int32_t> got(resident.size());
-    ASSERT_TRUE(d_resident.Download(absl::MakeSpan(got)).ok());
-    EXPECT_EQ(got, resident) << "mode " << mode;
+    ExpectPoolAndResidentMatch(pool, d_resident, resident, absl::StrCat("mode ", mode));
   }
 }
 
@@ -368,10 +378,7 @@ TEST(ApplyPublishedCuda, AppliesTheSlotTheGatePublishedForThisStep) {
                                    d_resident.span<int32_t>(), stream.get())
                     .ok());
     ASSERT_TRUE(stream.Synchronize().ok());
-    EXPECT_TRUE(SameBits(Download(pool.device), pool.host)) << "word " << word;
-    std::vector<int32_t> got(resident.size());
-    ASSERT_TRUE(d_resident.Download(absl::MakeSpan(got)).ok());
-    EXPECT_EQ(got, resident) << "word " << word;
+    ExpectPoolAndResidentMatch(pool, d_resident, resident, absl::StrCat("word ", word));
   }
   EXPECT_EQ(ApplyPublishedCuda({}, {d_slot0.span<const BFloat16>(),
                                     d_slot1.span<const BFloat16>()},
