@@ -310,11 +310,21 @@ absl::Status GpuDecoder::Impl::Step(int32_t t) {
     }
     FREEKV_RETURN_IF_ERROR(step_graph->Launch(stream));
     for (int l = 0; l < L(); ++l) PushLayerItems(t, l, selects);
-  } else {
+  } else if (options.host_wait) {
+    // Each layer's recalls are waited for from the host before the next is enqueued.
     FREEKV_RETURN_IF_ERROR(EnqueueStep(*in, prime, [&](int l) {
       PushLayerItems(t, l, selects);
-      return options.host_wait && driver != nullptr ? driver->Finish() : absl::OkStatus();
+      return driver != nullptr ? driver->Finish() : absl::OkStatus();
     }));
+  } else {
+    // The driver has the step's items before the host enqueues any of its work, as
+    // when a graph runs it. A launch may block the host: cuBLAS loads a kernel the
+    // first time it runs it (cuLibraryLoadData), which waits for the GPU, while the
+    // stream is held at a gate that only the driver opens. Pushed after that launch,
+    // the item the driver needed never came (the first freekv step hung so).
+    for (int l = 0; l < L(); ++l) PushLayerItems(t, l, selects);
+    FREEKV_RETURN_IF_ERROR(
+        EnqueueStep(*in, prime, [](int) { return absl::OkStatus(); }));
   }
   if (options.real()) FREEKV_RETURN_IF_ERROR(AfterRealStep(t, *in, jobs, device_jobs));
   FREEKV_RETURN_IF_ERROR(step_end[t].Record(stream));

@@ -103,18 +103,16 @@ std::unique_ptr<Rig> MakeRig(GpuPolicy policy, int32_t max_steps) {
   return rig;
 }
 
-class GpuDecoderTest : public ::testing::TestWithParam<GpuPolicy> {};
-
-TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
-  // A recall path that stops answering would hang the GPU at a gate; end the process
-  // instead (SIGALRM) so that the GPU run goes on to the next binary.
-  alarm(180);
-  std::unique_ptr<Rig> rig = MakeRig(GetParam(), 6);
+// Runs a few steps of `policy` (freekv with threshold `tau`) and checks every selected
+// slot of every layer against the store; returns the run's statistics.
+GpuStepStats RunAndCheckSlots(GpuPolicy policy, float tau) {
+  std::unique_ptr<Rig> rig = MakeRig(policy, 6);
+  rig->options.tau = tau;
   const ModelConfig& config = rig->config;
   const GpuDecoderOptions& options = rig->options;
   const KvClientOptions& ko = rig->ko;
   auto decoder = Must(GpuDecoder::Create(*rig->model, options, rig->kv.get()));
-  Must(decoder->Run(/*warmup=*/1, /*steps=*/4));
+  const GpuStepStats stats = Must(decoder->Run(/*warmup=*/1, /*steps=*/4));
 
   const size_t block = ko.geometry.block_bytes(), slice = ko.geometry.head_slice_bytes();
   const size_t row = config.head_dim * sizeof(BFloat16);
@@ -125,18 +123,19 @@ TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
       for (int32_t h = 0; h < config.num_kv_heads; ++h) {
         for (int32_t s = 0; s < kLayout.selected; ++s) {
           const int32_t page = snap.resident[(b * config.num_kv_heads + h) * kLayout.selected + s];
-          ASSERT_GE(page, kLayout.sink) << "an empty slot or a sink page";
-          ASSERT_LT(page, kPages + 1 - kLayout.window) << "a window page";
+          EXPECT_GE(page, kLayout.sink) << "an empty slot or a sink page";
+          EXPECT_LT(page, kPages + 1 - kLayout.window) << "a window page";
+          if (page < kLayout.sink || page >= kPages + 1 - kLayout.window) continue;
           const std::vector<std::byte> want =
               PageBytes(block, options.sequence_ids[b], layer, page);
           const std::byte* k_rows = want.data() + h * slice;  // [K|V][token][dim]
           const int32_t pool_page = kLayout.selected_page(b, s);
           for (int32_t t = 0; t < 32; ++t) {
             const int64_t at = snap.pool.offset(pool_page, t, h);
-            ASSERT_EQ(std::memcmp(snap.pool.k + at, k_rows + t * row, row), 0)
+            EXPECT_EQ(std::memcmp(snap.pool.k + at, k_rows + t * row, row), 0)
                 << "layer " << layer << " seq " << b << " head " << h << " slot " << s
                 << " page " << page << " K token " << t;
-            ASSERT_EQ(std::memcmp(snap.pool.v + at, k_rows + (32 + t) * row, row), 0)
+            EXPECT_EQ(std::memcmp(snap.pool.v + at, k_rows + (32 + t) * row, row), 0)
                 << "V token " << t;
           }
           ++checked;
@@ -145,6 +144,26 @@ TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
     }
   }
   EXPECT_EQ(checked, config.num_layers * kBatch * config.num_kv_heads * kLayout.selected);
+  return stats;
+}
+
+class GpuDecoderTest : public ::testing::TestWithParam<GpuPolicy> {};
+
+TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
+  // A recall path that stops answering would hang the GPU at a gate; end the process
+  // instead (SIGALRM) so that the GPU run goes on to the next binary.
+  alarm(180);
+  RunAndCheckSlots(GetParam(), GpuDecoderOptions{}.tau);
+  alarm(0);
+}
+
+// freekv where every head is corrected at every step (tau above any similarity), and
+// where none is (tau below): the captured step's correction branch runs on every layer,
+// or is skipped on every one, and the slots hold the stored pages either way.
+TEST(GpuDecoderCorrections, EveryHeadOrNoHeadCorrected) {
+  alarm(180);
+  EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, 2.0f).corrected, 1.0);
+  EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, -2.0f).corrected, 0.0);
   alarm(0);
 }
 
