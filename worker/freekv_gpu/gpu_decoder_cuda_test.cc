@@ -158,8 +158,11 @@ TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
 }
 
 // freekv where every head is corrected at every step (tau above any similarity), and
-// where none is (tau below): the captured step's correction branch runs on every layer,
-// or is skipped on every one, and the slots hold the stored pages either way.
+// where none is (tau below): every layer selects, recalls and waits for its correction
+// on the decode stream, or none does, and the slots hold the stored pages either way.
+// The first of these runs hung when an eager step gave the driver a layer's items only
+// after the layer's launches (one of which, cuBLAS loading a kernel, waited for the GPU
+// held at that layer's gate).
 TEST(GpuDecoderCorrections, EveryHeadOrNoHeadCorrected) {
   alarm(180);
   EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, 2.0f).corrected, 1.0);
