@@ -6,6 +6,7 @@
 
 #include "kernels/cuda_check.cuh"
 #include "kernels/cuda_util.h"
+#include "kernels/event_poll.cuh"
 #include "kernels/shape.h"
 
 namespace freekv {
@@ -133,17 +134,12 @@ absl::Status CudaEvent::Synchronize() const {
 }
 
 absl::Status CudaEvent::WaitFor(absl::Duration timeout) const {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    const cudaError_t state = cudaEventQuery(event_);
-    if (state == cudaSuccess) return absl::OkStatus();
-    if (state != cudaErrorNotReady) return CudaStatus(state, "cudaEventQuery");
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the GPU work before the event has not run within ", absl::FormatDuration(timeout)));
-    }
-    absl::SleepFor(absl::Microseconds(20));
-  }
+  const absl::StatusOr<bool> done =
+      PollEvent(event_, absl::Now() + timeout, absl::Microseconds(20), "cudaEventQuery");
+  if (!done.ok()) return done.status();
+  if (*done) return absl::OkStatus();
+  return absl::DeadlineExceededError(absl::StrCat(
+      "the GPU work before the event has not run within ", absl::FormatDuration(timeout)));
 }
 
 absl::Status CudaEvent::MakeStreamWait(cudaStream_t stream) const {

@@ -10,6 +10,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "kernels/event_poll.cuh"
 #include "kvservice/cuda_handles.cuh"
 
 namespace freekv {
@@ -35,29 +36,11 @@ absl::Status CheckRunsInside(absl::Span<const CopyRun> runs, uint64_t region_byt
 // step; a worker that never records its event gets an error, not a stuck handler.
 constexpr absl::Duration kWrittenLimit = absl::Seconds(30);
 
-// Polls `event` until it completes (true) or `deadline` passes (false), never blocking
-// inside the driver; between queries it sleeps `pause`, or only yields the CPU when
-// `pause` is zero. `what` names the event in a CUDA error.
-absl::StatusOr<bool> PollEvent(const gpu::Event& event, absl::Time deadline,
-                               absl::Duration pause, const char* what) {
-  for (;;) {
-    const cudaError_t state = cudaEventQuery(event.get());
-    if (state == cudaSuccess) return true;
-    if (state != cudaErrorNotReady) return gpu::CudaStatus(state, what);
-    if (absl::Now() > deadline) return false;
-    if (pause > absl::ZeroDuration()) {
-      absl::SleepFor(pause);
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
-
 // Waits for the worker's event (its GPU may be busy for long; this thread sleeps
 // between queries) until it completes or `limit` passes.
 absl::Status WaitForWorker(const gpu::Event& event, absl::Duration limit) {
-  absl::StatusOr<bool> done = PollEvent(event, absl::Now() + limit, absl::Microseconds(5),
-                                        "the worker's offload event");
+  absl::StatusOr<bool> done = kernels::PollEvent(
+      event.get(), absl::Now() + limit, absl::Microseconds(5), "the worker's offload event");
   if (!done.ok()) return done.status();
   if (*done) return absl::OkStatus();
   return absl::DeadlineExceededError(absl::StrCat(
@@ -300,8 +283,8 @@ absl::StatusOr<gpu::Event> CudaIpcSessionTransport::TakeEvent() {
 // sees the event within a microsecond or two.
 absl::Status CudaIpcSessionTransport::WaitFor(const gpu::Event& event) const {
   gpu::DeviceGuard guard(h_.device);
-  return PollEvent(event, absl::InfiniteFuture(), absl::ZeroDuration(),
-                   "waiting for a recall's copies")
+  return kernels::PollEvent(event.get(), absl::InfiniteFuture(), absl::ZeroDuration(),
+                            "waiting for a recall's copies")
       .status();
 }
 
