@@ -52,6 +52,13 @@ __device__ __forceinline__ void OpenGateOnDevice(uint32_t* gate, uint32_t value)
   __threadfence_system();
 }
 
+// *stamp = *step, after a system-wide fence: the host thread that sees the stamp
+// (acquire) sees everything this launch and the stream's earlier work wrote.
+__device__ __forceinline__ void StampOnDevice(int32_t* stamp, const int32_t* step) {
+  __threadfence_system();
+  *reinterpret_cast<volatile int32_t*>(stamp) = *step;
+}
+
 // Which slot an apply reads: slot0 (the host knew it), or the slot a published gate
 // word names (ApplyPublishedCuda); null when it names none.
 struct SlotPick {
@@ -174,10 +181,7 @@ __device__ void HoldUntil(const GateHold& hold, uint32_t value) {
 
 __device__ void HoldAtGate(const GateHold& hold) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  if (hold.stamp != nullptr) {
-    __threadfence_system();
-    *reinterpret_cast<volatile int32_t*>(hold.stamp) = *hold.step;
-  }
+  if (hold.stamp != nullptr) StampOnDevice(hold.stamp, hold.step);
   if (hold.gate != nullptr) HoldUntil(hold, static_cast<uint32_t>(*hold.step + hold.offset));
 }
 
@@ -210,9 +214,8 @@ __global__ void CopyWordsKernel(int32_t* dst, const int32_t* src, int64_t n,
   HoldAtGate(hold);
 }
 
-__global__ void StampKernel(volatile int32_t* stamp, const int32_t* step) {
-  __threadfence_system();
-  *stamp = *step;
+__global__ void StampKernel(int32_t* stamp, const int32_t* step) {
+  StampOnDevice(stamp, step);
 }
 
 __global__ void OpenGateIfNoneKernel(GateIfNone open) {
