@@ -16,11 +16,11 @@
 namespace freekv {
 
 struct CudaSupportOptions {
-  std::string copy_method = "split";  // recalls: as ParseCopyMethod reads it
-  int copy_streams = 1;               // per session: batch/per_run recalls, and pulls
-  int gather_threads = 8;             // shared by every session (gather, split)
-  int gather_prefetch_kib = 8;        // how far ahead the packing threads prefetch
-  double direct_share = 1.0 / 3;      // split: each piece's share sent from the store
+  std::string copy_method = "gather";  // recalls: as ParseCopyMethod reads it
+  int copy_streams = 1;                // per session: batch/per_run recalls, and pulls
+  int gather_threads = 8;              // shared by every session (gather, split)
+  int gather_prefetch_kib = 8;         // how far ahead the packing threads prefetch
+  double direct_share = 1.0 / 3;       // split: each piece's share sent from the store
 };
 
 // True when this binary was built with CUDA.
