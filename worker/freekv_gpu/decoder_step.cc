@@ -147,13 +147,13 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
     // compares q_t with q_{t-1} per (sequence, KV head), flags the heads whose query
     // moved (similarity below tau), and opens the correction gate in the same launch
     // when none did. A flagged head is corrected now: selected with q_t on this
-    // stream, recalled, and waited for below. The other
-    // heads' selection with q_t is the speculation for step t + 1: it runs beside the
-    // layer's attention on select_stream (its stamp lets the host recall it while the
-    // step goes on), so with no head flagged the decode stream never waits for a
-    // selection. The speculation's branch holds nothing, and everything the host needs
-    // before it opens this layer's correction gate is enqueued ahead of that gate's
-    // hold in this stream: no queue the branches share can deadlock (resident_ops.h).
+    // stream, recalled, and waited for below. The other heads' selection with q_t is
+    // the speculation for step t + 1: it runs beside the layer's attention on
+    // select_stream (its stamp lets the host recall it while the step goes on), so
+    // with no head flagged the decode stream never waits for a selection. The
+    // speculation's branch holds nothing, and everything the host needs before it
+    // opens this layer's correction gate is enqueued ahead of that gate's hold in this
+    // stream: no queue the branches share can deadlock (resident_ops.h).
     const size_t q_rows = size_t(options.batch) * c.num_heads * c.head_dim;
     const CorrectionCheck check{model->q().subspan(0, q_rows),
                                 st.q_prev.span<const BFloat16>(),
