@@ -194,22 +194,25 @@ TEST(GroupSelectCudaTest, MatchesReferenceChainAtLongContexts) {
     const Candidates cand{c.begin, c.count, c.max_cand};
     std::vector<float> group(size_t{rows} * c.max_cand, NAN);
     std::vector<int32_t> sel(rows * k, -7), pages(rows * k, -7), slots(rows * k, -7), num(rows, -7);
+    std::vector<int32_t> attend(rows * k, -7);
     ASSERT_TRUE(GroupSoftmaxRef(scores, kHq, kHkv, cand, mask, absl::MakeSpan(group)).ok());
     ASSERT_TRUE(TopKPagesRef(group, kHkv, cand, k, mask, absl::MakeSpan(sel)).ok());
     ASSERT_TRUE(ResidentDiffRef(sel, resident, capacity, group, kHkv, cand, k, mask,
                                 {absl::MakeSpan(pages), absl::MakeSpan(slots),
-                                 absl::MakeSpan(num)}).ok());
+                                 absl::MakeSpan(num), absl::MakeSpan(attend)}).ok());
     DeviceBuffer ds = Up(scores), db = Up(c.begin), dc = Up(c.count), dr = Up(resident);
     DeviceBuffer dm = Up(mask), dg = Poisoned<float>(group.size());
     DeviceBuffer dsel = Poisoned<int32_t>(sel.size()), dpages = Poisoned<int32_t>(sel.size());
     DeviceBuffer dslots = Poisoned<int32_t>(sel.size()), dnum = Poisoned<int32_t>(rows);
+    DeviceBuffer dattend = Poisoned<int32_t>(sel.size());
     ASSERT_TRUE(GroupSelectCuda(
                     ds.span<const float>(), kHq, kHkv,
                     {db.span<const int32_t>(), dc.span<const int32_t>(), c.max_cand}, k,
                     dr.span<const int32_t>(), capacity,
                     masked ? dm.span<const uint8_t>() : absl::Span<const uint8_t>(),
                     dg.span<float>(), dsel.span<int32_t>(),
-                    {dpages.span<int32_t>(), dslots.span<int32_t>(), dnum.span<int32_t>()},
+                    {dpages.span<int32_t>(), dslots.span<int32_t>(), dnum.span<int32_t>(),
+                     dattend.span<int32_t>()},
                     nullptr).ok());
     const std::vector<float> got_group = Down<float>(dg);
     std::vector<float> gf, rf;  // masked rows stay poisoned (NaN) on both sides
@@ -227,6 +230,8 @@ TEST(GroupSelectCudaTest, MatchesReferenceChainAtLongContexts) {
     const std::vector<int32_t> ref_pages = UntouchedAsPoison(pages);
     const std::vector<int32_t> ref_slots = UntouchedAsPoison(slots);
     const std::vector<int32_t> ref_num = UntouchedAsPoison(num);
+    const std::vector<int32_t> got_attend = Down<int32_t>(dattend);
+    const std::vector<int32_t> ref_attend = UntouchedAsPoison(attend);
     int differing = 0;
     for (int row = 0; row < rows; ++row) {  // the diff follows from the selection
       if (masked && !mask[row]) {
@@ -240,6 +245,7 @@ TEST(GroupSelectCudaTest, MatchesReferenceChainAtLongContexts) {
       for (int i = 0; i < k; ++i) {
         EXPECT_EQ(got_pages[row * k + i], ref_pages[row * k + i]) << "row " << row;
         EXPECT_EQ(got_slots[row * k + i], ref_slots[row * k + i]) << "row " << row;
+        EXPECT_EQ(got_attend[row * k + i], ref_attend[row * k + i]) << "row " << row;
       }
     }
     std::printf("select masked=%d: %d of %d rows differ (ties)\n", masked, differing, rows);

@@ -28,6 +28,7 @@ struct SelectArgs {
   int32_t* recall_pages;
   int32_t* recall_slots;
   int32_t* num_recall;
+  int32_t* attend_slots;  // or nullptr
 };
 
 struct SelectSmem {
@@ -172,9 +173,10 @@ __device__ void Diff(const SelectArgs& a, int row, int count, int begin, const f
   }
   const int i = threadIdx.x;
   bool missing = false;
+  int held = -1;  // the slot holding sel[i]
   if (i < take) {
-    missing = true;
-    for (int s = 0; s < a.capacity && missing; ++s) missing = res[s] != sel[i];
+    for (int s = 0; s < a.capacity && held < 0; ++s) held = res[s] == sel[i] ? s : -1;
+    missing = held < 0;
   }
   int num_missing;
   const int pos = BlockExclusiveScan(missing, sm.scan, &num_missing);  // also syncs by_rank
@@ -185,6 +187,9 @@ __device__ void Diff(const SelectArgs& a, int row, int count, int begin, const f
     slots[pos] = by_rank[pos];
   }
   if (i >= num_missing && i < a.k) pages[i] = slots[i] = -1;
+  if (a.attend_slots != nullptr && i < a.k) {
+    a.attend_slots[int64_t{row} * a.k + i] = i >= take ? -1 : missing ? by_rank[pos] : held;
+  }
   if (i == 0) a.num_recall[row] = num_missing;
 }
 
@@ -243,12 +248,17 @@ absl::Status GroupSelectCuda(absl::Span<const float> scores, int32_t num_q_heads
     FREEKV_RETURN_IF_ERROR(CheckSize("diff.recall_pages", diff.recall_pages.size(), rows * k));
     FREEKV_RETURN_IF_ERROR(CheckSize("diff.recall_slots", diff.recall_slots.size(), rows * k));
     FREEKV_RETURN_IF_ERROR(CheckSize("diff.num_recall", diff.num_recall.size(), rows));
+    if (!diff.attend_slots.empty()) {
+      FREEKV_RETURN_IF_ERROR(
+          CheckSize("diff.attend_slots", diff.attend_slots.size(), rows * k));
+    }
   }
   SelectArgs a{num_q_heads, num_kv_heads, static_cast<int32_t>(n), k,
                with_diff ? capacity : 0, candidates.begin.data(), candidates.count.data(),
                head_mask.empty() ? nullptr : head_mask.data(), scores.data(),
                with_diff ? resident.data() : nullptr, group_scores.data(), selected.data(),
-               diff.recall_pages.data(), diff.recall_slots.data(), diff.num_recall.data()};
+               diff.recall_pages.data(), diff.recall_slots.data(), diff.num_recall.data(),
+               with_diff && !diff.attend_slots.empty() ? diff.attend_slots.data() : nullptr};
   const size_t smem = (n + k + 3 * size_t(a.capacity)) * 4;
   FREEKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       GroupSelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

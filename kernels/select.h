@@ -16,6 +16,10 @@
 //    the lower slot. Output per (sequence, KV head): num_recall, and recall_pages /
 //    recall_slots [.][.][k] (missing pages ascending, their slots; the rest -1).
 //    The caller commits resident[slot] = page once the recall has landed.
+//    Optionally attend_slots [num_seqs][num_kv_heads][k]: the slot each selected page
+//    holds once the diff is applied (its resident slot, or the victim slot its recall
+//    goes to), in the order of `selected`, -1 where `selected` is -1: what the page
+//    table attends when capacity > k.
 // head_mask (optional, [num_seqs][num_kv_heads]): when given, only KV heads with a
 // non-zero byte are processed and the other heads' outputs are left untouched, so
 // correction re-selects flagged heads with no host round trip.
@@ -38,6 +42,7 @@ struct ResidentDiff {
   absl::Span<int32_t> recall_pages;  // [num_seqs][num_kv_heads][k]
   absl::Span<int32_t> recall_slots;  // [num_seqs][num_kv_heads][k]
   absl::Span<int32_t> num_recall;    // [num_seqs][num_kv_heads]
+  absl::Span<int32_t> attend_slots;  // optional (empty: not written): [.][.][k]
 };
 
 // CPU references.

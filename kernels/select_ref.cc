@@ -30,7 +30,8 @@ absl::Status CheckRowsAndMask(const Candidates& c, int32_t num_kv_heads,
 // One (sequence, KV head) of ResidentDiffRef; returns the number of recalls.
 template <typename ScoreFn>
 int32_t DiffRow(absl::Span<const int32_t> sel, absl::Span<const int32_t> res,
-                ScoreFn score, absl::Span<int32_t> pages, absl::Span<int32_t> slots) {
+                ScoreFn score, absl::Span<int32_t> pages, absl::Span<int32_t> slots,
+                absl::Span<int32_t> attend) {
   auto contains = [](absl::Span<const int32_t> set, int32_t page) {
     return std::find(set.begin(), set.end(), page) != set.end();
   };
@@ -52,6 +53,15 @@ int32_t DiffRow(absl::Span<const int32_t> sel, absl::Span<const int32_t> res,
     const bool used = i < missing.size();
     pages[i] = used ? missing[i] : -1;
     slots[i] = used ? victims[i] : -1;
+  }
+  for (size_t i = 0; i < attend.size(); ++i) {  // where each selected page will be
+    const int32_t page = sel[i];
+    attend[i] = -1;
+    if (page < 0) continue;
+    const auto held = std::find(res.begin(), res.end(), page);
+    attend[i] = held != res.end()
+                    ? static_cast<int32_t>(held - res.begin())
+                    : victims[std::find(missing.begin(), missing.end(), page) - missing.begin()];
   }
   return static_cast<int32_t>(missing.size());
 }
@@ -139,6 +149,9 @@ absl::Status ResidentDiffRef(absl::Span<const int32_t> selected,
   FREEKV_RETURN_IF_ERROR(CheckSize("diff.recall_pages", diff.recall_pages.size(), rows * k));
   FREEKV_RETURN_IF_ERROR(CheckSize("diff.recall_slots", diff.recall_slots.size(), rows * k));
   FREEKV_RETURN_IF_ERROR(CheckSize("diff.num_recall", diff.num_recall.size(), rows));
+  if (!diff.attend_slots.empty()) {
+    FREEKV_RETURN_IF_ERROR(CheckSize("diff.attend_slots", diff.attend_slots.size(), rows * k));
+  }
   for (size_t row = 0; row < rows; ++row) {
     if (Masked(head_mask, row)) continue;
     const size_t b = row / num_kv_heads;
@@ -151,7 +164,8 @@ absl::Status ResidentDiffRef(absl::Span<const int32_t> selected,
           const int64_t j = int64_t{page} - begin;
           return j >= 0 && j < count ? scores[j] : -std::numeric_limits<float>::infinity();
         },
-        diff.recall_pages.subspan(row * k, k), diff.recall_slots.subspan(row * k, k));
+        diff.recall_pages.subspan(row * k, k), diff.recall_slots.subspan(row * k, k),
+        diff.attend_slots.empty() ? absl::Span<int32_t>() : diff.attend_slots.subspan(row * k, k));
   }
   return absl::OkStatus();
 }

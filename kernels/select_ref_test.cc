@@ -83,13 +83,16 @@ TEST(ResidentDiffRefTest, HandDerivedDiffFillsEmptyThenLowestScoredSlots) {
   const std::vector<int32_t> begin = {0}, count = {10};
   const std::vector<int32_t> selected = {2, 3, 8, 9};
   const std::vector<int32_t> resident = {5, 7, -1, 2, 6};  // capacity 5
-  std::vector<int32_t> pages(4), slots(4), num(1);
+  std::vector<int32_t> pages(4), slots(4), num(1), attend(4);
   ASSERT_TRUE(ResidentDiffRef(selected, resident, 5, g, 1, {begin, count, 10}, 4, {},
                               {absl::MakeSpan(pages), absl::MakeSpan(slots),
-                               absl::MakeSpan(num)}).ok());
+                               absl::MakeSpan(num), absl::MakeSpan(attend)}).ok());
   EXPECT_EQ(num[0], 3);  // 3, 8, 9 are missing
   EXPECT_EQ(pages, (std::vector<int32_t>{3, 8, 9, -1}));
   EXPECT_EQ(slots, (std::vector<int32_t>{2, 1, 0, -1}));  // empty, page 7, page 5
+  // Page 2 stays in slot 3; 3, 8 and 9 go where their recalls land. Slot 4 (page 6)
+  // is kept: the capacity is one more than the selection.
+  EXPECT_EQ(attend, (std::vector<int32_t>{3, 2, 1, 0}));
 }
 
 TEST(ResidentDiffRefTest, ApplyingTheDiffMakesEverySelectedPageResident) {
@@ -107,10 +110,10 @@ TEST(ResidentDiffRefTest, ApplyingTheDiffMakesEverySelectedPageResident) {
     std::shuffle(all.begin(), all.end(), rng);
     for (int s = 0; s < capacity; ++s) resident[row * capacity + s] = s % 5 == 4 ? -1 : all[s];
   }
-  std::vector<int32_t> pages(hkv * k), slots(hkv * k), num(hkv);
+  std::vector<int32_t> pages(hkv * k), slots(hkv * k), num(hkv), attend(hkv * k);
   ASSERT_TRUE(ResidentDiffRef(selected, resident, capacity, g, hkv, {begin, count, max_cand},
                               k, {}, {absl::MakeSpan(pages), absl::MakeSpan(slots),
-                                      absl::MakeSpan(num)}).ok());
+                                      absl::MakeSpan(num), absl::MakeSpan(attend)}).ok());
   for (int row = 0; row < hkv; ++row) {
     std::vector<int32_t> after(resident.begin() + row * capacity,
                                resident.begin() + (row + 1) * capacity);
@@ -122,8 +125,9 @@ TEST(ResidentDiffRefTest, ApplyingTheDiffMakesEverySelectedPageResident) {
           << "evicted a selected page";
       after[slots[row * k + i]] = pages[row * k + i];
     }
-    for (int i = 0; i < k; ++i) {
+    for (int i = 0; i < k; ++i) {  // resident, in the slot the table will attend
       EXPECT_NE(std::find(after.begin(), after.end(), selected[row * k + i]), after.end());
+      EXPECT_EQ(after[attend[row * k + i]], selected[row * k + i]) << "row " << row;
     }
   }
 }
