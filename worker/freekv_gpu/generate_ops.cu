@@ -168,16 +168,17 @@ __global__ void ScatterWordsKernel(int32_t* dst, int64_t dst_size, const int32_t
 }
 
 __global__ void SelectedToTableKernel(const int32_t* selected, int64_t entries, int32_t k,
-                                      int32_t num_kv_heads, int32_t full_pages_per_seq,
+                                      int32_t num_kv_heads, SeqPages pages,
                                       const int32_t* starts, int32_t* indices,
                                       int64_t indices_size) {
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < entries;
        e += int64_t{gridDim.x} * blockDim.x) {
     const int32_t s = selected[e];
-    if (s < 0 || s >= full_pages_per_seq) continue;
+    if (s < 0 || s >= pages.count) continue;
     const int64_t list = e / k, to = int64_t{starts[list]} + e % k;
     if (to < 0 || to >= indices_size) continue;
-    indices[to] = static_cast<int32_t>(list / num_kv_heads) * full_pages_per_seq + s;
+    indices[to] =
+        static_cast<int32_t>(list / num_kv_heads) * pages.pages_per_seq + pages.first + s;
   }
 }
 
@@ -223,15 +224,15 @@ absl::Status ScatterWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t>
 }
 
 absl::Status SelectedToTableCuda(absl::Span<const int32_t> selected, int32_t k,
-                                 int32_t num_kv_heads, int32_t full_pages_per_seq,
+                                 int32_t num_kv_heads, const SeqPages& pages,
                                  absl::Span<const int32_t> starts,
                                  absl::Span<int32_t> indices, cudaStream_t stream) {
   FREEKV_RETURN_IF_ERROR(CheckSelectedToTableShapes(selected.size(), k, num_kv_heads,
-                                                    full_pages_per_seq, starts.size()));
+                                                    pages, starts.size()));
   if (selected.empty()) return absl::OkStatus();
   const int64_t n = selected.size();
   SelectedToTableKernel<<<kernels::GridFor(n, kThreads), kThreads, 0, stream>>>(
-      selected.data(), n, k, num_kv_heads, full_pages_per_seq, starts.data(),
+      selected.data(), n, k, num_kv_heads, pages, starts.data(),
       indices.data(), static_cast<int64_t>(indices.size()));
   return LaunchStatus("SelectedToTableKernel");
 }

@@ -70,20 +70,32 @@ absl::Status ScatterWordsRef(absl::Span<int32_t> dst, absl::Span<const int32_t> 
 absl::Status ScatterWordsCuda(absl::Span<int32_t> dst, absl::Span<const int32_t> indices,
                               absl::Span<const int32_t> values, cudaStream_t stream);
 
+// Where a sequence's selectable pages lie in a pool: value s (0 <= s < count) of
+// sequence b names pool page b * pages_per_seq + first + s. A full pool's logical
+// pages are Full(pages); a ResidentLayout pool's slots are {pages_per_seq(), sink,
+// capacity()} (resident_ops.h).
+struct SeqPages {
+  int32_t pages_per_seq = 0;
+  int32_t first = 0;
+  int32_t count = 0;
+
+  static SeqPages Full(int32_t pages) { return {pages, 0, pages}; }
+};
+
 // SelectedToTable: lists = starts.size() = num_seqs * num_kv_heads; selected is
-// [lists][k] logical page ids, -1 (any negative) for none, as TopKPages writes them.
+// [lists][k] values, -1 (any negative) for none: TopKPages' logical pages (over a full
+// pool) or ResidentDiff's attend_slots (over a ResidentLayout pool).
 // For list i and j < k with s = selected[i * k + j] >= 0:
-//   indices[starts[i] + j] = (i / num_kv_heads) * full_pages_per_seq + s,
-// the pool page of logical page s of sequence i / num_kv_heads in a full pool that
-// gives each sequence full_pages_per_seq consecutive pages. Entries of none write
-// nothing. The reference refuses s >= full_pages_per_seq and destinations outside
+//   indices[starts[i] + j] = (i / num_kv_heads) * pages.pages_per_seq + pages.first + s,
+// the pool page `pages` places value s of sequence i / num_kv_heads at. Entries of
+// none write nothing. The reference refuses s >= pages.count and destinations outside
 // `indices`; the kernel skips them.
 absl::Status SelectedToTableRef(absl::Span<const int32_t> selected, int32_t k,
-                                int32_t num_kv_heads, int32_t full_pages_per_seq,
+                                int32_t num_kv_heads, const SeqPages& pages,
                                 absl::Span<const int32_t> starts,
                                 absl::Span<int32_t> indices);
 absl::Status SelectedToTableCuda(absl::Span<const int32_t> selected, int32_t k,
-                                 int32_t num_kv_heads, int32_t full_pages_per_seq,
+                                 int32_t num_kv_heads, const SeqPages& pages,
                                  absl::Span<const int32_t> starts,
                                  absl::Span<int32_t> indices, cudaStream_t stream);
 
@@ -97,7 +109,7 @@ absl::Status CheckCopyPagesShapes(const kernels::PagedKv<const BFloat16>& src,
                                   size_t dst_pages_size);
 absl::Status CheckScatterWordsShapes(size_t indices_size, size_t values_size);
 absl::Status CheckSelectedToTableShapes(size_t selected_size, int32_t k,
-                                        int32_t num_kv_heads, int32_t full_pages_per_seq,
+                                        int32_t num_kv_heads, const SeqPages& pages,
                                         size_t starts_size);
 
 }  // namespace freekv::gpu

@@ -242,17 +242,22 @@ TEST(SelectedToTableCuda, MatchesTheReference) {
     }
     std::vector<int32_t> indices(size_t(lists) * (kK + kGap));
     for (int32_t& w : indices) w = static_cast<int32_t>(rng() % 1000) + 5000;
-    const DeviceBuffer d_sel = Up(selected), d_starts = Up(starts), d_idx = Up(indices);
-    ASSERT_TRUE(SelectedToTableRef(selected, kK, g.heads, kFull, starts,
-                                   absl::MakeSpan(indices))
-                    .ok());
-    auto stream = Must(CudaStream::Create());
-    ASSERT_TRUE(SelectedToTableCuda(d_sel.span<const int32_t>(), kK, g.heads, kFull,
-                                    d_starts.span<const int32_t>(), d_idx.span<int32_t>(),
-                                    stream.get())
-                    .ok());
-    ASSERT_TRUE(stream.Synchronize().ok());
-    EXPECT_EQ(Down<int32_t>(d_idx), indices) << g.heads << " heads";
+    const DeviceBuffer d_sel = Up(selected), d_starts = Up(starts);
+    // A full pool, and the slots of a resident pool (pages past a gap of sinks).
+    for (const SeqPages pages : {SeqPages::Full(kFull), SeqPages{kFull + 20, 9, kFull}}) {
+      std::vector<int32_t> want = indices;
+      ASSERT_TRUE(SelectedToTableRef(selected, kK, g.heads, pages, starts, absl::MakeSpan(want))
+                      .ok());
+      const DeviceBuffer d_idx = Up(indices);
+      auto stream = Must(CudaStream::Create());
+      ASSERT_TRUE(SelectedToTableCuda(d_sel.span<const int32_t>(), kK, g.heads, pages,
+                                      d_starts.span<const int32_t>(), d_idx.span<int32_t>(),
+                                      stream.get())
+                      .ok());
+      ASSERT_TRUE(stream.Synchronize().ok());
+      EXPECT_EQ(Down<int32_t>(d_idx), want) << g.heads << " heads, first " << pages.first;
+      EXPECT_NE(want, indices) << "the selection wrote nothing";
+    }
   }
 }
 

@@ -45,11 +45,16 @@ absl::Status CheckScatterWordsShapes(size_t indices_size, size_t values_size) {
 }
 
 absl::Status CheckSelectedToTableShapes(size_t selected_size, int32_t k,
-                                        int32_t num_kv_heads, int32_t full_pages_per_seq,
+                                        int32_t num_kv_heads, const SeqPages& pages,
                                         size_t starts_size) {
   FREEKV_RETURN_IF_ERROR(CheckPositive("k", k));
   FREEKV_RETURN_IF_ERROR(CheckPositive("num_kv_heads", num_kv_heads));
-  FREEKV_RETURN_IF_ERROR(CheckPositive("full_pages_per_seq", full_pages_per_seq));
+  FREEKV_RETURN_IF_ERROR(CheckPositive("pages.count", pages.count));
+  if (pages.first < 0 || pages.first + pages.count > pages.pages_per_seq) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pages [", pages.first, ", ", pages.first, " + ", pages.count,
+        ") do not fit a sequence's ", pages.pages_per_seq, " pool pages"));
+  }
   if (starts_size % num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "starts has ", starts_size, " entries, not a multiple of ", num_kv_heads,
@@ -123,19 +128,18 @@ absl::Status ScatterWordsRef(absl::Span<int32_t> dst, absl::Span<const int32_t> 
 }
 
 absl::Status SelectedToTableRef(absl::Span<const int32_t> selected, int32_t k,
-                                int32_t num_kv_heads, int32_t full_pages_per_seq,
+                                int32_t num_kv_heads, const SeqPages& pages,
                                 absl::Span<const int32_t> starts,
                                 absl::Span<int32_t> indices) {
   FREEKV_RETURN_IF_ERROR(CheckSelectedToTableShapes(selected.size(), k, num_kv_heads,
-                                                    full_pages_per_seq, starts.size()));
+                                                    pages, starts.size()));
   // Check everything first, so that a refused call writes nothing.
   for (size_t e = 0; e < selected.size(); ++e) {
     const size_t i = e / k, j = e % k;
     if (selected[e] < 0) continue;
-    if (selected[e] >= full_pages_per_seq) {
+    if (selected[e] >= pages.count) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "selected[", e, "] = ", selected[e], " is not below full_pages_per_seq ",
-          full_pages_per_seq));
+          "selected[", e, "] = ", selected[e], " is not below pages.count ", pages.count));
     }
     const int64_t to = int64_t{starts[i]} + j;
     if (to < 0 || to >= static_cast<int64_t>(indices.size())) {
@@ -147,8 +151,8 @@ absl::Status SelectedToTableRef(absl::Span<const int32_t> selected, int32_t k,
   for (size_t e = 0; e < selected.size(); ++e) {
     if (selected[e] < 0) continue;
     const size_t i = e / k, j = e % k;
-    indices[starts[i] + j] =
-        static_cast<int32_t>(i / num_kv_heads) * full_pages_per_seq + selected[e];
+    indices[starts[i] + j] = static_cast<int32_t>(i / num_kv_heads) * pages.pages_per_seq +
+                             pages.first + selected[e];
   }
   return absl::OkStatus();
 }

@@ -189,7 +189,9 @@ TEST(SelectedToTableRef, MapsEachSelectedPageIntoItsSequencesPoolPages) {
                                          1, 3, 9,    -1, -1, -1};
   const std::vector<int32_t> starts = {0, 5, 10, 15};
   std::vector<int32_t> indices(18, 99);
-  ASSERT_TRUE(SelectedToTableRef(selected, 3, 2, 10, starts, absl::MakeSpan(indices)).ok());
+  ASSERT_TRUE(SelectedToTableRef(selected, 3, 2, SeqPages::Full(10), starts,
+                                 absl::MakeSpan(indices))
+                  .ok());
   std::vector<int32_t> want(18, 99);
   want[0] = 0, want[1] = 4, want[5] = 2;       // sequence 0: pages 0..9
   want[10] = 11, want[11] = 13, want[12] = 19;  // sequence 1: pages 10..19
@@ -202,11 +204,12 @@ TEST(SelectedToTableRef, RefusesBadSizesPagesAndStarts) {
   std::vector<int32_t> indices(4, 99);
   auto call = [&](absl::Span<const int32_t> sel, int32_t k, int32_t heads, int32_t full,
                   absl::Span<const int32_t> st) {
-    return SelectedToTableRef(sel, k, heads, full, st, absl::MakeSpan(indices));
+    return SelectedToTableRef(sel, k, heads, SeqPages::Full(full), st,
+                              absl::MakeSpan(indices));
   };
   ExpectInvalid(call(selected, 0, 2, 10, starts), "k");
   ExpectInvalid(call(selected, 2, 0, 10, starts), "num_kv_heads");
-  ExpectInvalid(call(selected, 2, 2, 0, starts), "full_pages_per_seq");
+  ExpectInvalid(call(selected, 2, 2, 0, starts), "pages.count");
   ExpectInvalid(call(selected, 2, 3, 10, starts), "starts");
   ExpectInvalid(call(selected, 3, 2, 10, starts), "selected");
   ExpectInvalid(call(selected, 2, 2, 3, starts), "selected[3]");  // page 3 of 3
@@ -216,6 +219,26 @@ TEST(SelectedToTableRef, RefusesBadSizesPagesAndStarts) {
   ASSERT_TRUE(call(selected, 2, 2, 10, starts).ok());
   EXPECT_EQ(indices, (std::vector<int32_t>{0, 1, 2, 3}));
   EXPECT_TRUE(call({}, 2, 2, 10, {}).ok());
+  // Slots 0..2 of a 6-page sequence that starts them after 2 sinks: slot 3 is past them,
+  // and slots past the sequence's pages are refused.
+  ExpectInvalid(SelectedToTableRef(selected, 2, 2, {6, 2, 3}, starts, absl::MakeSpan(indices)),
+                "selected[3]");
+  ExpectInvalid(SelectedToTableRef(selected, 2, 2, {6, 2, 5}, starts, absl::MakeSpan(indices)),
+                "do not fit");
+}
+
+// A ResidentLayout pool (2 sinks, 4 slots, 2 window pages: 8 pages per sequence):
+// attend slots name the slot pages of their sequence.
+TEST(SelectedToTableRef, MapsAttendSlotsIntoTheSequencesSlotPages) {
+  const std::vector<int32_t> slots = {3, 0,    -1, 1,   // sequence 0, heads 0 and 1
+                                      2, 3,    0, -1};  // sequence 1
+  const std::vector<int32_t> starts = {2, 6, 10, 14};
+  std::vector<int32_t> indices(16, 99);
+  ASSERT_TRUE(SelectedToTableRef(slots, 2, 2, {8, 2, 4}, starts, absl::MakeSpan(indices)).ok());
+  std::vector<int32_t> want(16, 99);
+  want[2] = 5, want[3] = 2, want[7] = 3;  // slot s of sequence 0: page 2 + s
+  want[10] = 12, want[11] = 13, want[14] = 10;  // sequence 1: page 10 + s
+  EXPECT_EQ(indices, want);
 }
 
 }  // namespace

@@ -63,7 +63,7 @@ absl::Status GpuDecoder::Impl::WriteSelectedPages(const StepInputs& in) {
   const absl::Span<int32_t> dev = inputs.span<int32_t>();
   return SelectedToTableCuda(
       selected.span<const int32_t>().subspan(0, size_t(lists) * options.layout.selected),
-      options.layout.selected, model->config().num_kv_heads, shape.full_pages,
+      options.layout.selected, model->config().num_kv_heads, SeqPages::Full(shape.full_pages),
       dev.subspan(in.selected_start_at(), lists),
       dev.subspan(in.indices_at(), in.indices_size()), stream);
 }

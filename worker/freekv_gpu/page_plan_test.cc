@@ -252,7 +252,8 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
     const StepInputs& s = *built;
     if (step.kind == TableKind::kSelectedOverFull) {
       ASSERT_TRUE(SelectedToTableRef(
-                      Selected(picks), c.layout.selected, kHeads, shape_.full_pages,
+                      Selected(picks), c.layout.selected, kHeads,
+                      SeqPages::Full(shape_.full_pages),
                       absl::MakeConstSpan(in).subspan(s.selected_start_at(), s.num_lists()),
                       absl::MakeSpan(in).subspan(s.indices_at(), s.indices_size()))
                       .ok());
