@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -48,6 +49,9 @@ ABSL_FLAG(int32_t, steps, 16, "Timed steps per policy.");
 ABSL_FLAG(double, tau, 0.8, "Correction threshold.");
 ABSL_FLAG(double, drift, 0.05, "Step-to-step change of the decode input.");
 ABSL_FLAG(bool, graphs, true, "Replay each layer's dense parts as CUDA graphs.");
+ABSL_FLAG(int32_t, resident_cache, 32,
+          "Slots per (sequence, KV head) a policy labelled -cache keeps beyond the 32 it "
+          "attends (gpu::ResidentLayout::cache).");
 ABSL_FLAG(int32_t, gpu_gib, 0,
           "GiB of GPU memory the worker may use, weights included (0: the device's). It "
           "sizes the layers; run under an MPS limit (CUDA_MPS_PINNED_DEVICE_MEM_LIMIT) so "
@@ -184,7 +188,12 @@ std::vector<Row> RunRow(gpu::GpuLlama& model, testing::KvServiceProcess& service
   base.drift = absl::GetFlag(FLAGS_drift);
   base.graphs = absl::GetFlag(FLAGS_graphs);
   base.policy = GpuPolicy::kFreeKv;
-  const int32_t layers = LayersFor(context, batch, model, base);
+  // Sized for the largest pool a row's policies use.
+  GpuDecoderOptions probe = base;
+  if (absl::StrContains(absl::GetFlag(FLAGS_policies), "-cache")) {
+    probe.layout.cache = absl::GetFlag(FLAGS_resident_cache);
+  }
+  const int32_t layers = LayersFor(context, batch, model, probe);
   if (layers == 0) {
     std::fprintf(stderr, "context %ld batch %d: no layer fits; skipped\n", long(context), batch);
     return {};
@@ -198,6 +207,10 @@ std::vector<Row> RunRow(gpu::GpuLlama& model, testing::KvServiceProcess& service
     GpuDecoderOptions options = base;
     // "freekv-norecall": freekv's work with the recalls left out (what they cost).
     // "blocking-hostwait": the decode thread waits for each recall on the host.
+    // "...-cache": with a resident cache of --resident_cache slots.
+    if (absl::ConsumeSuffix(&name, "-cache")) {
+      options.layout.cache = absl::GetFlag(FLAGS_resident_cache);
+    }
     options.skip_recall = absl::ConsumeSuffix(&name, "-norecall");
     options.host_wait = absl::ConsumeSuffix(&name, "-hostwait");
     options.policy = Unwrap(gpu::ParseGpuPolicy(name), "policy");
@@ -240,10 +253,16 @@ std::vector<Row> RunRow(gpu::GpuLlama& model, testing::KvServiceProcess& service
 }
 
 void PrintTable(const std::vector<Row>& rows) {
-  std::map<std::pair<int64_t, int32_t>, double> oracle, freekv;
+  // blocking/freekv compares the rows whose labels differ only there ("blocking-cache"
+  // with "freekv-cache").
+  std::map<std::pair<int64_t, int32_t>, double> oracle;
+  std::map<std::tuple<int64_t, int32_t, std::string>, double> freekv;
   for (const Row& r : rows) {
     if (r.policy == "oracle") oracle[{r.context, r.batch}] = r.stats.step_ms;
-    if (r.policy == "freekv") freekv[{r.context, r.batch}] = r.stats.step_ms;
+    absl::string_view rest = r.policy;
+    if (absl::ConsumePrefix(&rest, "freekv")) {
+      freekv[{r.context, r.batch, std::string(rest)}] = r.stats.step_ms;
+    }
   }
   std::printf(
       "\n| context | batch | layers | policy | step ms | ms/layer | vs oracle | "
@@ -256,9 +275,12 @@ void PrintTable(const std::vector<Row>& rows) {
     const gpu::GpuStepStats& s = r.stats;
     const std::string vs_oracle =
         oracle.count(key) ? absl::StrFormat("%.2f", s.step_ms / oracle[key]) : "-";
-    const std::string over_freekv = r.policy == "blocking" && freekv.count(key)
-                                        ? absl::StrFormat("%.2f", s.step_ms / freekv[key])
-                                        : "-";
+    absl::string_view rest = r.policy;
+    std::string over_freekv = "-";
+    if (absl::ConsumePrefix(&rest, "blocking")) {
+      const auto pair = std::make_tuple(r.context, r.batch, std::string(rest));
+      if (freekv.count(pair)) over_freekv = absl::StrFormat("%.2f", s.step_ms / freekv[pair]);
+    }
     const bool recalls = absl::StartsWith(r.policy, "freekv") ||
                          absl::StartsWith(r.policy, "blocking");
     std::printf("| %ldK | %d | %d | %s | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s | %.3f "
@@ -270,7 +292,7 @@ void PrintTable(const std::vector<Row>& rows) {
                         : "-",
                 recalls ? absl::StrFormat("%.0f", s.slices_per_step).c_str() : "-",
                 recalls ? absl::StrFormat("%.3f", s.reply_ms).c_str() : "-",
-                r.policy == "freekv" ? absl::StrFormat("%.1f%%", 100 * s.corrected).c_str()
+                absl::StartsWith(r.policy, "freekv") ? absl::StrFormat("%.1f%%", 100 * s.corrected).c_str()
                                      : "-",
                 s.wall_ms, r.kv_bytes / (1 << 30), r.kv_bytes / gpu_bytes,
                 1e3 * r.batch / s.step_ms, 100 * s.enqueue_ms / s.step_ms);

@@ -152,6 +152,11 @@ struct GpuDecoder::Impl {
                                                     shape.lists());
   }
   absl::Status Attend(int layer, const StepInputs& in);
+  // A resident cache (layout.cache > 0) under a recall policy: each selection names the
+  // slots its pages will be in (LayerState::attend), and TakeAttendSlots writes the
+  // layer's into the step's page table on the decode stream, before its attention.
+  bool Caches() const { return options.layout.cache > 0 && Recalls(options.policy); }
+  absl::Status TakeAttendSlots(int layer, const StepInputs& in);
   // Applies the recall the gate of (layer, correction) published for step `in`, to
   // the heads `heads` covers (nothing when it published none).
   absl::Status ApplyPublished(int layer, const StepInputs& in, bool correction,

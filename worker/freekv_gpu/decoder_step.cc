@@ -7,6 +7,7 @@
 #include "kernels/decode_attention.h"
 #include "kernels/score.h"
 #include "worker/freekv_gpu/decoder_impl.h"
+#include "worker/freekv_gpu/generate_ops.h"
 #include "worker/freekv_gpu/generation.h"
 
 namespace freekv::gpu {
@@ -29,11 +30,25 @@ absl::Status GpuDecoder::Impl::Select(int layer, const StepInputs& in, const Dif
       model->q().subspan(0, size_t(options.batch) * c.num_heads * c.head_dim),
       c.num_heads, digests, cands, scale, mask, s, on));
   const bool with_diff = diff != nullptr;
+  kernels::ResidentDiff out = with_diff ? diff->Diff() : kernels::ResidentDiff{};
+  if (with_diff && Caches()) out.attend_slots = layers[layer].attend.span<int32_t>();
   return kernels::GroupSelectCuda(
       s, c.num_heads, c.num_kv_heads, cands, options.layout.selected,
       with_diff ? st.resident.span<const int32_t>() : absl::Span<const int32_t>(),
-      options.layout.selected, mask, group_scores.span<float>().subspan(0, shape.lists() * n),
-      selected.span<int32_t>(), with_diff ? diff->Diff() : kernels::ResidentDiff{}, on);
+      options.layout.capacity(), mask,
+      group_scores.span<float>().subspan(0, shape.lists() * n), selected.span<int32_t>(), out,
+      on);
+}
+
+absl::Status GpuDecoder::Impl::TakeAttendSlots(int layer, const StepInputs& in) {
+  const ResidentLayout& lay = options.layout;
+  const absl::Span<int32_t> dev = inputs.span<int32_t>();
+  const int32_t lists = in.num_lists();
+  return SelectedToTableCuda(layers[layer].attend.span<const int32_t>(), lay.selected,
+                             model->config().num_kv_heads,
+                             {lay.pages_per_seq(), lay.sink, lay.capacity()},
+                             dev.subspan(in.selected_start_at(), lists),
+                             dev.subspan(in.indices_at(), in.indices_size()), stream);
 }
 
 absl::Status GpuDecoder::Impl::Attend(int layer, const StepInputs& in) {
@@ -135,6 +150,7 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
   } else if (p == GpuPolicy::kBlocking || prime) {
     // Select with the current query, recall what is missing, wait for it.
     FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, {}, s));
+    if (Caches()) FREEKV_RETURN_IF_ERROR(TakeAttendSlots(layer, in));
     FREEKV_RETURN_IF_ERROR(st.diff.Publish(step_number(in), s));
     if (own) FREEKV_RETURN_IF_ERROR(open_now(true));
     FREEKV_RETURN_IF_ERROR(WaitGate(HoldAt(in, layer, true), s));
@@ -166,14 +182,21 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
                                 head_masks.span<uint8_t>()};
     FREEKV_RETURN_IF_ERROR(PublishCorrectionCuda(check, step_number(in), gate(layer, true),
                                                  1, s));
+    // The flagged heads' rows of the same buffers (none: the kernels return at once).
+    // With a resident cache the page table then takes every head's latest selection
+    // (this step's for the flagged heads, the last step's speculation for the others)
+    // before the speculation below, beside the attention, writes the next one.
+    if (Caches()) {
+      FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(true), s));
+      FREEKV_RETURN_IF_ERROR(TakeAttendSlots(layer, in));
+    }
     const cudaStream_t side = select_stream->get();
     FREEKV_RETURN_IF_ERROR(select_fork->Record(s));
     FREEKV_RETURN_IF_ERROR(select_fork->MakeStreamWait(side));
     FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(false), side));
     FREEKV_RETURN_IF_ERROR(StampCuda(st.diff.spec_stamp(), step_number(in), side));
     FREEKV_RETURN_IF_ERROR(select_join->Record(side));
-    // The flagged heads' rows of the same buffers (none: the kernels return at once).
-    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(true), s));
+    if (!Caches()) FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(true), s));
     if (own) {
       FREEKV_RETURN_IF_ERROR(open_now(true));
       FREEKV_RETURN_IF_ERROR(open_now(false));

@@ -40,7 +40,7 @@ absl::Status GpuDecoder::Impl::InitGeneration(absl::Span<const int32_t> first_fo
   FREEKV_RETURN_IF_ERROR(Assign(kernels::PinnedBuffer::Allocate(ints * 4), &g->staging));
   FREEKV_RETURN_IF_ERROR(Assign(kernels::DeviceBuffer::Allocate(ints * 4), &g->uploads));
   if (shape.sparse && !shape.over_full) {
-    g->resident.assign(size_t(shape.lists()) * options.layout.selected, -1);
+    g->resident.assign(size_t(shape.lists()) * options.layout.capacity(), -1);
   }
   if (NeedsSession(options)) {
     FREEKV_RETURN_IF_ERROR(Assign(PageOffloader::Create(*kv), &g->offloader));

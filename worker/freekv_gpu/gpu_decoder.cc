@@ -201,6 +201,26 @@ absl::StatusOr<std::unique_ptr<GpuDecoder::Impl>> GpuDecoder::Impl::Create(
         "page_tokens ", options.page_tokens, " below 1 or ", options.prompt_lengths.size(),
         " prompt lengths for a batch of ", options.batch));
   }
+  FREEKV_RETURN_IF_ERROR(CheckResidentLayout(options.layout));
+  if (options.layout.cache > 0 && Recalls(options.policy)) {
+    // Real decoding promotes pages leaving the window into slots [0, selected) and
+    // attends them by position (step_inputs.h PromotionsAt), which a cache would break.
+    if (options.real()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a resident cache (layout.cache ", options.layout.cache,
+          ") serves the synthetic decode only; real decoding needs cache 0"));
+    }
+    // Every selection then fills all `selected` places of a list, so the table never
+    // keeps an earlier layer's slot where a selection names none.
+    const PageSplit first = SplitAt(options.context, options.page_tokens, options.layout);
+    if (first.candidates < options.layout.selected || options.layout.capacity() > 1024) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a resident cache needs at least ", options.layout.selected,
+          " candidate pages from the first step and at most 1024 slots; context ",
+          options.context, " gives ", first.candidates, " candidates and the layout ",
+          options.layout.capacity(), " slots"));
+    }
+  }
   if (NeedsSession(options)) {
     if (kv == nullptr || options.sequence_ids.size() != size_t(options.batch)) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -6,14 +6,17 @@
 // an error instead of a hang. Without a session, full and oracle still decode.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "common/random_bytes.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda_test_util.h"
+#include "kernels/test_util.h"
 #include "tests/integration/cuda_test_util.h"
 #include "tests/integration/kvservice_process.h"
 #include "worker/freekv_gpu/gpu_decoder.h"
@@ -103,11 +106,31 @@ std::unique_ptr<Rig> MakeRig(GpuPolicy policy, int32_t max_steps) {
   return rig;
 }
 
-// Runs a few steps of `policy` (freekv with threshold `tau`) and checks every selected
-// slot of every layer against the store; returns the run's statistics.
-GpuStepStats RunAndCheckSlots(GpuPolicy policy, float tau) {
+// The residual stream after the last decoded step's last layer, as floats.
+std::vector<float> Hidden(const GpuLlama& model, const ModelConfig& config) {
+  std::vector<BFloat16> bits(size_t(kBatch) * config.dim);
+  EXPECT_TRUE(kernels::DeviceSynchronize().ok());
+  EXPECT_TRUE(kernels::CopyAsync(bits.data(), model.hidden().data(),
+                                 bits.size() * sizeof(BFloat16), nullptr)
+                  .ok());
+  EXPECT_TRUE(kernels::DeviceSynchronize().ok());
+  std::vector<float> out;
+  for (BFloat16 x : bits) out.push_back(kernels::ToFloat(x));
+  return out;
+}
+
+struct CheckedRun {
+  GpuStepStats stats;
+  std::vector<float> hidden;  // Hidden()
+};
+
+// Runs a few steps of `policy` (freekv with threshold `tau`) over `layout` and checks
+// every filled slot of every layer against the store (each list has at least
+// `selected` of them); returns the run's statistics and output.
+CheckedRun RunAndCheckSlots(GpuPolicy policy, float tau, const ResidentLayout& layout = kLayout) {
   std::unique_ptr<Rig> rig = MakeRig(policy, 6);
   rig->options.tau = tau;
+  rig->options.layout = layout;
   const ModelConfig& config = rig->config;
   const GpuDecoderOptions& options = rig->options;
   const KvClientOptions& ko = rig->ko;
@@ -121,15 +144,19 @@ GpuStepStats RunAndCheckSlots(GpuPolicy policy, float tau) {
     const GpuDecoder::ResidentSnapshot snap = Must(decoder->Snapshot(layer));
     for (int32_t b = 0; b < kBatch; ++b) {
       for (int32_t h = 0; h < config.num_kv_heads; ++h) {
-        for (int32_t s = 0; s < kLayout.selected; ++s) {
-          const int32_t page = snap.resident[(b * config.num_kv_heads + h) * kLayout.selected + s];
+        int32_t filled = 0;
+        for (int32_t s = 0; s < layout.capacity(); ++s) {
+          const int32_t page =
+              snap.resident[(b * config.num_kv_heads + h) * layout.capacity() + s];
+          if (page < 0 && layout.cache > 0) continue;  // a cache slot never used yet
+          ++filled;
           EXPECT_GE(page, kLayout.sink) << "an empty slot or a sink page";
           EXPECT_LT(page, kPages + 1 - kLayout.window) << "a window page";
           if (page < kLayout.sink || page >= kPages + 1 - kLayout.window) continue;
           const std::vector<std::byte> want =
               PageBytes(block, options.sequence_ids[b], layer, page);
           const std::byte* k_rows = want.data() + h * slice;  // [K|V][token][dim]
-          const int32_t pool_page = kLayout.selected_page(b, s);
+          const int32_t pool_page = layout.selected_page(b, s);
           for (int32_t t = 0; t < 32; ++t) {
             const int64_t at = snap.pool.offset(pool_page, t, h);
             EXPECT_EQ(std::memcmp(snap.pool.k + at, k_rows + t * row, row), 0)
@@ -140,11 +167,12 @@ GpuStepStats RunAndCheckSlots(GpuPolicy policy, float tau) {
           }
           ++checked;
         }
+        EXPECT_GE(filled, layout.selected) << "layer " << layer << " seq " << b << " head " << h;
       }
     }
   }
-  EXPECT_EQ(checked, config.num_layers * kBatch * config.num_kv_heads * kLayout.selected);
-  return stats;
+  EXPECT_GE(checked, config.num_layers * kBatch * config.num_kv_heads * layout.selected);
+  return {stats, Hidden(*rig->model, config)};
 }
 
 class GpuDecoderTest : public ::testing::TestWithParam<GpuPolicy> {};
@@ -165,8 +193,40 @@ TEST_P(GpuDecoderTest, SelectedSlotsHoldTheStoredPagesTheyName) {
 // held at that layer's gate).
 TEST(GpuDecoderCorrections, EveryHeadOrNoHeadCorrected) {
   alarm(180);
-  EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, 2.0f).corrected, 1.0);
-  EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, -2.0f).corrected, 0.0);
+  EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, 2.0f).stats.corrected, 1.0);
+  EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, -2.0f).stats.corrected, 0.0);
+  alarm(0);
+}
+
+// A resident cache (4 more slots than the 4 attended) changes where pages live, not
+// which pages attention reads: the decode's output equals the uncached decoder's up to
+// the order of its float additions, the slots hold the stored pages they name, and
+// pages that come back need no recall, so fewer blocks are recalled. Sink and window
+// pages hold the same random values in both pools (LayerState), and the inputs drift
+// by the same seeds. The control: the same decode with its recalls left out (the slots
+// keep their random values) ends elsewhere, so the output does depend on the bytes
+// of the pages attended.
+TEST_P(GpuDecoderTest, AResidentCacheAttendsTheSamePagesWithFewerRecalls) {
+  alarm(180);
+  ResidentLayout cached = kLayout;
+  cached.cache = 4;
+  const CheckedRun plain = RunAndCheckSlots(GetParam(), GpuDecoderOptions{}.tau);
+  const CheckedRun with_cache = RunAndCheckSlots(GetParam(), GpuDecoderOptions{}.tau, cached);
+  std::unique_ptr<Rig> rig = MakeRig(GetParam(), 6);
+  rig->options.skip_recall = true;
+  auto unrecalled = Must(GpuDecoder::Create(*rig->model, rig->options, nullptr));
+  Must(unrecalled->Run(/*warmup=*/1, /*steps=*/4));
+  const std::vector<float> control = Hidden(*rig->model, rig->config);
+  const double cache_vs_plain = kernels::RelativeL2(with_cache.hidden, plain.hidden);
+  const double control_vs_plain = kernels::RelativeL2(control, plain.hidden);
+  std::fprintf(stderr,
+               "%s: relative L2 %.2e cached, %.2e without recalls; blocks per step %.1f "
+               "uncached, %.1f cached\n",
+               GpuPolicyName(GetParam()).c_str(), cache_vs_plain, control_vs_plain,
+               plain.stats.slices_per_step, with_cache.stats.slices_per_step);
+  EXPECT_LT(cache_vs_plain, 1e-2);
+  EXPECT_GT(control_vs_plain, 10 * std::max(cache_vs_plain, 1e-3));
+  EXPECT_LT(with_cache.stats.slices_per_step, plain.stats.slices_per_step);
   alarm(0);
 }
 
@@ -234,6 +294,37 @@ TEST(GpuDecoderCreate, RefusesARecallingPolicyWithoutASession) {
   options.batch = 2;  // over the model's max_batch
   EXPECT_EQ(GpuDecoder::Create(*model, options, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A resident cache is refused where it cannot work, before anything needs a session:
+// real decoding (slots by position), a context with fewer candidates than the
+// selection fills, a negative cache.
+TEST(GpuDecoderCreate, RefusesAResidentCacheWhereItCannotServe) {
+  const ModelWeights weights = Must(RandomModelWeights(TinyConfig(), {}));
+  auto model = Must(GpuLlama::Create(weights, 1));
+  GpuDecoderOptions options;
+  options.policy = GpuPolicy::kFreeKv;
+  options.skip_recall = true;
+  options.context = int64_t{kPages} * 32;
+  options.layout = kLayout;
+  options.layout.cache = 4;
+  options.max_steps = 4;
+  auto expect_refused = [&](const GpuDecoderOptions& o, absl::string_view says) {
+    const absl::Status s = GpuDecoder::Create(*model, o, nullptr).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), says)) << s;
+  };
+  GpuDecoderOptions real = options;
+  real.prompt_lengths = {int64_t{kPages} * 32};
+  expect_refused(real, "synthetic decode only");
+  GpuDecoderOptions short_context = options;
+  short_context.context = 8 * 32;  // 9 pages: 2 sinks, 2 window pages, 5 candidates
+  short_context.layout.selected = 6;  // more than the 5
+  expect_refused(short_context, "candidate pages");
+  GpuDecoderOptions negative = options;
+  negative.layout.cache = -1;
+  expect_refused(negative, "cache >= 0");
+  EXPECT_TRUE(GpuDecoder::Create(*model, options, nullptr).ok()) << "the valid cache";
 }
 
 }  // namespace

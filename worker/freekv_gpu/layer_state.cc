@@ -51,11 +51,12 @@ absl::Status DiffSet::Publish(const int32_t* step, cudaStream_t stream) const {
 uint64_t LayerStateBytes(const StateShape& s, bool recalls) {
   uint64_t bytes = s.pool_pages() * 2 * s.page_elems() * sizeof(BFloat16);
   if (s.sparse) {
-    bytes += DigestBytes(s) + uint64_t(s.lists()) * s.layout.selected * sizeof(int32_t);
+    bytes += DigestBytes(s) + uint64_t(s.lists()) * s.layout.capacity() * sizeof(int32_t);
   }
   if (recalls) {
     bytes += uint64_t(s.batch) * s.q_heads * s.head_dim * sizeof(BFloat16) +
              s.lists() * sizeof(float);  // the diffs live in pinned host memory
+    if (s.sparse && s.layout.cache > 0) bytes += uint64_t(s.lists()) * s.layout.selected * 4;
   }
   return bytes;
 }
@@ -70,15 +71,34 @@ absl::StatusOr<LayerState> LayerState::Create(const StateShape& s, bool recalls,
   BFloat16* base = l.pool.span<BFloat16>().data();
   l.view = {base,           base + page, 2 * page, static_cast<int32_t>(s.pool_pages()),
             s.page_tokens,  s.kv_heads,  s.head_dim};
-  // Random K and V (keys of unit scale): what attention reads before any recall.
-  FREEKV_RETURN_IF_ERROR(FillUniformCuda(l.pool.span<BFloat16>(), seed, 1.0f, stream));
+  // Random K and V (keys of unit scale): what attention reads before any recall. A
+  // resident pool's sink and window pages get the same values whatever the slots
+  // between them (a run with a resident cache attends the pages one without does).
+  const absl::Span<BFloat16> all = l.pool.span<BFloat16>();
+  if (!s.sparse || s.over_full) {
+    FREEKV_RETURN_IF_ERROR(FillUniformCuda(all, seed, 1.0f, stream));
+  } else {
+    const ResidentLayout& lay = s.layout;
+    const int32_t parts[] = {lay.sink, lay.capacity(), lay.window};
+    size_t first = 0;  // pool page
+    for (int32_t b = 0; b < s.batch; ++b) {
+      for (int part = 0; part < 3; ++part) {
+        if (parts[part] > 0) {
+          FREEKV_RETURN_IF_ERROR(FillUniformCuda(
+              all.subspan(first * 2 * page, size_t(parts[part]) * 2 * page),
+              seed * 1'000'003 + b * 3 + part, 1.0f, stream));
+        }
+        first += parts[part];
+      }
+    }
+  }
   if (s.sparse) {
     auto digests = DeviceBuffer::Allocate(DigestBytes(s));
     if (!digests.ok()) return digests.status();
     l.digests = *std::move(digests);
     FREEKV_RETURN_IF_ERROR(
         FillDigestsCuda(l.digests.span<BFloat16>(), s.head_dim, seed + 1, stream));
-    auto resident = DeviceBuffer::Allocate(size_t(s.lists()) * s.layout.selected * 4);
+    auto resident = DeviceBuffer::Allocate(size_t(s.lists()) * s.layout.capacity() * 4);
     if (!resident.ok()) return resident.status();
     l.resident = *std::move(resident);
     FREEKV_RETURN_IF_ERROR(l.resident.Poison());  // every slot empty (-1)
@@ -89,6 +109,12 @@ absl::StatusOr<LayerState> LayerState::Create(const StateShape& s, bool recalls,
   auto diff = DiffSet::Create(s.lists(), s.layout.selected);
   for (const absl::Status& st : {q_prev.status(), similarity.status(), diff.status()}) {
     FREEKV_RETURN_IF_ERROR(st);
+  }
+  if (s.sparse && s.layout.cache > 0) {
+    auto attend = DeviceBuffer::Allocate(size_t(s.lists()) * s.layout.selected * 4);
+    if (!attend.ok()) return attend.status();
+    l.attend = *std::move(attend);
+    FREEKV_RETURN_IF_ERROR(l.attend.Poison());  // no selection yet: the table's default
   }
   l.q_prev = *std::move(q_prev);
   l.similarity = *std::move(similarity);

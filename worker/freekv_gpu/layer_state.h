@@ -70,7 +70,11 @@ struct LayerState {
   kernels::DeviceBuffer pool;
   kernels::PagedKv<BFloat16> view;
   kernels::DeviceBuffer digests;   // sparse
-  kernels::DeviceBuffer resident;  // sparse: [lists][selected], -1 when empty
+  kernels::DeviceBuffer resident;  // sparse: [lists][capacity], -1 when empty
+  // recall policies with layout.cache > 0: [lists][selected], the slot of each page the head's latest
+  // selection attends (kernels::ResidentDiff::attend_slots), which the step's page
+  // table takes before attention; -1 where none.
+  kernels::DeviceBuffer attend;
   kernels::DeviceBuffer q_prev;    // freekv
   kernels::DeviceBuffer similarity;
   DiffSet diff;                    // freekv / blocking: each step's selection

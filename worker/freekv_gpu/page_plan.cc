@@ -25,7 +25,7 @@ PrefillPlan PlanPrefill(const PagePlanShape& shape, int32_t b, int64_t tokens) {
       const int32_t slot = static_cast<int32_t>(p - lay.sink);
       to = lay.selected_page(b, slot);
       for (int32_t h = 0; h < shape.num_kv_heads; ++h) {
-        plan.resident_index.push_back((b * shape.num_kv_heads + h) * lay.selected + slot);
+        plan.resident_index.push_back((b * shape.num_kv_heads + h) * lay.capacity() + slot);
         plan.resident_page.push_back(static_cast<int32_t>(p));
       }
     }
@@ -68,7 +68,7 @@ StepJobs StepJobs::Plan(const PagePlanShape& shape, absl::Span<const int64_t> po
       src.push_back(lay.window_page(b, promoted[b]));
       dst.push_back(lay.selected_page(b, slot));
       for (int32_t h = 0; h < kvh; ++h) {
-        index.push_back((b * kvh + h) * lay.selected + slot);
+        index.push_back((b * kvh + h) * lay.capacity() + slot);
         page.push_back(static_cast<int32_t>(promoted[b]));
       }
     }

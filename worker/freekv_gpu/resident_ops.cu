@@ -96,6 +96,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
                 const int32_t* counts, const uint8_t* flags, bool unflagged, PoolArgs pool,
                 ResidentLayout layout, int32_t* resident) {
   const int32_t list = blockIdx.x, k = layout.selected;
+  const int32_t capacity = layout.selected + layout.cache;
   const int32_t lane = threadIdx.x % 32;
   const int32_t j = blockIdx.y * kApplyWarps + threadIdx.x / 32;
   if (j >= k) return;
@@ -115,13 +116,14 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     }
   }
   s = __shfl_sync(0xffffffffu, s, 0);
-  // the select kernel never writes s >= k
-  if (s < 0 || s >= k) return;
+  // the select kernel never writes s >= capacity
+  if (s < 0 || s >= capacity) return;
   slot = reinterpret_cast<const uint4*>(
       __shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(slot), 0));
   const int32_t seq = list / pool.num_kv_heads, head = list % pool.num_kv_heads;
   // ResidentLayout::selected_page, spelled out: the header is host-only C++.
-  const int64_t page = int64_t{seq} * (layout.sink + k + layout.window) + layout.sink + s;
+  const int64_t page =
+      int64_t{seq} * (layout.sink + capacity + layout.window) + layout.sink + s;
   const int32_t half = pool.page_tokens * pool.vecs_per_row;
   const uint4* src = slot + (int64_t{list} * k + j) * 2 * half;
   for (int32_t first = lane; first < 2 * half; first += 32 * kApplyInFlight) {
@@ -142,7 +144,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
       (i < half ? pool.k : pool.v)[dst] = vecs[u];
     }
   }
-  if (lane == 0) resident[list * k + s] = logical;
+  if (lane == 0) resident[list * capacity + s] = logical;
 }
 
 // Holds the calling thread, and so its launch and stream, until the gate reaches

@@ -5,12 +5,20 @@
 //
 // Resident layout (one per layer): sequence b owns pool pages
 //   [b * pages_per_seq, (b + 1) * pages_per_seq) of an NHD pool (kernels/paged_kv.h):
-//   first `sink` pages (attention sinks), then `selected` slots (the pages recalled
-//   for each KV head: FreeKV keeps a separate copy per head, so head h of slot s may
-//   hold a different logical page than head h' of the same slot), then `window` pages
-//   used as a ring (logical page w in pool page sink + selected + w % window).
-// resident [num_seqs][num_kv_heads][selected] names the logical page each head's slot
+//   first `sink` pages (attention sinks), then capacity() = selected + cache slots (the
+//   pages recalled for each KV head: FreeKV keeps a separate copy per head, so head h
+//   of slot s may hold a different logical page than head h' of the same slot), then
+//   `window` pages used as a ring (logical page w in pool page sink + capacity + w %
+//   window).
+// resident [num_seqs][num_kv_heads][capacity] names the logical page each head's slot
 // holds (-1: empty), as kernels/select.h's ResidentDiff expects.
+// Each step attends `selected` of a head's slots. With cache == 0 those are all of
+// them (slot j is the table's j-th selected page). With cache > 0 a head keeps up to
+// `cache` more pages than it attends: a page that drops out of the top `selected` stays
+// until a better-scored page needs its slot (the selection evicts the lowest-scored
+// unselected page first), so a page that comes back needs no recall. The selection
+// then names the slot of each page it attends (ResidentDiff::attend_slots), and the
+// page table follows it (SelectedToTableCuda, generate_ops.h).
 //
 // Staging slot layout: the slice recalled for diff entry (b, h, j) sits at slice index
 // (b * num_kv_heads + h) * selected + j, each slice [K|V][page_tokens][head_dim] (one
@@ -39,16 +47,20 @@ struct ResidentLayout {
   int32_t sink = 16;
   int32_t selected = 32;
   int32_t window = 16;
+  int32_t cache = 0;  // slots per (sequence, KV head) beyond the attended `selected`
 
-  int32_t pages_per_seq() const { return sink + selected + window; }
+  int32_t capacity() const { return selected + cache; }
+  int32_t pages_per_seq() const { return sink + capacity() + window; }
   int32_t selected_page(int32_t seq, int32_t slot) const {
     return seq * pages_per_seq() + sink + slot;
   }
   int32_t window_page(int32_t seq, int64_t logical_page) const {
-    return seq * pages_per_seq() + sink + selected +
+    return seq * pages_per_seq() + sink + capacity() +
            static_cast<int32_t>(logical_page % window);
   }
 };
+// INVALID_ARGUMENT unless sink >= 0, selected > 0, window > 0 and cache >= 0.
+absl::Status CheckResidentLayout(const ResidentLayout& layout);
 
 // A diff as kernels::GroupSelectCuda writes it ([num_seqs][num_kv_heads][selected]
 // pages and slots, [num_seqs][num_kv_heads] counts), read-only here.

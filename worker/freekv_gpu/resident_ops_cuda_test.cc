@@ -28,7 +28,8 @@ using kernels::RandomVector;
 
 // Llama geometry per page (8 KV heads, head_dim 128, 32 tokens), 3 sequences.
 constexpr int32_t kSeqs = 3, kHeads = 8, kTokens = 32, kDim = 128;
-const ResidentLayout kLayout{2, 4, 2};
+// 4 attended slots and 3 cached ones: diffs name slots across all 7.
+const ResidentLayout kLayout{2, 4, 2, 3};
 
 struct Pools {
   std::vector<BFloat16> host;
@@ -77,7 +78,8 @@ void ExpectPoolAndResidentMatch(const Pools& pool, const DeviceBuffer& d_residen
 }
 
 // A diff over every (sequence, KV head) list, as GroupSelectCuda writes it: each list
-// has at least `min_count` entries (at most `selected`), each in a distinct slot and
+// has at least `min_count` entries (at most `selected`), each in a distinct slot (of
+// the capacity) and
 // naming a page in [100, 1100). Past the count sit entries an earlier step left (valid
 // slots, pages in [5000, 6000)), which an apply must ignore.
 struct HostDiff {
@@ -89,8 +91,8 @@ HostDiff RandomDiff(std::mt19937& rng, int32_t min_count) {
              std::vector<int32_t>(lists)};
   for (int32_t l = 0; l < lists; ++l) {
     d.counts[l] = min_count + rng() % (k + 1 - min_count);
-    std::vector<int32_t> order(k);
-    for (int32_t s = 0; s < k; ++s) order[s] = s;
+    std::vector<int32_t> order(kLayout.capacity());
+    for (int32_t s = 0; s < kLayout.capacity(); ++s) order[s] = s;
     std::shuffle(order.begin(), order.end(), rng);
     for (int32_t j = 0; j < k; ++j) {
       d.slots[l * k + j] = order[j];
@@ -109,7 +111,7 @@ TEST(ApplyRecallCuda, MatchesTheReferenceOnRandomDiffs) {
   const auto [pages, slots, counts] = RandomDiff(rng, 0);
   std::vector<uint8_t> mask(lists);
   for (uint8_t& m : mask) m = rng() % 4 != 0;
-  std::vector<int32_t> resident(lists * k);
+  std::vector<int32_t> resident(lists * kLayout.capacity());
   for (int32_t& r : resident) r = rng() % 50;
   auto d_slot = Must(DeviceBuffer::Upload<BFloat16>(slot));
   auto d_pages = Must(DeviceBuffer::Upload<int32_t>(pages));
@@ -350,7 +352,7 @@ TEST(ApplyPublishedCuda, AppliesTheSlotTheGatePublishedForThisStep) {
   const std::vector<BFloat16> slot0 = RandomVector<BFloat16>(rng, slot_elems);
   const std::vector<BFloat16> slot1 = RandomVector<BFloat16>(rng, slot_elems);
   const auto [pages, slots, counts] = RandomDiff(rng, 1);
-  std::vector<int32_t> resident(lists * k, -1);
+  std::vector<int32_t> resident(lists * kLayout.capacity(), -1);
   const DeviceBuffer d_slot0 = kernels::Up(slot0), d_slot1 = kernels::Up(slot1);
   const DeviceBuffer d_pages = kernels::Up(pages), d_slots = kernels::Up(slots);
   const DeviceBuffer d_counts = kernels::Up(counts);

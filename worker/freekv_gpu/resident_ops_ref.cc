@@ -7,16 +7,21 @@
 
 namespace freekv::gpu {
 
+absl::Status CheckResidentLayout(const ResidentLayout& layout) {
+  if (layout.sink < 0 || layout.selected <= 0 || layout.window <= 0 || layout.cache < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ResidentLayout needs sink >= 0, selected > 0, window > 0 and cache >= 0; got ",
+        layout.sink, "/", layout.selected, "/", layout.window, "/", layout.cache));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckApplyShapes(size_t slot_elems, const RecallDiff& diff,
                               size_t head_mask_size,
                               const kernels::PagedKv<BFloat16>& pool,
                               const ResidentLayout& layout, size_t resident_size) {
   FREEKV_RETURN_IF_ERROR(kernels::ValidatePagedKv(pool));
-  if (layout.sink < 0 || layout.selected <= 0 || layout.window <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ResidentLayout needs sink >= 0 and selected, window > 0; got ",
-                     layout.sink, "/", layout.selected, "/", layout.window));
-  }
+  FREEKV_RETURN_IF_ERROR(CheckResidentLayout(layout));
   const size_t lists = diff.counts.size();
   const size_t heads = pool.num_kv_heads;
   if (lists == 0 || lists % heads != 0) {
@@ -27,7 +32,8 @@ absl::Status CheckApplyShapes(size_t slot_elems, const RecallDiff& diff,
   const size_t entries = lists * layout.selected;
   FREEKV_RETURN_IF_ERROR(kernels::CheckSize("diff.pages", diff.pages.size(), entries));
   FREEKV_RETURN_IF_ERROR(kernels::CheckSize("diff.slots", diff.slots.size(), entries));
-  FREEKV_RETURN_IF_ERROR(kernels::CheckSize("resident", resident_size, entries));
+  FREEKV_RETURN_IF_ERROR(
+      kernels::CheckSize("resident", resident_size, lists * layout.capacity()));
   if (head_mask_size != 0) {
     FREEKV_RETURN_IF_ERROR(kernels::CheckSize("heads.flags", head_mask_size, lists));
   }
@@ -60,14 +66,14 @@ absl::Status ApplyRecallRef(absl::Span<const BFloat16> slot, const RecallDiff& d
                             const ResidentLayout& layout, absl::Span<int32_t> resident) {
   FREEKV_RETURN_IF_ERROR(CheckApplyShapes(slot.size(), diff, heads.flags.size(), pool,
                                           layout, resident.size()));
-  const int32_t k = layout.selected;
+  const int32_t k = layout.selected, capacity = layout.capacity();
   const int64_t row = pool.head_dim, half = int64_t{pool.page_tokens} * row;
   for (size_t list = 0; list < diff.counts.size(); ++list) {
     if (!heads.covers(list)) continue;
     const int32_t seq = list / pool.num_kv_heads, head = list % pool.num_kv_heads;
     for (int32_t j = 0; j < std::min(diff.counts[list], k); ++j) {
       const int32_t s = diff.slots[list * k + j];
-      if (s < 0 || s >= k) {
+      if (s < 0 || s >= capacity) {
         return absl::InvalidArgumentError(absl::StrCat("diff slot ", s, " out of range"));
       }
       const BFloat16* src = slot.data() + (list * k + j) * 2 * half;
@@ -77,7 +83,7 @@ absl::Status ApplyRecallRef(absl::Span<const BFloat16> slot, const RecallDiff& d
         std::copy_n(src + t * row, row, pool.k + dst);
         std::copy_n(src + half + t * row, row, pool.v + dst);
       }
-      resident[list * k + s] = diff.pages[list * k + j];
+      resident[list * capacity + s] = diff.pages[list * k + j];
     }
   }
   return absl::OkStatus();

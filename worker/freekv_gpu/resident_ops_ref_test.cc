@@ -106,6 +106,45 @@ TEST(ApplyRecallRef, RefusesMismatchedShapesAndBadSlots) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// With a resident cache a list has capacity() slots, of which the diff names any: a
+// slot past `selected` is pool page sink + slot, and the resident table is
+// [lists][capacity]. A slot past the capacity is refused.
+TEST(ApplyRecallRef, ACacheSlotPastTheSelectedOnesIsAPoolPageAndAResidentEntry) {
+  std::mt19937 rng(13);
+  const ResidentLayout cached{1, 2, 1, 2};  // 6 pool pages per sequence, 4 slots
+  const int64_t page_elems = int64_t{kTokens} * kHeads * kDim;
+  const int32_t pages = kSeqs * cached.pages_per_seq();
+  std::vector<BFloat16> data = RandomVector<BFloat16>(rng, 2 * page_elems * pages);
+  const kernels::PagedKv<BFloat16> view{data.data(), data.data() + page_elems,
+                                        2 * page_elems, pages, kTokens, kHeads, kDim};
+  const size_t slice = 2 * kTokens * kDim, entries = kSeqs * kHeads * cached.selected;
+  const std::vector<BFloat16> slot = RandomVector<BFloat16>(rng, entries * slice);
+  // List (1, 0) recalls page 40 into cache slot 3 (entry 4); the others nothing.
+  const std::vector<int32_t> recall_pages = {-1, -1, -1, -1, 40, -1, -1, -1};
+  std::vector<int32_t> slots = {-1, -1, -1, -1, 3, -1, -1, -1};
+  const std::vector<int32_t> counts = {0, 0, 1, 0};
+  std::vector<int32_t> resident(kSeqs * kHeads * cached.capacity(), -1);
+  ASSERT_TRUE(ApplyRecallRef(slot, {recall_pages, slots, counts}, {}, view, cached,
+                             absl::MakeSpan(resident))
+                  .ok());
+  std::vector<int32_t> want(resident.size(), -1);
+  want[2 * cached.capacity() + 3] = 40;
+  EXPECT_EQ(resident, want);
+  const int32_t pool_page = cached.selected_page(1, 3);
+  EXPECT_EQ(pool_page, cached.pages_per_seq() + 1 + 3);
+  for (int32_t t = 0; t < kTokens; ++t) {
+    const int64_t off = view.offset(pool_page, t, 0);
+    EXPECT_TRUE(SameRow(view.k + off, slot.data() + 4 * slice + t * kDim)) << "K " << t;
+    EXPECT_TRUE(SameRow(view.v + off, slot.data() + 4 * slice + (kTokens + t) * kDim))
+        << "V " << t;
+  }
+  slots[4] = cached.capacity();
+  EXPECT_EQ(ApplyRecallRef(slot, {recall_pages, slots, counts}, {}, view, cached,
+                           absl::MakeSpan(resident))
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(AppendKvRef, WritesTheNewTokenOfEverySequenceAndNothingElse) {
   std::mt19937 rng(13);
   Pool pool = RandomPool(rng);
