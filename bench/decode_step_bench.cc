@@ -3,6 +3,8 @@
 // full, oracle, freekv and blocking (worker/freekv_gpu/gpu_decoder.h) over contexts
 // and batches. freekv and blocking recall from the real kvservice process over CUDA
 // IPC; its pinned store holds every page of every (sequence, layer) of the row.
+// A policy labelled -cache (freekv-cache, blocking-cache) keeps --resident_cache pages
+// per head resident beyond the 32 it attends (gpu::ResidentLayout::cache).
 //
 // Layers: as many of the model's 32 as the host store (--store_gib) holds for the
 // row's batch x context, the same for every policy of the row (the table says how
