@@ -39,7 +39,7 @@ absl::Status GpuDecoder::Impl::InitGeneration(absl::Span<const int32_t> first_fo
                                        6 * size_t(g->prefill_capacity / P) + 16);
   FREEKV_RETURN_IF_ERROR(Assign(kernels::PinnedBuffer::Allocate(ints * 4), &g->staging));
   FREEKV_RETURN_IF_ERROR(Assign(kernels::DeviceBuffer::Allocate(ints * 4), &g->uploads));
-  if (shape.sparse && !shape.over_full) {
+  if (shape.resident()) {
     g->resident.assign(size_t(shape.lists()) * options.layout.capacity(), -1);
   }
   if (NeedsSession(options)) {

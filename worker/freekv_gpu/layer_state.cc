@@ -75,7 +75,7 @@ absl::StatusOr<LayerState> LayerState::Create(const StateShape& s, bool recalls,
   // resident pool's sink and window pages get the same values whatever the slots
   // between them (a run with a resident cache attends the pages one without does).
   const absl::Span<BFloat16> all = l.pool.span<BFloat16>();
-  if (!s.sparse || s.over_full) {
+  if (!s.resident()) {
     FREEKV_RETURN_IF_ERROR(FillUniformCuda(all, seed, 1.0f, stream));
   } else {
     const ResidentLayout& lay = s.layout;

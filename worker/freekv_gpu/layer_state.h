@@ -25,9 +25,11 @@ struct StateShape {
   int32_t full_pages = 0;    // full: pool pages per sequence
 
   int32_t lists() const { return batch * kv_heads; }
+  // A ResidentLayout pool (sinks, slots, a window ring) rather than a full one.
+  bool resident() const { return sparse && !over_full; }
   int64_t page_elems() const { return int64_t{page_tokens} * kv_heads * head_dim; }
   int64_t pool_pages() const {
-    return int64_t{batch} * (sparse && !over_full ? layout.pages_per_seq() : full_pages);
+    return int64_t{batch} * (resident() ? layout.pages_per_seq() : full_pages);
   }
 };
 
