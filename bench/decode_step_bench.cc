@@ -285,6 +285,9 @@ void PrintTable(const std::vector<Row>& rows) {
     }
     const bool recalls = absl::StartsWith(r.policy, "freekv") ||
                          absl::StartsWith(r.policy, "blocking");
+    // Only a freekv row that recalls counts its corrections (the driver does).
+    const bool corrects =
+        absl::StartsWith(r.policy, "freekv") && !absl::StrContains(r.policy, "-norecall");
     std::printf("| %ldK | %d | %d | %s | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s | %.3f "
                 "| %.1f | %.2f | %.0f | %.1f%% |\n",
                 long(r.context / 1024), r.batch, r.layers, r.policy.c_str(), s.step_ms,
@@ -294,8 +297,7 @@ void PrintTable(const std::vector<Row>& rows) {
                         : "-",
                 recalls ? absl::StrFormat("%.0f", s.slices_per_step).c_str() : "-",
                 recalls ? absl::StrFormat("%.3f", s.reply_ms).c_str() : "-",
-                absl::StartsWith(r.policy, "freekv") ? absl::StrFormat("%.1f%%", 100 * s.corrected).c_str()
-                                     : "-",
+                corrects ? absl::StrFormat("%.1f%%", 100 * s.corrected).c_str() : "-",
                 s.wall_ms, r.kv_bytes / (1 << 30), r.kv_bytes / gpu_bytes,
                 1e3 * r.batch / s.step_ms, 100 * s.enqueue_ms / s.step_ms);
   }
