@@ -44,6 +44,12 @@ absl::Status GpuDecoder::Impl::TakeAttendSlots(int layer, const StepInputs& in) 
   const ResidentLayout& lay = options.layout;
   const absl::Span<int32_t> dev = inputs.span<int32_t>();
   const int32_t lists = in.num_lists();
+  // A row may be a step old (the speculation's) and name one page fewer than the table
+  // has places: the place it leaves keeps what the host or an earlier layer wrote.
+  // That happens only while a sequence has at most `selected` candidates, which real
+  // decoding keeps in slots by position (PromotionsAt): every layer's row then names
+  // the same slots, 0 to candidates - 1, so whoever wrote the place wrote the newest
+  // candidate's slot. The synthetic decode always has more candidates than `selected`.
   return SelectedToTableCuda(layers[layer].attend.span<const int32_t>(), lay.selected,
                              model->config().num_kv_heads,
                              {lay.pages_per_seq(), lay.sink, lay.capacity()},

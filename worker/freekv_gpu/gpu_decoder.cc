@@ -203,22 +203,23 @@ absl::StatusOr<std::unique_ptr<GpuDecoder::Impl>> GpuDecoder::Impl::Create(
   }
   FREEKV_RETURN_IF_ERROR(CheckResidentLayout(options.layout));
   if (options.layout.cache > 0 && Recalls(options.policy)) {
-    // Real decoding promotes pages leaving the window into slots [0, selected) and
-    // attends them by position (step_inputs.h PromotionsAt), which a cache would break.
-    if (options.real()) {
+    // The select kernel's limit (kernels/select.h), checked here to fail early.
+    if (options.layout.capacity() > 1024) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "a resident cache (layout.cache ", options.layout.cache,
-          ") serves the synthetic decode only; real decoding needs cache 0"));
+          "a resident cache allows at most 1024 slots per head; the layout has ",
+          options.layout.capacity()));
     }
-    // Every selection then fills all `selected` places of a list, so the table never
-    // keeps an earlier layer's slot where a selection names none.
+    // Real decoding promotes each page leaving the window into its slot by position
+    // while every candidate fits the slots (PromotionsAt), so a sequence with at most
+    // `selected` candidates finds them all by position. The synthetic decode promotes
+    // nothing: its pages come by recall alone, so it starts with every place of the
+    // selection filled.
     const PageSplit first = SplitAt(options.context, options.page_tokens, options.layout);
-    if (first.candidates < options.layout.selected || options.layout.capacity() > 1024) {
+    if (!options.real() && first.candidates < options.layout.selected) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "a resident cache needs at least ", options.layout.selected,
-          " candidate pages from the first step and at most 1024 slots; context ",
-          options.context, " gives ", first.candidates, " candidates and the layout ",
-          options.layout.capacity(), " slots"));
+          "the synthetic decode with a resident cache needs at least ",
+          options.layout.selected, " candidate pages from the first step; context ",
+          options.context, " gives ", first.candidates));
     }
   }
   if (NeedsSession(options)) {

@@ -51,8 +51,8 @@ struct GpuDecoderOptions {
   int32_t layers = 1;           // the model's first `layers` layers
   int64_t context = 0;          // tokens before the first decode step
   int32_t max_steps = 64;       // sizes the digest tables and the full pool
-  // 16 sink + 32 selected + 16 window pages; layout.cache > 0 (freekv and blocking on
-  // the synthetic decode only) keeps that many more pages per head resident.
+  // 16 sink + 32 selected + 16 window pages; layout.cache > 0 (freekv and blocking)
+  // keeps that many more pages per head resident.
   ResidentLayout layout;
   float tau = 0.8f;             // correction threshold
   float drift = 0.05f;          // step-to-step change of the decode input

@@ -297,8 +297,8 @@ TEST(GpuDecoderCreate, RefusesARecallingPolicyWithoutASession) {
 }
 
 // A resident cache is refused where it cannot work, before anything needs a session:
-// real decoding (slots by position), a context with fewer candidates than the
-// selection fills, a negative cache.
+// a synthetic context with fewer candidates than the selection fills, more slots than
+// the select kernel takes, a negative cache.
 TEST(GpuDecoderCreate, RefusesAResidentCacheWhereItCannotServe) {
   const ModelWeights weights = Must(RandomModelWeights(TinyConfig(), {}));
   auto model = Must(GpuLlama::Create(weights, 1));
@@ -314,9 +314,9 @@ TEST(GpuDecoderCreate, RefusesAResidentCacheWhereItCannotServe) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_TRUE(absl::StrContains(s.message(), says)) << s;
   };
-  GpuDecoderOptions real = options;
-  real.prompt_lengths = {int64_t{kPages} * 32};
-  expect_refused(real, "synthetic decode only");
+  GpuDecoderOptions huge = options;
+  huge.layout.cache = 1025 - huge.layout.selected;
+  expect_refused(huge, "at most 1024 slots");
   GpuDecoderOptions short_context = options;
   short_context.context = 8 * 32;  // 9 pages: 2 sinks, 2 window pages, 5 candidates
   short_context.layout.selected = 6;  // more than the 5

@@ -15,13 +15,13 @@ PrefillPlan PlanPrefill(const PagePlanShape& shape, int32_t b, int64_t tokens) {
   // The split as the last prompt token left it: the prompt's pages, the last one
   // maybe partial.
   const PageSplit split = SplitAt(tokens - 1, shape.page_tokens, lay);
-  const bool fits = split.candidates <= lay.selected;
+  const bool fits = split.candidates <= lay.capacity();
   PrefillPlan plan;
   for (int64_t p = 0; p < split.pages; ++p) {
     int32_t to = -1;
     if (!shape.resident() || p < split.sink_end || p >= split.window_begin) {
       to = shape.pool_page(b, p);
-    } else if (fits) {  // a candidate the slots can all hold: slot p - sink
+    } else if (fits) {  // a candidate the slots (cache included) all hold: slot p - sink
       const int32_t slot = static_cast<int32_t>(p - lay.sink);
       to = lay.selected_page(b, slot);
       for (int32_t h = 0; h < shape.num_kv_heads; ++h) {

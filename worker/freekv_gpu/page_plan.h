@@ -2,7 +2,8 @@
 // that the host plans, as plain lists the GPU then acts on:
 //   PlanPrefill   where a prompt's pages go once its prefill is done: sink and window
 //                 pages into the decode pool, candidates into slots while the sequence
-//                 fits the budget, and which full pages are digested and offloaded;
+//                 fits the slots (the budget's and a resident cache's), and which full
+//                 pages are digested and offloaded;
 //   StepJobs      around decode step t: ring pages promoted into slots before the step
 //                 (step_inputs.h PromotionsAt) and the pages the step fills, digested
 //                 and offloaded after it.

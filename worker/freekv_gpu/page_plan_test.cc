@@ -2,7 +2,9 @@
 // CPU with the kernels' CPU references, in the order real GPU decoding runs them
 // (generation.cc, generation_step.cc): prefill placement, then per step promotions,
 // a selection recalled from the pages stored so far (ApplyRecallRef, or the oracle's
-// SelectedToTableRef), the append, attention's page table, the filled pages stored.
+// SelectedToTableRef), with a resident cache the selection's slots written into the
+// table (SelectedToTableRef, as TakeAttendSlots does), the append, attention's page
+// table, the filled pages stored.
 // Every element of K and V carries a tag naming its (sequence, logical page, token,
 // head, K or V), so a page in the wrong place, a token missing from a page, or a page
 // stored from the wrong pool page fails the test where it happens.
@@ -86,7 +88,7 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
     }
     pool_ = {pool_data_.data(), pool_data_.data() + page_elems, 2 * page_elems, pages, kPage,
              kHeads, kHeadDim};
-    resident_.assign(size_t(batch_) * kHeads * c.layout.selected, -1);
+    resident_.assign(size_t(batch_) * kHeads * c.layout.capacity(), -1);
   }
 
   const kernels::PagedKv<const BFloat16> Const() const {
@@ -172,10 +174,10 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
 
   // Recalls what the picks lack, from the pages stored so far, into the slots the
   // selection's diff (kernels/select.h ResidentDiffRef) names, as the driver's apply
-  // does.
-  void Recall(const std::vector<PageSplit>& splits,
-              const std::vector<std::vector<int32_t>>& picks) {
-    const int32_t k = shape_.layout.selected;
+  // does. Returns the diff's attend slots ([list][k]).
+  std::vector<int32_t> Recall(const std::vector<PageSplit>& splits,
+                              const std::vector<std::vector<int32_t>>& picks) {
+    const int32_t k = shape_.layout.selected, capacity = shape_.layout.capacity();
     const size_t lists = picks.size();
     std::vector<int32_t> begin, count;
     int32_t most = 1;
@@ -186,23 +188,29 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
     }
     // Equal scores: victims are empty slots, then unpicked pages, lowest slot first.
     const std::vector<float> scores(lists * most, 0.0f);
-    std::vector<int32_t> pages(lists * k), slots(lists * k), counts(lists);
-    ASSERT_TRUE(kernels::ResidentDiffRef(Selected(picks), resident_, k, scores, kHeads,
+    std::vector<int32_t> pages(lists * k), slots(lists * k), counts(lists), attend(lists * k);
+    EXPECT_TRUE(kernels::ResidentDiffRef(Selected(picks), resident_, capacity, scores, kHeads,
                                          {begin, count, most}, k, {},
                                          {absl::MakeSpan(pages), absl::MakeSpan(slots),
-                                          absl::MakeSpan(counts)})
+                                          absl::MakeSpan(counts), absl::MakeSpan(attend)})
                     .ok());
     const int64_t half = int64_t{kPage} * kHeadDim;
     const int64_t page_elems = int64_t{kPage} * kHeads * kHeadDim;
     std::vector<BFloat16> staging(lists * k * 2 * half);
     for (size_t list = 0; list < lists; ++list) {
       const int32_t b = static_cast<int32_t>(list / kHeads), h = list % kHeads;
-      // A sequence within the budget keeps every page on the GPU: nothing to recall.
-      if (splits[b].candidates <= k) EXPECT_EQ(counts[list], 0) << "sequence " << b;
+      // A sequence whose candidates the slots (a cache's included) all hold keeps every
+      // page on the GPU: nothing to recall.
+      if (splits[b].candidates <= capacity) {
+        EXPECT_EQ(counts[list], 0) << "sequence " << b;
+      }
       for (int32_t j = 0; j < counts[list]; ++j) {
         const int32_t p = pages[list * k + j];
-        ASSERT_TRUE(store_.count({b, p})) << "sequence " << b << " page " << p
-                                          << " is picked but was never stored";
+        if (!store_.count({b, p})) {
+          ADD_FAILURE() << "sequence " << b << " page " << p
+                        << " is picked but was never stored";
+          return {};
+        }
         const std::vector<BFloat16>& page = store_[{b, p}];
         for (int32_t t = 0; t < kPage; ++t) {
           for (int32_t which = 0; which < 2; ++which) {
@@ -212,9 +220,10 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
         }
       }
     }
-    ASSERT_TRUE(ApplyRecallRef(staging, {pages, slots, counts}, {}, pool_, shape_.layout,
+    EXPECT_TRUE(ApplyRecallRef(staging, {pages, slots, counts}, {}, pool_, shape_.layout,
                                absl::MakeSpan(resident_))
                     .ok());
+    return attend;
   }
 
   void Step(int32_t t) {
@@ -242,8 +251,9 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
     std::vector<PageSplit> splits;
     for (int64_t pos : positions) splits.push_back(SplitAt(pos, kPage, c.layout));
     const std::vector<std::vector<int32_t>> picks = Pick(splits);
-    if (shape_.resident()) Recall(splits, picks);
-    if (HasFatalFailure()) return;
+    const std::vector<int32_t> attend =
+        shape_.resident() ? Recall(splits, picks) : std::vector<int32_t>{};
+    if (HasFailure()) return;
 
     const StepShape step = StepShapeAt(shape_, positions, t);
     absl::StatusOr<StepInputs> built = StepInputs::Build(step);
@@ -254,6 +264,14 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
       ASSERT_TRUE(SelectedToTableRef(
                       Selected(picks), c.layout.selected, kHeads,
                       SeqPages::Full(shape_.full_pages),
+                      absl::MakeConstSpan(in).subspan(s.selected_start_at(), s.num_lists()),
+                      absl::MakeSpan(in).subspan(s.indices_at(), s.indices_size()))
+                      .ok());
+    }
+    if (shape_.resident() && c.layout.cache > 0) {
+      const ResidentLayout& lay = c.layout;
+      ASSERT_TRUE(SelectedToTableRef(
+                      attend, lay.selected, kHeads, {lay.pages_per_seq(), lay.sink, lay.capacity()},
                       absl::MakeConstSpan(in).subspan(s.selected_start_at(), s.num_lists()),
                       absl::MakeSpan(in).subspan(s.indices_at(), s.indices_size()))
                       .ok());
@@ -290,13 +308,13 @@ class PagePlanReplay : public ::testing::TestWithParam<Case> {
     for (int32_t list = 0; list < s.num_lists(); ++list) {
       const int32_t b = per_head ? list / kHeads : list;
       const PageSplit& sp = splits[b];
-      // Sinks, the selected pages (in slot order for a resident pool: the slots the
-      // picks landed in), the window.
+      // Sinks, the selected pages (in slot order for a resident pool without a cache:
+      // the slots the picks landed in; the picks' order with one), the window.
       std::vector<int32_t> want;
       for (int32_t p = 0; p < sp.sink_end; ++p) want.push_back(p);
       if (!per_head) {
         for (int64_t p = sp.sink_end; p < sp.window_begin; ++p) want.push_back(p);
-      } else if (shape_.resident()) {
+      } else if (shape_.resident() && shape_.layout.cache == 0) {
         const int32_t* row = &resident_[size_t(list) * shape_.layout.selected];
         std::vector<int32_t> held(row, row + sp.slots);
         want.insert(want.end(), held.begin(), held.end());
@@ -334,11 +352,11 @@ TEST_P(PagePlanReplay, EveryStepReadsTheRightTokens) {
   const Case& c = GetParam();
   for (int32_t b = 0; b < batch_; ++b) {
     Prefill(b, c.prompts[b]);
-    if (HasFatalFailure()) return;
+    if (HasFailure()) return;
   }
   for (int32_t t = 0; t < c.steps; ++t) {
     Step(t);
-    if (HasFatalFailure()) return;
+    if (HasFailure()) return;  // the first step that went wrong says the most
   }
   // Every full page past the sinks reached the store once, whatever the policy.
   if (!c.sparse) return;
@@ -360,6 +378,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"two_sinks", {2, 3, 3}, true, false, {5, 8, 23, 40}, 30},
                       Case{"window_only", {1, 1, 13}, true, false, kPrompts, 14},
                       Case{"oracle_over_full", {1, 2, 2}, true, true, kPrompts, 28},
+                      // A resident cache: slots by position while the candidates fit
+                      // all 5 (or 4), then recalls evict beyond them.
+                      Case{"small_budget_cached", {1, 2, 2, 3}, true, false, kPrompts, 28},
+                      Case{"two_sinks_cached", {2, 3, 3, 1}, true, false, {5, 8, 23, 40}, 30},
                       Case{"full", {1, 2, 2}, false, false, kPrompts, 28}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 

@@ -30,7 +30,7 @@ std::vector<int64_t> PromotionsAt(absl::Span<const int64_t> positions, int32_t p
   for (size_t b = 0; b < positions.size(); ++b) {
     if (positions[b] % page_tokens != 0) continue;  // no page starts: none leaves
     const int64_t leaving = positions[b] / page_tokens - layout.window;
-    if (leaving >= layout.sink && leaving - layout.sink < layout.selected) out[b] = leaving;
+    if (leaving >= layout.sink && leaving - layout.sink < layout.capacity()) out[b] = leaving;
   }
   return out;
 }

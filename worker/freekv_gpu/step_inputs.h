@@ -14,9 +14,11 @@
 //   kFull      one list per sequence over a pool of full_pages_per_seq pages per
 //              sequence (page p of sequence b at b * full_pages_per_seq + p);
 //   kResident  one list per (sequence, KV head) over a ResidentLayout pool: sink
-//              pages, the first min(selected, candidates) slots (the GPU keeps slots
-//              [0, candidates) filled while candidates <= selected: see
-//              PromotionsAt), the window's ring pages oldest first;
+//              pages, the first min(selected, candidates) slots (real decoding keeps
+//              slots [0, candidates) filled while candidates <= capacity(): see
+//              PromotionsAt; with more than `selected` candidates and a resident
+//              cache, the device writes the selection's slots over them,
+//              TakeAttendSlots), the window's ring pages oldest first;
 //   kSelectedOverFull  one list per (sequence, KV head) over a full pool (the real
 //              oracle): sinks and window as pool pages of the sequence, and
 //              min(selected, candidates) places at selected_start_at() that the device
@@ -68,11 +70,13 @@ PageSplit SplitAt(int64_t position, int32_t page_tokens, const ResidentLayout& l
 int32_t PoolPageOf(bool resident, const ResidentLayout& layout, int32_t full_pages_per_seq,
                    int32_t b, int64_t p);
 
-// kResident keeps slot j = p - sink of candidate page p while candidates <= selected:
-// a page p that leaves the window at a step where it is candidate number p - sink <
-// selected is copied from its ring page into that slot before the step's append
-// overwrites the ring page (which happens at the same step). Returns the logical page
-// each sequence promotes at the step whose new token is at positions[b], or -1.
+// kResident keeps slot j = p - sink of candidate page p while candidates <=
+// layout.capacity() (selected + cache): a page p that leaves the window at a step where
+// it is candidate number p - sink < capacity() is copied from its ring page into that
+// slot before the step's append overwrites the ring page (which happens at the same
+// step). No recall happens meanwhile (every candidate is resident), so no selection
+// places a page in those slots first. Returns the logical page each sequence promotes
+// at the step whose new token is at positions[b], or -1.
 std::vector<int64_t> PromotionsAt(absl::Span<const int64_t> positions, int32_t page_tokens,
                                   const ResidentLayout& layout);
 

@@ -69,6 +69,10 @@ TEST(StepInputs, PromotionsKeepTheSlotsFilledWhileCandidatesFit) {
   EXPECT_EQ(PromotionsAt({4 * 3, 4 * 5, 4 * 3 + 1, 4 * 2}, 4, lay),
             (std::vector<int64_t>{1, -1, -1, -1}));
   EXPECT_EQ(PromotionsAt({4 * 4}, 4, lay), (std::vector<int64_t>{2}));
+  // With 2 cached slots the slots hold 4 candidates: page 3 (candidate 2) and page 4
+  // (candidate 3) are promoted too, page 5 (candidate 4) is not.
+  const ResidentLayout cached{1, 2, 2, 2};
+  EXPECT_EQ(PromotionsAt({4 * 5, 4 * 6, 4 * 7}, 4, cached), (std::vector<int64_t>{3, 4, -1}));
 }
 
 TEST(StepInputs, SelectedOverFullLeavesTheSelectionToTheDevice) {
