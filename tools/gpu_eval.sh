@@ -5,7 +5,10 @@
 # under a private MPS daemon (tools/gpu_remote.sh says why). Prints the worker's text
 # and JSON and the evaluation's tables; the same cells also run on that machine's CPU
 # with the same bf16 weights, so the two devices' agreements sit side by side.
-#   tools/gpu_eval.sh            (FREEKV_EVAL_ARGS: more flags for both evaluations)
+#   tools/gpu_eval.sh            (FREEKV_EVAL_ARGS: more flags for both evaluations;
+#                                 FREEKV_GPU_ARGS: flags for the GPU's worker and
+#                                 evaluation only, e.g. --resident_cache_pages=8;
+#                                 FREEKV_EVAL_DEVICES: default "gpu cpu")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ -f .gpu.pack/bundle.tar.xz && ! -f .gpu/manifest.tsv ]]; then
@@ -30,14 +33,17 @@ service=$!
 trap 'kill $service 2>/dev/null; echo quit | nvidia-cuda-mps-control 2>/dev/null' EXIT
 for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
 read -ra extra <<<"${FREEKV_EVAL_ARGS:-}"
+read -ra gpu_extra <<<"${FREEKV_GPU_ARGS:-}"
 status=0
-echo "=== worker --device=gpu"
+echo "=== worker --device=gpu ${gpu_extra[*]}"
 "$bin/worker/worker" --device=gpu --model="$model" --socket="$sock" --policy=freekv \
-  --prompt="Once upon a time, there was a little girl named Lily." --steps=200 --json ||
-  status=1
-for device in gpu cpu; do
-  echo "=== eval --device=$device"
+  --prompt="Once upon a time, there was a little girl named Lily." --steps=200 --json \
+  "${gpu_extra[@]}" || status=1
+for device in ${FREEKV_EVAL_DEVICES:-gpu cpu}; do
+  device_extra=()
+  [[ $device == gpu ]] && device_extra=("${gpu_extra[@]}")
+  echo "=== eval --device=$device ${device_extra[*]}"
   "$bin/worker/eval" --device="$device" --model="$model" --socket="$sock" \
-    --threads=8 "${extra[@]}" || status=1
+    --threads=8 "${extra[@]}" "${device_extra[@]}" || status=1
 done
 exit $status

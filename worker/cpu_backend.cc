@@ -1,5 +1,6 @@
 #include "worker/cpu_backend.h"
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "worker/decode_loop.h"
 
@@ -7,6 +8,11 @@ namespace freekv {
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
     const ModelWeights& weights, const BackendOptions& options) {
+  if (options.config.resident_cache_pages != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "resident_cache_pages is ", options.config.resident_cache_pages,
+        ": the resident cache is on the GPU only (use --device=gpu, or leave it 0)"));
+  }
   absl::StatusOr<PolicyBundle> bundle =
       MakePolicy(options.policy, weights.config, options.config, options.target,
                  options.client_name);

@@ -27,6 +27,7 @@ absl::Status ValidateRetrievalConfig(const RetrievalConfig& config,
         // The window holds the partial page, so every attention list ends with it.
         at_least("window_pages", config.window_pages, 1),
         at_least("selected_pages", config.selected_pages, 1),
+        at_least("resident_cache_pages", config.resident_cache_pages, 0),
         at_least("max_sequences", config.max_sequences, 1),
         at_least("stats_every", config.stats_every, 0)}) {
     if (!s.ok()) return s;

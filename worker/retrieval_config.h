@@ -30,6 +30,10 @@ struct RetrievalConfig {
   int32_t sink_pages = 1;
   int32_t window_pages = 2;    // includes the partial last page
   int32_t selected_pages = 5;  // k: selected pages per (sequence, KV head)
+  // GPU only: pages per (sequence, KV head) kept resident beyond the selected ones, so
+  // that a page that drops out of the selection and comes back needs no recall. What
+  // is attended does not change (worker/freekv_gpu/resident_ops.h).
+  int32_t resident_cache_pages = 0;
   // Correction threshold: a KV head group whose mean cos(q_t, q_{t-1}) falls below tau
   // is selected again with q_t before attention. Values above 1 flag every group,
   // values below -1 none.

@@ -11,6 +11,10 @@ ABSL_FLAG(int32_t, window_pages, 2,
 ABSL_FLAG(
     int32_t, selected_pages, 5,
     "Pages selected per sequence and KV head among those between sinks and window.");
+ABSL_FLAG(int32_t, resident_cache_pages, 0,
+          "--device=gpu: pages per sequence and KV head kept on the GPU beyond the selected "
+          "ones, so that a page that leaves the selection and comes back is not recalled "
+          "again (attention reads the same pages; costs GPU memory).");
 ABSL_FLAG(float, tau, 0.8f,
           "Correction threshold: KV head groups whose query similarity to the previous "
           "step falls below it are selected again before attention.");
@@ -30,6 +34,7 @@ absl::StatusOr<RetrievalConfig> RetrievalConfigFromFlags(const ModelConfig& mode
   c.sink_pages = absl::GetFlag(FLAGS_sink_pages);
   c.window_pages = absl::GetFlag(FLAGS_window_pages);
   c.selected_pages = absl::GetFlag(FLAGS_selected_pages);
+  c.resident_cache_pages = absl::GetFlag(FLAGS_resident_cache_pages);
   c.tau = absl::GetFlag(FLAGS_tau);
   c.stats_every = absl::GetFlag(FLAGS_stats_every);
   absl::StatusOr<std::vector<int>> layers =

@@ -68,6 +68,8 @@ TEST(WorkerCliTest, BadFlagsGiveClearErrors) {
       {"--policy=oracle --prompt=x --full_layers=9", "--full_layers names layer 9"},
       {"--policy=oracle --prompt=x --full_layers=1,b", "--full_layers: layer list"},
       {"--policy=oracle --prompt=x --tau=nan", "--tau is nan"},
+      {"--policy=oracle --prompt=x --resident_cache_pages=-1",
+       "--resident_cache_pages is -1; it must be >= 0"},
       {"--policy=freekv --prompt=x --socket=",
        "keeps pages in the kvservice: give --socket"},
       {"--device=tpu --policy=full --prompt=x",
@@ -78,6 +80,13 @@ TEST(WorkerCliTest, BadFlagsGiveClearErrors) {
     EXPECT_EQ(r.exit_code, 2) << flags << "\n" << r.output;
     EXPECT_NE(r.output.find(message), std::string::npos) << flags << "\n" << r.output;
   }
+  // The device's backend refuses what it cannot serve, as the run's error (exit 1).
+  const Result cache = RunWorker("--policy=oracle --prompt=x --resident_cache_pages=4");
+  EXPECT_EQ(cache.exit_code, 1) << cache.output;
+  EXPECT_NE(cache.output.find("INVALID_ARGUMENT: resident_cache_pages is 4: the resident "
+                              "cache is on the GPU only"),
+            std::string::npos)
+      << cache.output;
   const Result model =
       RunWorker("--policy=full --prompt=x --model=/nonexistent/model.bin");
   EXPECT_EQ(model.exit_code, 2) << model.output;
