@@ -8,10 +8,10 @@ namespace freekv {
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
     const ModelWeights& weights, const BackendOptions& options) {
-  if (options.config.resident_cache_pages != 0) {
+  if (options.config.resident_cache_pages > 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "resident_cache_pages is ", options.config.resident_cache_pages,
-        ": the resident cache is on the GPU only (use --device=gpu, or leave it 0)"));
+        ": the resident cache is on the GPU only (use --device=gpu, or leave it -1 or 0)"));
   }
   absl::StatusOr<PolicyBundle> bundle =
       MakePolicy(options.policy, weights.config, options.config, options.target,

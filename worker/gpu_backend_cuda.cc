@@ -59,7 +59,7 @@ absl::StatusOr<GpuGenerateOptions> GenerateOptionsFor(const BackendOptions& opti
   o.layout.sink = c.sink_pages;
   o.layout.selected = c.selected_pages;
   o.layout.window = c.window_pages;
-  o.layout.cache = c.resident_cache_pages;
+  o.layout.cache = c.gpu_cache_pages();
   o.tau = c.tau;
   return o;
 }

@@ -179,10 +179,11 @@ TEST_F(GpuBackendTest, SmallBudgetFreekvStaysCloseToFull) {
 // near ties of bf16 sums taken in another page order) and recalls fewer pages.
 TEST_F(GpuBackendTest, AResidentCacheAttendsTheSamePagesAndRecallsFewer) {
   const EvalContext context = Context(192);
-  RetrievalConfig cached = SmallBudget();
+  RetrievalConfig uncached = SmallBudget(), cached = SmallBudget();
+  uncached.resident_cache_pages = 0;
   cached.resident_cache_pages = 8;
   for (PolicyKind policy : {PolicyKind::kFreeKv, PolicyKind::kBlocking}) {
-    auto plain = Backend(Device::kGpu, policy, SmallBudget());
+    auto plain = Backend(Device::kGpu, policy, uncached);
     auto with_cache = Backend(Device::kGpu, policy, cached);
     ASSERT_TRUE(plain && with_cache);
     absl::StatusOr<Reference> reference = RunReference(*plain, context);

@@ -27,10 +27,14 @@ absl::Status ValidateRetrievalConfig(const RetrievalConfig& config,
         // The window holds the partial page, so every attention list ends with it.
         at_least("window_pages", config.window_pages, 1),
         at_least("selected_pages", config.selected_pages, 1),
-        at_least("resident_cache_pages", config.resident_cache_pages, 0),
         at_least("max_sequences", config.max_sequences, 1),
         at_least("stats_every", config.stats_every, 0)}) {
     if (!s.ok()) return s;
+  }
+  if (config.resident_cache_pages < RetrievalConfig::kAutoCache) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "resident_cache_pages is ", config.resident_cache_pages,
+        "; it must be >= 0, or -1 for as many as selected_pages on the GPU"));
   }
   if (config.page_tokens > 4096) {
     return absl::InvalidArgumentError(

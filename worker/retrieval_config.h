@@ -32,8 +32,10 @@ struct RetrievalConfig {
   int32_t selected_pages = 5;  // k: selected pages per (sequence, KV head)
   // GPU only: pages per (sequence, KV head) kept resident beyond the selected ones, so
   // that a page that drops out of the selection and comes back needs no recall. What
-  // is attended does not change (worker/freekv_gpu/resident_ops.h).
-  int32_t resident_cache_pages = 0;
+  // is attended does not change (worker/freekv_gpu/resident_ops.h). kAutoCache: as
+  // many as selected_pages on the GPU, none on the CPU.
+  static constexpr int32_t kAutoCache = -1;
+  int32_t resident_cache_pages = kAutoCache;
   // Correction threshold: a KV head group whose mean cos(q_t, q_{t-1}) falls below tau
   // is selected again with q_t before attention. Values above 1 flag every group,
   // values below -1 none.
@@ -47,6 +49,10 @@ struct RetrievalConfig {
   int32_t stats_every = 16;
 
   bool IsFullLayer(int layer) const;
+  // The resident cache a GPU decode keeps (resident_cache_pages, kAutoCache resolved).
+  int32_t gpu_cache_pages() const {
+    return resident_cache_pages == kAutoCache ? selected_pages : resident_cache_pages;
+  }
   // Tokens of attention budget per (sequence, KV head) once the context is long.
   int32_t budget_tokens() const {
     return (sink_pages + window_pages + selected_pages) * page_tokens;

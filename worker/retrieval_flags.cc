@@ -11,10 +11,11 @@ ABSL_FLAG(int32_t, window_pages, 2,
 ABSL_FLAG(
     int32_t, selected_pages, 5,
     "Pages selected per sequence and KV head among those between sinks and window.");
-ABSL_FLAG(int32_t, resident_cache_pages, 0,
+ABSL_FLAG(int32_t, resident_cache_pages, -1,
           "--device=gpu: pages per sequence and KV head kept on the GPU beyond the selected "
           "ones, so that a page that leaves the selection and comes back is not recalled "
-          "again (attention reads the same pages; costs GPU memory).");
+          "again (attention reads the same pages; costs GPU memory). -1: as many as "
+          "--selected_pages on the GPU, none on the CPU (which has no cache).");
 ABSL_FLAG(float, tau, 0.8f,
           "Correction threshold: KV head groups whose query similarity to the previous "
           "step falls below it are selected again before attention.");

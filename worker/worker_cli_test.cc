@@ -68,8 +68,9 @@ TEST(WorkerCliTest, BadFlagsGiveClearErrors) {
       {"--policy=oracle --prompt=x --full_layers=9", "--full_layers names layer 9"},
       {"--policy=oracle --prompt=x --full_layers=1,b", "--full_layers: layer list"},
       {"--policy=oracle --prompt=x --tau=nan", "--tau is nan"},
-      {"--policy=oracle --prompt=x --resident_cache_pages=-1",
-       "--resident_cache_pages is -1; it must be >= 0"},
+      {"--policy=oracle --prompt=x --resident_cache_pages=-2",
+       "--resident_cache_pages is -2; it must be >= 0, or -1 for as many as "
+       "selected_pages on the GPU"},
       {"--policy=freekv --prompt=x --socket=",
        "keeps pages in the kvservice: give --socket"},
       {"--device=tpu --policy=full --prompt=x",
@@ -118,6 +119,7 @@ TEST(WorkerCliTest, OracleRunPrintsTextAndJson) {
   EXPECT_EQ(r.field("policy"), "\"oracle\"");
   EXPECT_EQ(r.field("device"), "\"cpu\"");
   EXPECT_EQ(r.field("tokens"), "12");
+  EXPECT_EQ(r.field("resident_cache_pages"), "0");  // the default (-1) is GPU only
   EXPECT_EQ(r.field("offloaded_pages"), "null");  // the CPU does not count them
   EXPECT_NE(r.field("correction_rate_per_layer"), "null");
   EXPECT_EQ(r.field("pages_recalled"), "0");  // the oracle keeps every page

@@ -173,11 +173,14 @@ absl::Status Run(Setup& setup) {
   if (absl::GetFlag(FLAGS_json)) {
     const std::string json = absl::StrFormat(
         "{\"policy\":\"%s\",\"device\":\"%s\",\"sequences\":%d,\"tokens\":%d,"
-        "\"tokens_per_s\":%s,\"prefill_s\":%s,\"decode_s\":%s,\"budget_tokens\":%d,%s,"
+        "\"tokens_per_s\":%s,\"prefill_s\":%s,\"decode_s\":%s,\"budget_tokens\":%d,"
+        "\"resident_cache_pages\":%d,%s,"
         "\"token_ids\":[%s]}",
         PolicyKindName(setup.kind), device, n, n * setup.steps, JsonNumber(tokens_per_s),
         JsonNumber(stats.prefill_seconds), JsonNumber(stats.decode_seconds),
-        setup.config.budget_tokens(), StatsJson(stats), absl::StrJoin(ids, ","));
+        setup.config.budget_tokens(),
+        setup.device == Device::kGpu ? setup.config.gpu_cache_pages() : 0, StatsJson(stats),
+        absl::StrJoin(ids, ","));
     std::printf("%s\n", json.c_str());
   }
   return absl::OkStatus();
