@@ -17,7 +17,14 @@
 //     and timed until the last reply (so gRPC and the service's bookkeeping count),
 //     per --service_methods.
 // Every row checks sampled blocks bit for bit before it reports. Prints one markdown
-// table (what bench/RESULTS.md records). Single-threaded apart from the store fill.
+// table (what bench/RESULTS.md records).
+//
+// Then the latency of one recall, what a corrected head waits for per layer: on each
+// kvservice row's session, requests of --latency_slices scattered slices sent one at a
+// time (Recall, then Wait for the reply), p50 and p99 over 60 of them, against the p50
+// of a synchronous in-process pinned H2D copy of the same bytes (contiguous) measured
+// in the same run: what the round trip adds to the copy it carries. Single-threaded
+// apart from the store fill and the kvservice.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -28,6 +35,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/cuda_kv_client.h"
@@ -40,12 +48,16 @@ ABSL_FLAG(int32_t, store_gib, 4, "GiB of store the blocks are scattered over.");
 ABSL_FLAG(int32_t, layers, 32, "Layers per step (one recall request each).");
 ABSL_FLAG(int32_t, slices, 256, "16 KiB (page, head) slices per layer per step.");
 ABSL_FLAG(int32_t, steps, 20, "Timed steps per row (after 3 untimed ones).");
+ABSL_FLAG(bool, in_process, true, "Run the in-process rows.");
+ABSL_FLAG(std::string, latency_slices, "1,16,64,256",
+          "Slices per request of the latency rows (one request in flight); empty: none.");
 ABSL_FLAG(std::string, service_methods,
           "gather/8:prefetch=0,gather/8,gather/12,split/8,split/12,split/12:share=0.25,"
           "split/14:share=0.25,batch/2",
-          "kvservice rows, METHOD/N[:share=S][:prefetch=KIB] each (a kvservice per row): "
-          "gather or split with N threads, or batch over N streams; share and prefetch "
-          "set --cuda_direct_share and --cuda_gather_prefetch_kib.");
+          "kvservice rows, METHOD/N[:share=S][:piece=KIB][:prefetch=KIB] each (a kvservice "
+          "per row): gather or split with N threads, or batch over N streams; share, piece "
+          "and prefetch set --cuda_direct_share, --cuda_gather_piece_kib and "
+          "--cuda_gather_prefetch_kib.");
 
 namespace freekv {
 namespace {
@@ -77,12 +89,39 @@ struct Row {
   double gbps = 0;
 };
 
+// Round trips of one request of `slices` slices on a kvservice row's session.
+struct LatencyRow {
+  std::string way;
+  int slices = 0;
+  double p50_us = 0, p99_us = 0;
+};
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
 
 double Seconds(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+double Percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))];
+}
+
+std::vector<int> LatencySlices() {
+  std::vector<int> out;
+  for (absl::string_view n :
+       absl::StrSplit(absl::GetFlag(FLAGS_latency_slices), ',', absl::SkipEmpty())) {
+    int v = 0;
+    if (!absl::SimpleAtoi(n, &v) || v < 1 || v > absl::GetFlag(FLAGS_slices)) {
+      std::fprintf(stderr, "--latency_slices: '%s' is not in [1, --slices]\n",
+                   std::string(n).c_str());
+      std::exit(2);
+    }
+    out.push_back(v);
+  }
+  return out;
+}
 
 // Random bytes (splitmix64), filled by several threads: the store is GiBs.
 void FillRandom(std::byte* data, size_t bytes, uint64_t seed) {
@@ -389,10 +428,31 @@ void CheckSlot(CudaKvClient& worker, const std::vector<std::byte>& pattern, uint
   }
 }
 
-// One kvservice row: a CUDA IPC session, the store offloaded, `steps` timed steps.
-// `spec` is METHOD/N[:share=S][:prefetch=KIB] (gather threads or batch streams, and
-// the kvservice flags the settings name).
-Row ServiceRow(const std::string& spec) {
+// The p50 of a synchronous pinned H2D copy of `bytes` (contiguous), in-process: the
+// copy a recall of that many bytes carries, without the request around it.
+double CopyP50Us(size_t bytes) {
+  HostChunk host = PinnedChunk(bytes);
+  FillRandom(host.data(), bytes, 3);
+  auto device = Unwrap(testing::TestDeviceBuffer::Create(bytes), "device buffer");
+  CopyOptions plain;
+  plain.method = CopyMethod::kPerRun;
+  auto copier = Unwrap(CopyStreams::Create(0, plain), "streams");
+  std::vector<double> us;
+  for (int rep = 0; rep < 65; ++rep) {
+    const absl::Time start = absl::Now();
+    const DeviceCopy whole[] = {{device->data(), host.data(), bytes}};
+    BENCH_CHECK(copier->Enqueue(whole));
+    BENCH_CHECK(copier->Synchronize());
+    if (rep >= 5) us.push_back(Seconds(start) * 1e6);
+  }
+  return Percentile(us, 0.5);
+}
+
+// One kvservice row: a CUDA IPC session, the store offloaded, `steps` timed steps,
+// then the latency rows on the same session (appended to `latency`). `spec` is
+// METHOD/N[:share=S][:prefetch=KIB] (gather threads or batch streams, and the
+// kvservice flags the settings name).
+Row ServiceRow(const std::string& spec, std::vector<LatencyRow>* latency) {
   const std::vector<std::string> settings = absl::StrSplit(spec, ':');
   const std::vector<std::string> parts = absl::StrSplit(settings[0], '/');
   const std::string& method = parts[0];
@@ -409,11 +469,15 @@ Row ServiceRow(const std::string& spec) {
     if (kv.first == "share") {
       flags.push_back("--cuda_direct_share=" + kv.second);
       way += ", " + kv.second + " direct";
+    } else if (kv.first == "piece") {
+      flags.push_back("--cuda_gather_piece_kib=" + kv.second);
+      way += ", pieces of " + kv.second + " KiB";
     } else if (kv.first == "prefetch") {
       flags.push_back("--cuda_gather_prefetch_kib=" + kv.second);
       way += kv.second == "0" ? ", no prefetch" : ", prefetch " + kv.second + " KiB";
     } else {
-      std::fprintf(stderr, "--service_methods: '%s' in '%s' is not share=S or prefetch=KIB\n",
+      std::fprintf(stderr,
+                   "--service_methods: '%s' in '%s' is not share=S, piece=KIB or prefetch=KIB\n",
                    settings[i].c_str(), spec.c_str());
       std::exit(2);
     }
@@ -458,6 +522,27 @@ Row ServiceRow(const std::string& spec) {
     CheckSlot(*worker, pattern, pages, tickets.back(), requests.back(), step);
     for (const RecallTicket& done : tickets) BENCH_CHECK(worker->client().Release(done));
   }
+  // One request in flight at a time, rotating over the layers.
+  uint64_t step = kWarmup + absl::GetFlag(FLAGS_steps);
+  for (int n : LatencySlices()) {
+    std::vector<double> us;
+    std::vector<RecallSliceRef> request;
+    for (int rep = 0; rep < 65; ++rep, ++step) {
+      request.clear();
+      for (int i = 0; i < n; ++i) {
+        request.push_back({1, uint32_t(rng() % g.num_kv_heads), uint32_t(rng() % pages),
+                           i * kSlice});
+      }
+      const uint32_t layer = rep % g.num_layers;
+      const absl::Time start = absl::Now();
+      const RecallTicket t = Unwrap(worker->client().Recall(step, layer, request), "Recall");
+      BENCH_CHECK(worker->client().Wait(t, absl::Now() + absl::Seconds(30)));
+      if (rep >= 5) us.push_back(Seconds(start) * 1e6);
+      if (rep % 16 == 0) CheckSlot(*worker, pattern, pages, t, request, 0);
+      BENCH_CHECK(worker->client().Release(t));
+    }
+    latency->push_back({way, n, Percentile(us, 0.5), Percentile(us, 0.99)});
+  }
   return {way,
           absl::StrFormat("2 processes, %d GiB pinned store",
                           absl::GetFlag(FLAGS_store_gib)),
@@ -466,10 +551,12 @@ Row ServiceRow(const std::string& spec) {
 
 int Main() {
   const double ceiling = ContiguousCeiling();
-  std::vector<Row> rows = InProcessRows();
+  std::vector<Row> rows;
+  if (absl::GetFlag(FLAGS_in_process)) rows = InProcessRows();
+  std::vector<LatencyRow> latency;
   for (absl::string_view method :
        absl::StrSplit(absl::GetFlag(FLAGS_service_methods), ',', absl::SkipEmpty())) {
-    rows.push_back(ServiceRow(std::string(method)));
+    rows.push_back(ServiceRow(std::string(method), &latency));
   }
   std::printf("\nRecall of %d layers x %d scattered 16 KiB (page, head) blocks per step "
               "(%.0f MiB); median of %d steps.\n\n",
@@ -482,6 +569,19 @@ int Main() {
   for (const Row& row : rows) {
     std::printf("| %s | %s | %.1f | %.2f |\n", row.way.c_str(), row.where.c_str(), row.gbps,
                 row.gbps / ceiling);
+  }
+  if (latency.empty()) return 0;
+  std::printf("\nOne recall in flight: request sent to reply read (60 after 5), against a "
+              "synchronous pinned H2D copy of the same bytes in this process.\n\n");
+  std::printf("| way | slices | KiB | p50 us | p99 us | copy p50 us | p50 / copy |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  std::vector<double> copy_us;
+  for (int n : LatencySlices()) copy_us.push_back(CopyP50Us(n * kSlice));
+  for (size_t i = 0; i < latency.size(); ++i) {
+    const LatencyRow& r = latency[i];
+    const double copy = copy_us[i % copy_us.size()];
+    std::printf("| %s | %d | %d | %.0f | %.0f | %.0f | %.1f |\n", r.way.c_str(), r.slices,
+                r.slices * 16, r.p50_us, r.p99_us, copy, r.p50_us / copy);
   }
   return 0;
 }

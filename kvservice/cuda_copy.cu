@@ -145,10 +145,11 @@ absl::Status CopyStreams::Impl::Spread(absl::Span<const DeviceCopy> copies) {
   return absl::OkStatus();
 }
 
-// kGather, kSplit: bounce-buffer-sized pieces; a copy larger than a bounce buffer goes
-// alone, straight from its source (it is large enough for the copy engine on its own).
+// kGather, kSplit: pieces of at most piece_bytes (or a bounce buffer); a copy larger
+// than a piece goes alone, straight from its source (it is large enough for the copy
+// engine on its own).
 absl::Status CopyStreams::Impl::Gather(absl::Span<const DeviceCopy> copies) {
-  const size_t capacity = options.bounce_bytes;
+  const size_t capacity = options.piece_bytes > 0 ? options.piece_bytes : options.bounce_bytes;
   size_t begin = 0;
   while (begin < copies.size()) {
     if (copies[begin].bytes > capacity) {
@@ -239,6 +240,11 @@ absl::Status CheckOptions(const CopyOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "copy method ", CopyMethodName(options.method),
         " needs a GatherPool and bounce buffers of non-zero size"));
+  }
+  if (options.piece_bytes > options.bounce_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("piece_bytes ", options.piece_bytes,
+                                                   " is more than bounce_bytes ",
+                                                   options.bounce_bytes));
   }
   if (!(options.direct_share >= 0.0 && options.direct_share <= 1.0)) {
     return absl::InvalidArgumentError(

@@ -63,6 +63,11 @@ struct CopyOptions {
   // that pack them (required; not owned, outlives the CopyStreams).
   size_t bounce_bytes = size_t{8} << 20;
   GatherPool* gather_pool = nullptr;
+  // kGather, kSplit: bytes packed and sent at a time, at most bounce_bytes (0: all of
+  // them). Smaller pieces start the copy engine sooner, which shortens a lone
+  // request (a correction that the decode waits for); each piece costs a wake-up of
+  // the packing threads and a copy call.
+  size_t piece_bytes = 0;
   // kSplit: the share (0 to 1) of each bounce-sized piece's copies that is not packed
   // but sent straight from its source. Run 4 in bench/RESULTS.md: end to end, 1/3 beat
   // plain gather by about 30%; in-process 1/4 did best and 1/2 worst (the direct

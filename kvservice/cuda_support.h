@@ -20,6 +20,7 @@ struct CudaSupportOptions {
   int copy_streams = 1;                // per session: batch/per_run recalls, and pulls
   int gather_threads = 8;              // shared by every session (gather, split)
   int gather_prefetch_kib = 8;         // how far ahead the packing threads prefetch
+  int gather_piece_kib = 0;            // bytes packed and sent at a time (0: 8 MiB)
   double direct_share = 1.0 / 3;       // split: each piece's share sent from the store
 };
 

@@ -27,6 +27,7 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
   transport.push.method = *method;
   transport.push.streams = options.copy_streams;
   transport.push.direct_share = options.direct_share;
+  transport.push.piece_bytes = size_t(options.gather_piece_kib) << 10;
   transport.pull.method = CopyMethod::kBatch;
   transport.pull.streams = options.copy_streams;
   transport.gather_threads = options.gather_threads;

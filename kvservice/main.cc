@@ -100,6 +100,10 @@ ABSL_FLAG(int32_t, cuda_gather_prefetch_kib, 8,
           "CUDA IPC: how far ahead of their copy (KiB, 0 to 1024; 0: not at all) the "
           "packing threads prefetch the store. Each block starts at a random place, "
           "so without it a thread waits out DRAM latency at every block and page.");
+ABSL_FLAG(int32_t, cuda_gather_piece_kib, 0,
+          "CUDA IPC, gather and split: KiB packed and sent at a time (64 to 8192; 0: a "
+          "whole 8 MiB bounce buffer). Smaller pieces start the copy sooner, so a lone "
+          "recall (a correction the decode waits for) returns sooner.");
 ABSL_FLAG(int32_t, shutdown_grace_ms, 5000,
           "On SIGTERM: how long in-flight calls may finish before they are cancelled.");
 
@@ -134,6 +138,11 @@ absl::Status CheckFlags() {
   if (prefetch < 0 || prefetch > 1024) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--cuda_gather_prefetch_kib is ", prefetch, "; it must be within 0 to 1024"));
+  }
+  const int32_t piece = absl::GetFlag(FLAGS_cuda_gather_piece_kib);
+  if (piece != 0 && (piece < 64 || piece > 8192)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--cuda_gather_piece_kib is ", piece, "; it must be 0 or within 64 to 8192"));
   }
   if (absl::GetFlag(FLAGS_socket).empty() && absl::GetFlag(FLAGS_listen).empty()) {
     return absl::InvalidArgumentError("give --socket, --listen, or both");
@@ -225,6 +234,7 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* ab
   Log(LogLevel::kInfo, "CUDA IPC recalls: %s, %d packing threads", options.copy_method,
       options.gather_threads);
   options.gather_prefetch_kib = absl::GetFlag(FLAGS_cuda_gather_prefetch_kib);
+  options.gather_piece_kib = absl::GetFlag(FLAGS_cuda_gather_piece_kib);
   options.direct_share = absl::GetFlag(FLAGS_cuda_direct_share);
   return MakeCudaIpcTransportFactory(options);
 }

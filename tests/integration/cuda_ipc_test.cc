@@ -40,11 +40,24 @@ Geometry SmallGeometry() {
   return g;
 }
 
+// A copy method, or "gather_pieces": gather in pieces of 64 KiB, so that one request
+// is packed and sent in several pieces.
+std::vector<std::string> ServiceFlags(const std::string& param) {
+  std::vector<std::string> flags = {"--capacity=256M", "--chunk_bytes=4M"};
+  if (param == "gather_pieces") {
+    flags.push_back("--cuda_copy_method=gather");
+    flags.push_back("--cuda_gather_piece_kib=64");
+  } else {
+    flags.push_back("--cuda_copy_method=" + param);
+  }
+  return flags;
+}
+
 class CudaIpcTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    absl::StatusOr<std::unique_ptr<KvServiceProcess>> service = KvServiceProcess::Start(
-        {"--capacity=256M", "--chunk_bytes=4M", "--cuda_copy_method=" + GetParam()});
+    absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
+        KvServiceProcess::Start(ServiceFlags(GetParam()));
     ASSERT_TRUE(service.ok()) << service.status();
     service_ = *std::move(service);
     client_ = OpenClient("cuda_ipc_test");
@@ -269,7 +282,8 @@ TEST_P(CudaIpcTest, TwoWorkersOnOneGpuShareTheServiceAndStayApart) {
             absl::StatusCode::kNotFound);
 }
 
-INSTANTIATE_TEST_SUITE_P(CopyMethods, CudaIpcTest, ::testing::Values("gather", "split"),
+INSTANTIATE_TEST_SUITE_P(CopyMethods, CudaIpcTest,
+                         ::testing::Values("gather", "split", "gather_pieces"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });

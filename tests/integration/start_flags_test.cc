@@ -15,6 +15,7 @@ TEST(StartFlags, OutOfRangeValuesStopTheServiceAtStartUp) {
        {"--max_sessions=0", "--default_lease_ms=-5", "--cuda_direct_share=1.5",
         "--cuda_direct_share=-0.25", "--cuda_direct_share=nan", "--cuda_gather_prefetch_kib=-1",
         "--cuda_gather_prefetch_kib=1025", "--cuda_gather_threads=-2",
+        "--cuda_gather_piece_kib=32", "--cuda_gather_piece_kib=8193",
         "--cuda_gather_threads=100000"}) {
     absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
         KvServiceProcess::Start({flag});
@@ -29,7 +30,7 @@ TEST(StartFlags, OutOfRangeValuesStopTheServiceAtStartUp) {
 TEST(StartFlags, ValuesInRangeServe) {
   absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
       KvServiceProcess::Start({"--cuda_direct_share=0", "--max_sessions=1",
-                                "--cuda_gather_prefetch_kib=0"});
+                                "--cuda_gather_prefetch_kib=0", "--cuda_gather_piece_kib=64"});
   ASSERT_TRUE(service.ok()) << service.status();
   absl::StatusOr<int> status = (*service)->Stop();
   ASSERT_TRUE(status.ok()) << status.status();
