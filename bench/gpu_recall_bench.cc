@@ -151,29 +151,39 @@ HostChunk PinnedChunk(size_t bytes) {
   return Unwrap(pinned->Allocate(bytes), "pinned chunk");
 }
 
-// The ceiling: one contiguous 1 GiB pinned host-to-device copy, median of 10.
-double ContiguousCeiling() {
-  const size_t bytes = size_t{1} << 30;
+// Seconds of each of `timed` synchronous contiguous pinned host-to-device copies of
+// `bytes` (after `untimed` more), from one pinned chunk of random bytes; the last
+// 4 KiB copied are checked.
+std::vector<double> ContiguousCopySeconds(size_t bytes, int untimed, int timed) {
   HostChunk host = PinnedChunk(bytes);
   FillRandom(host.data(), bytes, 1);
   auto device = Unwrap(testing::TestDeviceBuffer::Create(bytes), "device buffer");
   CopyOptions plain;
   plain.method = CopyMethod::kPerRun;
   auto copier = Unwrap(CopyStreams::Create(0, plain), "streams");
-  std::vector<double> gbps;
-  for (int rep = 0; rep < 12; ++rep) {
+  std::vector<double> seconds;
+  for (int rep = 0; rep < untimed + timed; ++rep) {
     const absl::Time start = absl::Now();
     const DeviceCopy whole[] = {{device->data(), host.data(), bytes}};
     BENCH_CHECK(copier->Enqueue(whole));
     BENCH_CHECK(copier->Synchronize());
-    if (rep >= 2) gbps.push_back(bytes / Seconds(start) / 1e9);
+    if (rep >= untimed) seconds.push_back(Seconds(start));
   }
-  std::vector<std::byte> check(4096);
-  BENCH_CHECK(testing::CopyBytes(check.data(), device->data() + bytes - 4096, 4096));
-  if (std::memcmp(check.data(), host.data() + bytes - 4096, 4096) != 0) {
-    std::fprintf(stderr, "ceiling copy: bytes differ\n");
+  const size_t tail = std::min<size_t>(bytes, 4096);
+  std::vector<std::byte> check(tail);
+  BENCH_CHECK(testing::CopyBytes(check.data(), device->data() + bytes - tail, tail));
+  if (std::memcmp(check.data(), host.data() + bytes - tail, tail) != 0) {
+    std::fprintf(stderr, "contiguous copy of %zu bytes: bytes differ\n", bytes);
     std::exit(1);
   }
+  return seconds;
+}
+
+// The ceiling: one contiguous 1 GiB pinned host-to-device copy, median of 10.
+double ContiguousCeiling() {
+  const size_t bytes = size_t{1} << 30;
+  std::vector<double> gbps;
+  for (double s : ContiguousCopySeconds(bytes, 2, 10)) gbps.push_back(bytes / s / 1e9);
   return Median(gbps);
 }
 
@@ -430,23 +440,7 @@ void CheckSlot(CudaKvClient& worker, const std::vector<std::byte>& pattern, uint
 
 // The p50 of a synchronous pinned H2D copy of `bytes` (contiguous), in-process: the
 // copy a recall of that many bytes carries, without the request around it.
-double CopyP50Us(size_t bytes) {
-  HostChunk host = PinnedChunk(bytes);
-  FillRandom(host.data(), bytes, 3);
-  auto device = Unwrap(testing::TestDeviceBuffer::Create(bytes), "device buffer");
-  CopyOptions plain;
-  plain.method = CopyMethod::kPerRun;
-  auto copier = Unwrap(CopyStreams::Create(0, plain), "streams");
-  std::vector<double> us;
-  for (int rep = 0; rep < 65; ++rep) {
-    const absl::Time start = absl::Now();
-    const DeviceCopy whole[] = {{device->data(), host.data(), bytes}};
-    BENCH_CHECK(copier->Enqueue(whole));
-    BENCH_CHECK(copier->Synchronize());
-    if (rep >= 5) us.push_back(Seconds(start) * 1e6);
-  }
-  return Percentile(us, 0.5);
-}
+double CopyP50Us(size_t bytes) { return Median(ContiguousCopySeconds(bytes, 5, 60)) * 1e6; }
 
 // One kvservice row: a CUDA IPC session, the store offloaded, `steps` timed steps,
 // then the latency rows on the same session (appended to `latency`). `spec` is
@@ -541,7 +535,7 @@ Row ServiceRow(const std::string& spec, std::vector<LatencyRow>* latency) {
       if (rep % 16 == 0) CheckSlot(*worker, pattern, pages, t, request, 0);
       BENCH_CHECK(worker->client().Release(t));
     }
-    latency->push_back({way, n, Percentile(us, 0.5), Percentile(us, 0.99)});
+    latency->push_back({way, n, Median(us), Percentile(us, 0.99)});
   }
   return {way,
           absl::StrFormat("2 processes, %d GiB pinned store",
