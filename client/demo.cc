@@ -114,7 +114,8 @@ absl::Status RunSession(int index, Totals& totals) {
   // Recalls `slices` packed from offset 0 for (step, layer); returns the ticket. They
   // are laid out in store order (sequence, page, head), so that the heads of one page
   // land side by side and the service can move them as one run.
-  auto recall = [&](uint64_t step, uint32_t layer, std::vector<RecallSliceRef>& slices) {
+  auto recall = [&](uint64_t step, uint32_t layer, std::vector<RecallSliceRef>& slices,
+                    RecallOptions options = {}) {
     std::sort(slices.begin(), slices.end(), [](const auto& a, const auto& b) {
       return std::tie(a.sequence_id, a.page, a.kv_head) <
              std::tie(b.sequence_id, b.page, b.kv_head);
@@ -123,7 +124,7 @@ absl::Status RunSession(int index, Totals& totals) {
     ++totals.recall_requests;
     totals.recalled_blocks += slices.size();
     totals.recall_bytes += slices.size() * slice;
-    return client.Recall(step, layer, slices);
+    return client.Recall(step, layer, slices, options);
   };
   // Waits for a recall, checks every slice it brought, and releases its slot.
   auto wait_check_release = [&](const RecallTicket& ticket, uint32_t layer,
@@ -180,7 +181,8 @@ absl::Status RunSession(int index, Totals& totals) {
         in_flight[layer].reset();
       }
       if (!missing.empty()) {
-        absl::StatusOr<RecallTicket> urgent = recall(step, layer, missing);
+        absl::StatusOr<RecallTicket> urgent =
+            recall(step, layer, missing, RecallOptions::Urgent());
         if (!urgent.ok()) return urgent.status();
         if (absl::Status s = wait_check_release(*urgent, layer, missing); !s.ok()) return s;
       }

@@ -196,7 +196,7 @@ absl::StatusOr<std::vector<uint64_t>> KvClient::Offload(
 
 absl::StatusOr<RecallTicket> KvClient::Recall(uint64_t step, uint32_t layer,
                                               absl::Span<const RecallSliceRef> slices,
-                                              bool verify_integrity) {
+                                              RecallOptions options) {
   absl::StatusOr<RecallTicket> ticket = tracker_.Claim(step, layer);
   if (!ticket.ok()) return ticket.status();
   v1::RecallRequest request;
@@ -205,7 +205,8 @@ absl::StatusOr<RecallTicket> KvClient::Recall(uint64_t step, uint32_t layer,
   request.set_step(step);
   request.set_layer(layer);
   request.set_slot(ticket->slot);
-  request.set_verify_integrity(verify_integrity);
+  request.set_verify_integrity(options.verify_integrity);
+  request.set_urgent(options.urgent);
   for (const RecallSliceRef& slice : slices) {
     v1::RecallBlock* block = request.add_blocks();
     block->set_sequence_id(slice.sequence_id);

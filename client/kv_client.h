@@ -76,6 +76,26 @@ struct RecallSliceRef {
   uint64_t slot_offset = 0;
 };
 
+// How the kvservice treats one recall.
+struct RecallOptions {
+  // Check each source block against its integrity tag before sending it.
+  bool verify_integrity = false;
+  // The caller waits for this recall now (a correction): the kvservice may serve it
+  // beside the recalls already queued, so it may complete before them.
+  bool urgent = false;
+
+  static RecallOptions Verified() {
+    RecallOptions o;
+    o.verify_integrity = true;
+    return o;
+  }
+  static RecallOptions Urgent() {
+    RecallOptions o;
+    o.urgent = true;
+    return o;
+  }
+};
+
 // Decode statistics since the last report (see ReportWorkerStatsRequest).
 struct DecodeStatsDelta {
   uint64_t decode_steps = 0;
@@ -113,7 +133,7 @@ class KvClient {
   // Claims a staging slot of `layer` for `step` and sends the request; returns at once.
   absl::StatusOr<RecallTicket> Recall(uint64_t step, uint32_t layer,
                                       absl::Span<const RecallSliceRef> slices,
-                                      bool verify_integrity = false);
+                                      RecallOptions options = {});
   // Blocks until the recall completed (its bytes are in the slot) or the deadline.
   absl::Status Wait(const RecallTicket& ticket, absl::Time deadline);
   // Waits for every recall claimed for (step, layer).

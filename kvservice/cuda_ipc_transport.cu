@@ -65,29 +65,43 @@ absl::StatusOr<std::vector<gpu::Event>> OpenEvents(int device,
 // tens of them on the recall's critical path.
 constexpr absl::Duration kIssuerSpin = absl::Microseconds(200);
 
-class CudaIpcSessionTransport : public SessionTransport {
- public:
-  // Everything Connect opened; the transport takes ownership.
-  struct Handles {
-    int device = 0;
-    uint64_t slot_bytes = 0;
-    gpu::IpcMapping staging;
-    gpu::IpcMapping offload;
-    std::vector<gpu::Event> slot_ready;
-    std::vector<gpu::Event> slot_free;
-    gpu::Event offload_written;
-    std::unique_ptr<CopyStreams> push_streams;
-    std::unique_ptr<CopyStreams> pull_streams;
-  };
+// What a session's lanes share, opened once per session: the worker's staging region
+// and the events of its slots.
+struct StagingTarget {
+  int device = 0;
+  uint64_t slot_bytes = 0;
+  gpu::IpcMapping staging;
+  std::vector<gpu::Event> slot_ready;  // the service records, per slot
+  std::vector<gpu::Event> slot_free;   // the worker records, per slot
+};
 
-  explicit CudaIpcSessionTransport(Handles handles)
-      : h_(std::move(handles)),
+// One lane of pushes, with its own threads and copy streams: the issuing thread takes
+// the lane's pushes in order and, for each,
+//   1. makes the lane's streams wait (on the GPU) for the free event of every staging
+//      slot the push writes, which the worker records after its last read of the slot;
+//   2. copies the runs with the copy engines (CopyStreams: by default gathered by the
+//      CPU into pinned bounce buffers and sent as large copies; `split` sends a share
+//      straight from the store meanwhile);
+//   3. records each written slot's ready event (the worker's stream waits on it);
+//   4. records a private event and hands it to the lane's completion thread, which
+//      waits for it; only then is `done` called, in the lane's push order, on that
+//      thread. A push refused (runs outside the region, a CUDA error) completes with
+//      its error, in order too.
+// Push only queues and returns, so that its caller (the recall stream's gRPC thread)
+// reads and resolves the next request while this one is packed and copied.
+// Thread-safety: Push, made and AwaitIssued from any thread. Destroying the lane
+// drains it (every push made is issued and its `done` called), then stops the threads.
+class PushLane {
+ public:
+  PushLane(const StagingTarget& target, std::unique_ptr<CopyStreams> streams)
+      : target_(target),
+        streams_(std::move(streams)),
         issuer_([this] { IssueInOrder(); }),
         completer_([this] { CompleteInOrder(); }) {}
 
-  // Drains, then stops: the issuer ends once every queued push was issued, then the
-  // completer once every issued push was completed.
-  ~CudaIpcSessionTransport() override {
+  // The issuer ends once every queued push was issued, then the completer once every
+  // issued push was completed.
+  ~PushLane() {
     {
       absl::MutexLock lock(&issue_mu_);
       issue_stopping_ = true;
@@ -100,9 +114,27 @@ class CudaIpcSessionTransport : public SessionTransport {
     completer_.join();
   }
 
-  absl::Status Pull(absl::Span<const CopyRun> runs) override;
-  void Push(std::vector<CopyRun> runs,
-            absl::AnyInvocable<void(absl::Status) &&> done) override;
+  void Push(std::vector<CopyRun> runs, absl::AnyInvocable<void(absl::Status) &&> done) {
+    absl::MutexLock lock(&issue_mu_);
+    to_issue_.push_back(Job{std::move(runs), std::move(done)});
+    ++made_;
+    waiting_.store(to_issue_.size(), std::memory_order_release);
+  }
+
+  // Pushes made so far.
+  uint64_t made() {
+    absl::MutexLock lock(&issue_mu_);
+    return made_;
+  }
+
+  // Returns once the first `count` pushes were issued (their copies enqueued) or failed.
+  void AwaitIssued(uint64_t count) {
+    absl::MutexLock lock(&issue_mu_);
+    auto issued = [this, count]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(issue_mu_) {
+      return issued_ >= count;
+    };
+    issue_mu_.Await(absl::Condition(&issued));
+  }
 
  private:
   // A push as its caller made it, waiting for the issuing thread.
@@ -126,8 +158,8 @@ class CudaIpcSessionTransport : public SessionTransport {
   absl::Status WaitFor(const gpu::Event& event) const;
   void CompleteInOrder();
 
-  Handles h_;
-  absl::Mutex pull_mu_;  // one pull at a time on the pull streams
+  const StagingTarget& target_;
+  const std::unique_ptr<CopyStreams> streams_;
   // The issuing thread's scratch.
   std::vector<DeviceCopy> push_copies_;
   std::vector<size_t> push_slots_;
@@ -146,45 +178,7 @@ class CudaIpcSessionTransport : public SessionTransport {
   std::thread completer_;
 };
 
-absl::Status CudaIpcSessionTransport::Pull(absl::Span<const CopyRun> runs) {
-  if (absl::Status s = CheckRunsInside(runs, h_.offload.bytes(), "offload"); !s.ok()) {
-    return s;
-  }
-  std::vector<DeviceCopy> copies;
-  copies.reserve(runs.size());
-  for (const CopyRun& run : runs) {
-    copies.push_back(DeviceCopy{run.local, h_.offload.data() + run.remote_offset, run.bytes});
-  }
-  {
-    absl::MutexLock lock(&issue_mu_);
-    const uint64_t made_before = made_;
-    auto issued = [this, made_before]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(issue_mu_) {
-      return issued_ >= made_before;
-    };
-    issue_mu_.Await(absl::Condition(&issued));
-  }
-  absl::MutexLock lock(&pull_mu_);
-  // The worker recorded this after writing the region and before asking to offload.
-  // This thread waits for it, not the pull streams: a stream waiting on the worker's
-  // event blocks the hardware queue it sits in, which the push streams may share, and
-  // the worker's event may itself sit behind a decode that waits for a push.
-  {
-    gpu::DeviceGuard guard(h_.device);
-    if (absl::Status s = WaitForWorker(h_.offload_written, kWrittenLimit); !s.ok()) return s;
-  }
-  if (absl::Status s = h_.pull_streams->Enqueue(copies); !s.ok()) return s;
-  return h_.pull_streams->Synchronize();
-}
-
-void CudaIpcSessionTransport::Push(std::vector<CopyRun> runs,
-                                   absl::AnyInvocable<void(absl::Status) &&> done) {
-  absl::MutexLock lock(&issue_mu_);
-  to_issue_.push_back(Job{std::move(runs), std::move(done)});
-  ++made_;
-  waiting_.store(to_issue_.size(), std::memory_order_release);
-}
-
-bool CudaIpcSessionTransport::NextJob(Job* job) {
+bool PushLane::NextJob(Job* job) {
   const absl::Time spin_until = absl::Now() + kIssuerSpin;
   while (waiting_.load(std::memory_order_acquire) == 0 && absl::Now() < spin_until) {
     std::this_thread::yield();  // the gRPC thread that queues the next push may need this CPU
@@ -201,7 +195,7 @@ bool CudaIpcSessionTransport::NextJob(Job* job) {
   return true;
 }
 
-void CudaIpcSessionTransport::IssueInOrder() {
+void PushLane::IssueInOrder() {
   Job job;
   while (NextJob(&job)) {
     Pending pending;
@@ -221,9 +215,9 @@ void CudaIpcSessionTransport::IssueInOrder() {
   }
 }
 
-absl::StatusOr<gpu::Event> CudaIpcSessionTransport::EnqueuePush(
-    absl::Span<const CopyRun> runs) {
-  if (absl::Status s = CheckRunsInside(runs, h_.staging.bytes(), "staging"); !s.ok()) {
+absl::StatusOr<gpu::Event> PushLane::EnqueuePush(absl::Span<const CopyRun> runs) {
+  const StagingTarget& t = target_;
+  if (absl::Status s = CheckRunsInside(runs, t.staging.bytes(), "staging"); !s.ok()) {
     return s;
   }
   // The slots the runs write, in order, each once (a recall writes one slot).
@@ -231,9 +225,9 @@ absl::StatusOr<gpu::Event> CudaIpcSessionTransport::EnqueuePush(
   push_copies_.clear();
   for (const CopyRun& run : runs) {
     if (run.bytes == 0) continue;
-    const size_t first = run.remote_offset / h_.slot_bytes;
-    const size_t last = (run.remote_offset + run.bytes - 1) / h_.slot_bytes;
-    if (last >= h_.slot_ready.size()) {
+    const size_t first = run.remote_offset / t.slot_bytes;
+    const size_t last = (run.remote_offset + run.bytes - 1) / t.slot_bytes;
+    if (last >= t.slot_ready.size()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "a run ending at offset ", run.remote_offset + run.bytes,
           " lies past the last staging slot"));
@@ -244,26 +238,24 @@ absl::StatusOr<gpu::Event> CudaIpcSessionTransport::EnqueuePush(
       }
     }
     push_copies_.push_back(
-        DeviceCopy{h_.staging.data() + run.remote_offset, run.local, run.bytes});
+        DeviceCopy{t.staging.data() + run.remote_offset, run.local, run.bytes});
   }
   absl::StatusOr<gpu::Event> completion = TakeEvent();
   if (!completion.ok()) return completion.status();
   for (size_t slot : push_slots_) {
-    if (absl::Status s = h_.push_streams->WaitEvent(h_.slot_free[slot].get()); !s.ok()) {
-      return s;
-    }
+    if (absl::Status s = streams_->WaitEvent(t.slot_free[slot].get()); !s.ok()) return s;
   }
-  if (absl::Status s = h_.push_streams->Enqueue(push_copies_); !s.ok()) return s;
-  gpu::DeviceGuard guard(h_.device);
-  cudaStream_t main = h_.push_streams->main();
+  if (absl::Status s = streams_->Enqueue(push_copies_); !s.ok()) return s;
+  gpu::DeviceGuard guard(t.device);
+  cudaStream_t main = streams_->main();
   for (size_t slot : push_slots_) {
-    FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(h_.slot_ready[slot].get(), main));
+    FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(t.slot_ready[slot].get(), main));
   }
   FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(completion->get(), main));
   return completion;
 }
 
-absl::StatusOr<gpu::Event> CudaIpcSessionTransport::TakeEvent() {
+absl::StatusOr<gpu::Event> PushLane::TakeEvent() {
   {
     absl::MutexLock lock(&queue_mu_);
     if (!spare_events_.empty()) {
@@ -274,21 +266,21 @@ absl::StatusOr<gpu::Event> CudaIpcSessionTransport::TakeEvent() {
   }
   // Polled (WaitFor), not cudaEventBlockingSync: a recall's completion is on the
   // decode's critical path, and a sleeping wait adds tens of microseconds.
-  return gpu::Event::Create(h_.device, cudaEventDisableTiming);
+  return gpu::Event::Create(target_.device, cudaEventDisableTiming);
 }
 
 // Polls rather than cudaEventSynchronize, which spins without ever giving up the CPU:
 // this thread waits through most of every recall, and a yield lets the session's gRPC
 // and packing threads (or a worker's) have the CPU meanwhile, while a free CPU still
 // sees the event within a microsecond or two.
-absl::Status CudaIpcSessionTransport::WaitFor(const gpu::Event& event) const {
-  gpu::DeviceGuard guard(h_.device);
+absl::Status PushLane::WaitFor(const gpu::Event& event) const {
+  gpu::DeviceGuard guard(target_.device);
   return kernels::PollEvent(event.get(), absl::InfiniteFuture(), absl::ZeroDuration(),
                             "waiting for a recall's copies")
       .status();
 }
 
-void CudaIpcSessionTransport::CompleteInOrder() {
+void PushLane::CompleteInOrder() {
   for (;;) {
     Pending pending;
     {
@@ -309,36 +301,119 @@ void CudaIpcSessionTransport::CompleteInOrder() {
   }
 }
 
+class CudaIpcSessionTransport : public SessionTransport {
+ public:
+  // Everything Connect opened; the transport takes ownership.
+  struct Handles {
+    StagingTarget target;
+    gpu::IpcMapping offload;
+    gpu::Event offload_written;
+    std::unique_ptr<CopyStreams> bulk_streams;
+    std::unique_ptr<CopyStreams> urgent_streams;  // null: urgent pushes join the bulk
+    std::unique_ptr<CopyStreams> pull_streams;
+  };
+
+  explicit CudaIpcSessionTransport(Handles handles)
+      : target_(std::move(handles.target)),
+        offload_(std::move(handles.offload)),
+        offload_written_(std::move(handles.offload_written)),
+        pull_streams_(std::move(handles.pull_streams)),
+        bulk_(target_, std::move(handles.bulk_streams)),
+        urgent_(handles.urgent_streams == nullptr
+                    ? nullptr
+                    : std::make_unique<PushLane>(target_, std::move(handles.urgent_streams))) {}
+
+  // The lanes drain as they go (members in reverse order), before the handles close.
+  ~CudaIpcSessionTransport() override = default;
+
+  absl::Status Pull(absl::Span<const CopyRun> runs) override;
+  void Push(std::vector<CopyRun> runs,
+            absl::AnyInvocable<void(absl::Status) &&> done) override {
+    bulk_.Push(std::move(runs), std::move(done));
+  }
+  void PushUrgent(std::vector<CopyRun> runs,
+                  absl::AnyInvocable<void(absl::Status) &&> done) override {
+    (urgent_ != nullptr ? *urgent_ : bulk_).Push(std::move(runs), std::move(done));
+  }
+
+ private:
+  const StagingTarget target_;
+  const gpu::IpcMapping offload_;
+  const gpu::Event offload_written_;
+  const std::unique_ptr<CopyStreams> pull_streams_;
+  absl::Mutex pull_mu_;  // one pull at a time on the pull streams
+  // Last: their threads use everything above.
+  PushLane bulk_;
+  const std::unique_ptr<PushLane> urgent_;
+};
+
+// A pull first waits until every push made before it has been issued, in both lanes
+// (so a pull sees the same order as when pushes were issued by their callers), then
+// waits for the worker's offload-written event, copies device to host into the store
+// and returns when the bytes are there. Pulls do not wait for pushes made after them.
+absl::Status CudaIpcSessionTransport::Pull(absl::Span<const CopyRun> runs) {
+  if (absl::Status s = CheckRunsInside(runs, offload_.bytes(), "offload"); !s.ok()) {
+    return s;
+  }
+  std::vector<DeviceCopy> copies;
+  copies.reserve(runs.size());
+  for (const CopyRun& run : runs) {
+    copies.push_back(DeviceCopy{run.local, offload_.data() + run.remote_offset, run.bytes});
+  }
+  const uint64_t bulk_before = bulk_.made();
+  const uint64_t urgent_before = urgent_ != nullptr ? urgent_->made() : 0;
+  bulk_.AwaitIssued(bulk_before);
+  if (urgent_ != nullptr) urgent_->AwaitIssued(urgent_before);
+  absl::MutexLock lock(&pull_mu_);
+  // The worker recorded this after writing the region and before asking to offload.
+  // This thread waits for it, not the pull streams: a stream waiting on the worker's
+  // event blocks the hardware queue it sits in, which the push streams may share, and
+  // the worker's event may itself sit behind a decode that waits for a push.
+  {
+    gpu::DeviceGuard guard(target_.device);
+    if (absl::Status s = WaitForWorker(offload_written_, kWrittenLimit); !s.ok()) return s;
+  }
+  if (absl::Status s = pull_streams_->Enqueue(copies); !s.ok()) return s;
+  return pull_streams_->Synchronize();
+}
+
 // Opens everything a session needs; ownership goes to the transport.
 absl::StatusOr<CudaIpcSessionTransport::Handles> OpenHandles(
     const SessionPeer& peer, const CudaIpcTransportOptions& options) {
   const CudaIpcEndpoints& ipc = peer.cuda_ipc;
   CudaIpcSessionTransport::Handles h;
+  StagingTarget& t = h.target;
   absl::StatusOr<int> device = gpu::DeviceByPciBusId(ipc.pci_bus_id);
   if (!device.ok()) return device.status();
-  h.device = *device;
-  h.slot_bytes = ipc.slot_bytes;
+  t.device = *device;
+  t.slot_bytes = ipc.slot_bytes;
   absl::StatusOr<gpu::IpcMapping> staging =
-      gpu::IpcMapping::Open(h.device, peer.staging.cuda_ipc_handle, peer.staging.length);
+      gpu::IpcMapping::Open(t.device, peer.staging.cuda_ipc_handle, peer.staging.length);
   if (!staging.ok()) return staging.status();
-  h.staging = *std::move(staging);
+  t.staging = *std::move(staging);
   absl::StatusOr<gpu::IpcMapping> offload =
-      gpu::IpcMapping::Open(h.device, peer.offload.cuda_ipc_handle, peer.offload.length);
+      gpu::IpcMapping::Open(t.device, peer.offload.cuda_ipc_handle, peer.offload.length);
   if (!offload.ok()) return offload.status();
   h.offload = *std::move(offload);
-  absl::StatusOr<std::vector<gpu::Event>> ready = OpenEvents(h.device, ipc.slot_ready_events);
+  absl::StatusOr<std::vector<gpu::Event>> ready = OpenEvents(t.device, ipc.slot_ready_events);
   if (!ready.ok()) return ready.status();
-  h.slot_ready = *std::move(ready);
-  absl::StatusOr<std::vector<gpu::Event>> free = OpenEvents(h.device, ipc.slot_free_events);
+  t.slot_ready = *std::move(ready);
+  absl::StatusOr<std::vector<gpu::Event>> free = OpenEvents(t.device, ipc.slot_free_events);
   if (!free.ok()) return free.status();
-  h.slot_free = *std::move(free);
-  absl::StatusOr<gpu::Event> written = gpu::Event::OpenIpc(h.device, ipc.offload_written_event);
+  t.slot_free = *std::move(free);
+  absl::StatusOr<gpu::Event> written = gpu::Event::OpenIpc(t.device, ipc.offload_written_event);
   if (!written.ok()) return written.status();
   h.offload_written = *std::move(written);
-  absl::StatusOr<std::unique_ptr<CopyStreams>> push = CopyStreams::Create(h.device, options.push);
-  if (!push.ok()) return push.status();
-  h.push_streams = *std::move(push);
-  absl::StatusOr<std::unique_ptr<CopyStreams>> pull = CopyStreams::Create(h.device, options.pull);
+  absl::StatusOr<std::unique_ptr<CopyStreams>> bulk = CopyStreams::Create(t.device, options.push);
+  if (!bulk.ok()) return bulk.status();
+  h.bulk_streams = *std::move(bulk);
+  if (options.urgent.has_value()) {
+    absl::StatusOr<std::unique_ptr<CopyStreams>> urgent =
+        CopyStreams::Create(t.device, *options.urgent);
+    if (!urgent.ok()) return urgent.status();
+    h.urgent_streams = *std::move(urgent);
+  }
+  absl::StatusOr<std::unique_ptr<CopyStreams>> pull = CopyStreams::Create(t.device, options.pull);
   if (!pull.ok()) return pull.status();
   h.pull_streams = *std::move(pull);
   return h;
@@ -359,6 +434,11 @@ absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> CudaIpcTransportFactory
       options.pull.method == CopyMethod::kSplit) {
     return absl::InvalidArgumentError("pulls copy device to host; they cannot gather");
   }
+  if (options.urgent.has_value() && (options.urgent->method == CopyMethod::kGather ||
+                                     options.urgent->method == CopyMethod::kSplit) &&
+      options.urgent->piece_bytes > options.urgent->bounce_bytes) {
+    return absl::InvalidArgumentError("the urgent lane's pieces exceed its bounce buffers");
+  }
   if (options.gather_threads < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("gather_threads is ", options.gather_threads, "; at least 1"));
@@ -368,14 +448,18 @@ absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> CudaIpcTransportFactory
 
 CudaIpcTransportFactory::CudaIpcTransportFactory(const CudaIpcTransportOptions& options)
     : options_(options) {
-  if (options_.push.method == CopyMethod::kGather ||
-      options_.push.method == CopyMethod::kSplit) {
+  auto packs = [](const CopyOptions& copy) {
+    return copy.method == CopyMethod::kGather || copy.method == CopyMethod::kSplit;
+  };
+  const bool urgent_packs = options_.urgent.has_value() && packs(*options_.urgent);
+  if (packs(options_.push) || urgent_packs) {
     GatherPoolOptions pool;
     pool.threads = options_.gather_threads;
     pool.streaming_stores = options_.gather_streaming_stores;
     pool.prefetch_bytes = options_.gather_prefetch_bytes;
     gather_pool_ = std::make_unique<GatherPool>(pool);
-    options_.push.gather_pool = gather_pool_.get();
+    if (packs(options_.push)) options_.push.gather_pool = gather_pool_.get();
+    if (urgent_packs) options_.urgent->gather_pool = gather_pool_.get();
   }
 }
 

@@ -4,34 +4,28 @@
 //
 // Per session (Connect), on the worker's GPU (found by PCI bus id): the worker's
 // staging and offload regions are opened once with cudaIpcOpenMemHandle, its
-// interprocess events with cudaIpcOpenEventHandle, and two CopyStreams are made, one
-// for pushes and one for pulls. Push only queues its runs and returns: the session's
-// issuing thread takes the pushes in order, so that the caller (the recall stream's
-// gRPC thread) reads and resolves the next request while this one is packed and
-// copied. For each push the issuing thread
-//   1. makes the push streams wait (on the GPU) for the free event of every staging
-//      slot the push writes, which the worker records after its last read of the slot;
-//   2. copies the runs with the copy engines (CopyStreams: by default gathered by the
-//      CPU into pinned bounce buffers and sent as large copies; `split` sends a share
-//      straight from the store meanwhile);
-//   3. records each written slot's ready event (the worker's stream waits on it);
-//   4. records a private event and hands it to the session's completion thread, which
-//      waits for it; only then is `done` called, in push order, on that thread. A push
-//      refused (runs outside the region, a CUDA error) completes with its error, in
-//      order too.
-// A pull first waits until every push made before it has been issued (so a pull sees
-// the same order as when pushes were issued by their callers), then waits for the
-// worker's offload-written event, copies device to host into the store and returns when
-// the bytes are there. Pulls do not wait for pushes made after them.
+// interprocess events with cudaIpcOpenEventHandle, and CopyStreams are made for pulls
+// and for each lane of pushes. A lane (PushLane in the .cu) is an issuing thread, a
+// completion thread and its own streams: Push only queues its runs and returns, the
+// issuing thread makes the lane's streams wait for the free events of the slots a push
+// writes, enqueues its copies and records the slots' ready events, and the completion
+// thread calls `done` once the copies have landed, in the lane's push order. Pushes go
+// to the bulk lane; PushUrgent (a correction the worker waits for) goes to the urgent
+// lane when `urgent` is set, so that it is packed, copied and completed beside the
+// bulk lane's queue instead of after it (bench/RESULTS.md, GPU recall run 9).
+// A pull first waits until every push made before it has been issued, in both lanes,
+// then waits for the worker's offload-written event, copies device to host into the
+// store and returns when the bytes are there.
 //
-// Thread-safety: the factory's Connect and each transport's Push/Pull may be called
-// from any thread. Each session transport owns its mappings, events, streams, its
-// issuing thread and its completion thread; destroying it drains (every push made is
-// issued and its `done` called), then stops the threads and closes the handles.
+// Thread-safety: the factory's Connect and each transport's Push/PushUrgent/Pull may
+// be called from any thread. Each session transport owns its mappings, events, streams
+// and lanes; destroying it drains (every push made is issued and its `done` called),
+// then stops the threads and closes the handles.
 #ifndef FREEKV_KVSERVICE_CUDA_IPC_TRANSPORT_H_
 #define FREEKV_KVSERVICE_CUDA_IPC_TRANSPORT_H_
 
 #include <memory>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "kvservice/cuda_copy.h"
@@ -43,9 +37,13 @@ namespace freekv {
 struct CudaIpcTransportOptions {
   // How pushes (recalls: many 16 KiB blocks) move; gather_pool is set by the factory.
   CopyOptions push;
+  // How urgent pushes (PushUrgent: a correction the worker waits for) move, in a lane
+  // of their own; unset, they join the bulk lane's queue.
+  std::optional<CopyOptions> urgent;
   // How pulls (offloads: whole blocks, merged) move.
   CopyOptions pull;
-  // The factory's GatherPool, shared by every session (push.method kGather or kSplit):
+  // The factory's GatherPool, shared by every session and lane that packs (kGather or
+  // kSplit):
   // its threads, whether they write the bounce buffers with streaming stores, and how
   // far ahead of their copy they prefetch the store.
   int gather_threads = 8;

@@ -17,6 +17,9 @@ namespace freekv {
 
 struct CudaSupportOptions {
   std::string copy_method = "gather";  // recalls: as ParseCopyMethod reads it
+  // Urgent recalls (corrections) in a lane of their own: as ParseCopyMethod reads it,
+  // or "off" (they queue with the others).
+  std::string urgent_copy_method = "gather";
   int copy_streams = 1;                // per session: batch/per_run recalls, and pulls
   int gather_threads = 8;              // shared by every session (gather, split)
   int gather_prefetch_kib = 8;         // how far ahead the packing threads prefetch

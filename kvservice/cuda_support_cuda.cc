@@ -28,6 +28,12 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
   transport.push.streams = options.copy_streams;
   transport.push.direct_share = options.direct_share;
   transport.push.piece_bytes = size_t(options.gather_piece_kib) << 10;
+  if (options.urgent_copy_method != "off") {
+    absl::StatusOr<CopyMethod> urgent = ParseCopyMethod(options.urgent_copy_method);
+    if (!urgent.ok()) return urgent.status();
+    transport.urgent = transport.push;
+    transport.urgent->method = *urgent;
+  }
   transport.pull.method = CopyMethod::kBatch;
   transport.pull.streams = options.copy_streams;
   transport.gather_threads = options.gather_threads;

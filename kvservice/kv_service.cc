@@ -103,7 +103,8 @@ grpc::Status KvServiceImpl::Recall(
   hooks.on_recalled = [this](const RecallResult& result, absl::Duration latency) {
     totals_.blocks_recalled += result.blocks;
     totals_.recall_bytes += result.bytes;
-    metrics_->OnRecall(result.blocks, result.bytes, result.transfers, latency);
+    metrics_->OnRecall(result.blocks, result.bytes, result.transfers, latency,
+                       result.urgent);
   };
   return RecallStream(stream, std::move(hooks)).Run();
 }

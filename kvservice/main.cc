@@ -12,6 +12,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -85,6 +87,14 @@ ABSL_FLAG(std::string, cuda_copy_method, "gather",
           "cudaMemcpyBatchAsync meanwhile; faster for recalls alone, slower under "
           "decode), 'batch' (one cudaMemcpyBatchAsync per request) or 'per_run' (one "
           "cudaMemcpyAsync per run; benchmarks only). bench/RESULTS.md has both.");
+ABSL_FLAG(std::string, cuda_urgent_copy_method, "gather",
+          "CUDA IPC: how urgent recalls (a correction the worker's decode waits for) "
+          "move, in a lane of their own (threads, streams, bounce buffers) beside the "
+          "speculative recalls already queued: 'gather' (packed by the shared packing "
+          "threads, between the other lane's pieces), 'batch' (one cudaMemcpyBatchAsync "
+          "straight from the store), 'split', or 'off' (they queue behind the others, in "
+          "order). Under --cuda_copy_method=split an urgent recall can still wait for an "
+          "earlier one held at its slot (bench/RESULTS.md, GPU recall run 9).");
 ABSL_FLAG(int32_t, cuda_copy_streams, 1,
           "CUDA IPC: streams a session's batch/per_run recall copies and its offload "
           "copies are spread over.");
@@ -143,6 +153,20 @@ absl::Status CheckFlags() {
   if (piece != 0 && (piece < 64 || piece > 8192)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--cuda_gather_piece_kib is ", piece, "; it must be 0 or within 64 to 8192"));
+  }
+  // The names ParseCopyMethod (kvservice/cuda_copy.h) reads, checked here too so that
+  // a kvservice built without CUDA refuses a misspelt flag as well.
+  const std::vector<std::string> methods = {"gather", "split", "batch", "per_run"};
+  for (const auto& [name, value, off] :
+       {std::tuple<const char*, std::string, bool>{
+            "cuda_copy_method", absl::GetFlag(FLAGS_cuda_copy_method), false},
+        {"cuda_urgent_copy_method", absl::GetFlag(FLAGS_cuda_urgent_copy_method), true}}) {
+    if (std::find(methods.begin(), methods.end(), value) == methods.end() &&
+        !(off && value == "off")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " is '", value, "'; use gather, split, batch, per_run",
+                       off ? " or off" : ""));
+    }
   }
   if (absl::GetFlag(FLAGS_socket).empty() && absl::GetFlag(FLAGS_listen).empty()) {
     return absl::InvalidArgumentError("give --socket, --listen, or both");
@@ -228,11 +252,12 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* ab
   }
   CudaSupportOptions options;
   options.copy_method = absl::GetFlag(FLAGS_cuda_copy_method);
+  options.urgent_copy_method = absl::GetFlag(FLAGS_cuda_urgent_copy_method);
   options.copy_streams = absl::GetFlag(FLAGS_cuda_copy_streams);
   options.gather_threads = absl::GetFlag(FLAGS_cuda_gather_threads);
   if (options.gather_threads == 0) options.gather_threads = AutoGatherThreads();
-  Log(LogLevel::kInfo, "CUDA IPC recalls: %s, %d packing threads", options.copy_method,
-      options.gather_threads);
+  Log(LogLevel::kInfo, "CUDA IPC recalls: %s, %d packing threads; urgent recalls: %s",
+      options.copy_method, options.gather_threads, options.urgent_copy_method);
   options.gather_prefetch_kib = absl::GetFlag(FLAGS_cuda_gather_prefetch_kib);
   options.gather_piece_kib = absl::GetFlag(FLAGS_cuda_gather_piece_kib);
   options.direct_share = absl::GetFlag(FLAGS_cuda_direct_share);

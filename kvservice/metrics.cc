@@ -163,6 +163,12 @@ struct RecallSeries {
                     .Help("Recall request received to last byte flushed.")
                     .Register(r)
                     .Add({}, LatencyBuckets())),
+        urgent_latency(prometheus::BuildHistogram()
+                           .Name("freekv_recall_urgent_latency_seconds")
+                           .Help("As freekv_recall_latency_seconds, for the urgent "
+                                 "requests only (corrections the decode waits for).")
+                           .Register(r)
+                           .Add({}, LatencyBuckets())),
         request_bytes(prometheus::BuildHistogram()
                           .Name("freekv_recall_request_bytes")
                           .Help("Bytes per recall request.")
@@ -179,6 +185,7 @@ struct RecallSeries {
   Counter& bytes;
   Counter& transfers;
   Histogram& latency;
+  Histogram& urgent_latency;
   Histogram& request_bytes;
   Gauge& link_ceiling;
   // Series appear with the first error of each (method, code).
@@ -282,7 +289,8 @@ void ServiceMetrics::OnOffload(uint64_t pages, uint64_t bytes) {
 }
 
 void ServiceMetrics::OnRecall(uint64_t blocks, uint64_t bytes, uint64_t transfers,
-                              absl::Duration latency) {
+                              absl::Duration latency, bool urgent) {
+  if (urgent) series_->recall.urgent_latency.Observe(absl::ToDoubleSeconds(latency));
   series_->recall.requests.Increment();
   series_->recall.blocks.Increment(static_cast<double>(blocks));
   series_->recall.bytes.Increment(static_cast<double>(bytes));

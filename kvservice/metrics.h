@@ -92,9 +92,10 @@ class ServiceMetrics {
 
   void OnOffload(uint64_t pages, uint64_t bytes);
   // One recall request completed OK: `latency` from request received to last byte
-  // flushed; `transfers` counts transport operations after merging adjacent runs.
+  // flushed; `transfers` counts transport operations after merging adjacent runs;
+  // `urgent`: the request asked for it (also observed in the urgent histogram).
   void OnRecall(uint64_t blocks, uint64_t bytes, uint64_t transfers,
-                absl::Duration latency);
+                absl::Duration latency, bool urgent = false);
   void OnIntegrityFailures(uint64_t blocks);
   // A request answered with `code`; OK is not an error and is not counted.
   void OnRequestError(RpcMethod method, absl::StatusCode code);

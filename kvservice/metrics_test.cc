@@ -204,7 +204,7 @@ TEST(ServiceMetricsTest, OffloadRecallAndHistograms) {
   metrics->OnOffload(4, 4 * 131072);
   metrics->OnOffload(1, 131072);
   metrics->OnRecall(1, 16384, 1, absl::Microseconds(100));
-  metrics->OnRecall(64, 1 << 20, 3, absl::Milliseconds(3));
+  metrics->OnRecall(64, 1 << 20, 3, absl::Milliseconds(3), /*urgent=*/true);
   metrics->OnRecall(131072, size_t{2} << 30, 7, absl::Seconds(3));
   metrics->OnIntegrityFailures(2);
 
@@ -226,6 +226,13 @@ TEST(ServiceMetricsTest, OffloadRecallAndHistograms) {
   EXPECT_EQ(page.Bucket(latency, 6.1e-3), 2);  // 3 ms
   EXPECT_EQ(page.Bucket(latency, 2.5), 2);
   EXPECT_EQ(page.Bucket(latency, INFINITY), 3);  // 3 s is above the last bound
+
+  // The urgent request is in both histograms; the others only in the first.
+  const std::string urgent = "freekv_recall_urgent_latency_seconds";
+  EXPECT_EQ(page.Value(urgent + "_count"), 1);
+  EXPECT_NEAR(page.Value(urgent + "_sum"), 0.003, 1e-9);
+  EXPECT_EQ(page.Bucket(urgent, 2.44e-3), 0);
+  EXPECT_EQ(page.Bucket(urgent, 6.1e-3), 1);
 
   const std::string bytes = "freekv_recall_request_bytes";
   EXPECT_EQ(page.Value(bytes + "_count"), 3);

@@ -157,7 +157,7 @@ std::vector<RecallItem> RecallItemsFromProto(const v1::RecallRequest& request) {
 
 RecallSpec RecallSpecFromProto(const v1::RecallRequest& request) {
   return RecallSpec{request.step(), request.layer(), request.slot(),
-                    request.verify_integrity()};
+                    request.verify_integrity(), request.urgent()};
 }
 
 }  // namespace freekv

@@ -247,11 +247,16 @@ absl::Status Session::Recall(
   result.blocks = static_cast<uint32_t>(items.size());
   result.bytes = items.size() * config_.geometry.head_slice_bytes();
   result.transfers = static_cast<uint32_t>(runs.size());
-  transport_->Push(std::move(runs), [this, result, done = std::move(done)](
-                                        absl::Status status) mutable {
+  result.urgent = spec.urgent;
+  auto finish = [this, result, done = std::move(done)](absl::Status status) mutable {
     std::move(done)(std::move(status), result);
     OnRecallDone();
-  });
+  };
+  if (spec.urgent) {
+    transport_->PushUrgent(std::move(runs), std::move(finish));
+  } else {
+    transport_->Push(std::move(runs), std::move(finish));
+  }
   return absl::OkStatus();
 }
 

@@ -63,6 +63,7 @@ struct RecallSpec {
   uint32_t layer = 0;
   uint32_t slot = 0;
   bool verify_integrity = false;
+  bool urgent = false;  // SessionTransport::PushUrgent
 };
 
 struct OffloadResult {
@@ -75,6 +76,7 @@ struct RecallResult {
   uint64_t bytes = 0;
   uint32_t blocks = 0;
   uint32_t transfers = 0;
+  bool urgent = false;  // the request asked for it (RecallSpec::urgent)
 };
 
 struct FreeResult {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -79,6 +80,17 @@ class SessionTransport {
   // thread and must be cheap.
   virtual void Push(std::vector<CopyRun> runs,
                     absl::AnyInvocable<void(absl::Status) &&> done) = 0;
+
+  // As Push, for a recall the worker waits for now (a correction): a transport with
+  // an urgent lane serves it beside the pushes already queued instead of after them,
+  // so it may complete before pushes made earlier (urgent pushes still complete in
+  // the order they were made among themselves). Without one (this default), it is a
+  // Push. The two never write the same bytes at once: a worker reuses a staging slot
+  // only after the push that wrote it completed and it read the slot.
+  virtual void PushUrgent(std::vector<CopyRun> runs,
+                          absl::AnyInvocable<void(absl::Status) &&> done) {
+    Push(std::move(runs), std::move(done));
+  }
 };
 
 class TransportFactory {

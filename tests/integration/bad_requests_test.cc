@@ -79,7 +79,8 @@ class BadRequestsTest : public ::testing::Test {
           slices.push_back({1, head, page, slices.size() * slice});
         }
       }
-      absl::StatusOr<RecallTicket> t = victim_->Recall(100 + layer, layer, slices, true);
+      absl::StatusOr<RecallTicket> t = victim_->Recall(100 + layer, layer, slices,
+                                                  RecallOptions::Verified());
       ASSERT_TRUE(t.ok()) << t.status();
       ASSERT_TRUE(victim_->Wait(*t, absl::Now() + absl::Seconds(10)).ok());
       absl::Span<std::byte> slot = victim_->staging_slot(layer, t->slot);

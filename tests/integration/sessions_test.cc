@@ -155,7 +155,8 @@ TEST(SessionsTest, KilledWorkerIsReclaimedWhenItsLeaseLapses) {
   EXPECT_EQ(stats->store_bytes_used(), block);
 
   // The survivor, kept alive by its heartbeats, still recalls its page intact.
-  absl::StatusOr<RecallTicket> ticket = (*survivor)->Recall(0, 0, {{{1, 1, 0, 0}}}, true);
+  absl::StatusOr<RecallTicket> ticket = (*survivor)->Recall(0, 0, {{{1, 1, 0, 0}}},
+                                                                 RecallOptions::Verified());
   ASSERT_TRUE(ticket.ok());
   ASSERT_TRUE((*survivor)->Wait(*ticket, absl::Now() + absl::Seconds(10)).ok());
   const size_t slice = (*survivor)->geometry().head_slice_bytes();
@@ -185,7 +186,8 @@ TEST(SessionsTest, MetricsFollowOffloadAndRecall) {
   std::vector<RecallSliceRef> slices = {
       {1, 0, 0, 0}, {1, 1, 0, slice}, {1, 2, 1, 2 * slice}, {1, 3, 1, 3 * slice}};
   for (uint64_t step = 0; step < 3; ++step) {
-    absl::StatusOr<RecallTicket> t = (*client)->Recall(step, 0, slices);
+    absl::StatusOr<RecallTicket> t = (*client)->Recall(
+        step, 0, slices, step == 1 ? RecallOptions::Urgent() : RecallOptions{});
     ASSERT_TRUE(t.ok());
     ASSERT_TRUE((*client)->Wait(*t, absl::Now() + absl::Seconds(10)).ok());
     ASSERT_TRUE((*client)->Release(*t).ok());
@@ -201,6 +203,7 @@ TEST(SessionsTest, MetricsFollowOffloadAndRecall) {
   EXPECT_LE(*MetricValue(*m, "freekv_recall_transfers_total"), 6);
   EXPECT_EQ(*MetricValue(*m, "freekv_recall_latency_seconds_count"), 3);
   EXPECT_GT(*MetricValue(*m, "freekv_recall_latency_seconds_sum"), 0);
+  EXPECT_EQ(*MetricValue(*m, "freekv_recall_urgent_latency_seconds_count"), 1);
   EXPECT_EQ(*MetricValue(*m, "freekv_store_pages"), 2);
   EXPECT_EQ(*MetricValue(*m, "freekv_store_bytes_used"), 2 * block);
   EXPECT_EQ(*MetricValue(*m, "freekv_sessions_open"), 1);
