@@ -268,9 +268,10 @@ void PrintTable(const std::vector<Row>& rows) {
   }
   std::printf(
       "\n| context | batch | layers | policy | step ms | ms/layer | vs oracle | "
-      "blocking/freekv | stall | recall host | blocks/step | reply ms | corrected | wall ms "
-      "| KV GiB | KV / GPU | tok/s | decode host |\n| ---: | ---: | ---: | --- | ---: | ---: "
-      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+      "blocking/freekv | stall | recall host | blocks/step | reply ms | corrected | "
+      "correction reply ms | wall ms | KV GiB | KV / GPU | tok/s | decode host |\n| ---: | "
+      "---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+      "| ---: | ---: | ---: | ---: | ---: |\n");
   const double gpu_bytes = GpuBytes();
   for (const Row& r : rows) {
     const auto key = std::make_pair(r.context, r.batch);
@@ -288,8 +289,8 @@ void PrintTable(const std::vector<Row>& rows) {
     // Only a freekv row that recalls counts its corrections (the driver does).
     const bool corrects =
         absl::StartsWith(r.policy, "freekv") && !absl::StrContains(r.policy, "-norecall");
-    std::printf("| %ldK | %d | %d | %s | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s | %.3f "
-                "| %.1f | %.2f | %.0f | %.1f%% |\n",
+    std::printf("| %ldK | %d | %d | %s | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s | %s "
+                "| %.3f | %.1f | %.2f | %.0f | %.1f%% |\n",
                 long(r.context / 1024), r.batch, r.layers, r.policy.c_str(), s.step_ms,
                 s.step_ms / r.layers, vs_oracle.c_str(), over_freekv.c_str(),
                 recalls ? absl::StrFormat("%.1f%%", 100 * s.stall_ms / s.step_ms).c_str() : "-",
@@ -298,6 +299,9 @@ void PrintTable(const std::vector<Row>& rows) {
                 recalls ? absl::StrFormat("%.0f", s.slices_per_step).c_str() : "-",
                 recalls ? absl::StrFormat("%.3f", s.reply_ms).c_str() : "-",
                 corrects ? absl::StrFormat("%.1f%%", 100 * s.corrected).c_str() : "-",
+                corrects && s.correction_reply_ms > 0
+                    ? absl::StrFormat("%.3f", s.correction_reply_ms).c_str()
+                    : "-",
                 s.wall_ms, r.kv_bytes / (1 << 30), r.kv_bytes / gpu_bytes,
                 1e3 * r.batch / s.step_ms, 100 * s.enqueue_ms / s.step_ms);
   }

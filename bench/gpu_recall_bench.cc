@@ -25,6 +25,12 @@
 // of a synchronous in-process pinned H2D copy of the same bytes (contiguous) measured
 // in the same run: what the round trip adds to the copy it carries. Single-threaded
 // apart from the store fill and the kvservice.
+//
+// Then what a correction waits for while speculative recalls are in flight: a probe of
+// --probe_slices slices sent right behind --probe_behind requests of --slices slices,
+// timed until its own reply, sent as an ordinary request and as an urgent one
+// (RecallOptions::urgent: the kvservice's urgent lane, --cuda_urgent_copy_method, which
+// a row sets with urgent=METHOD; off makes the two the same, a control).
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -51,13 +57,18 @@ ABSL_FLAG(int32_t, steps, 20, "Timed steps per row (after 3 untimed ones).");
 ABSL_FLAG(bool, in_process, true, "Run the in-process rows.");
 ABSL_FLAG(std::string, latency_slices, "1,16,64,256",
           "Slices per request of the latency rows (one request in flight); empty: none.");
+ABSL_FLAG(int32_t, probe_slices, 64,
+          "Slices of the probe sent behind a queue of requests (0: no probe rows).");
+ABSL_FLAG(int32_t, probe_behind, 4,
+          "Requests of --slices slices in flight ahead of each probe (fewer than --layers).");
 ABSL_FLAG(std::string, service_methods,
           "gather/8:prefetch=0,gather/8,gather/12,split/8,split/12,split/12:share=0.25,"
           "split/14:share=0.25,batch/2",
-          "kvservice rows, METHOD/N[:share=S][:piece=KIB][:prefetch=KIB] each (a kvservice "
-          "per row): gather or split with N threads, or batch over N streams; share, piece "
-          "and prefetch set --cuda_direct_share, --cuda_gather_piece_kib and "
-          "--cuda_gather_prefetch_kib.");
+          "kvservice rows, METHOD/N[:share=S][:piece=KIB][:prefetch=KIB][:urgent=M] each (a "
+          "kvservice per row): gather or split with N threads, or batch over N streams; "
+          "share, piece, prefetch and urgent set --cuda_direct_share, "
+          "--cuda_gather_piece_kib, --cuda_gather_prefetch_kib and "
+          "--cuda_urgent_copy_method.");
 
 namespace freekv {
 namespace {
@@ -94,6 +105,13 @@ struct LatencyRow {
   std::string way;
   int slices = 0;
   double p50_us = 0, p99_us = 0;
+};
+
+// A probe's round trips behind a queue of requests, sent ordinary and urgent.
+struct ProbeRow {
+  std::string way;
+  double normal_p50_us = 0, normal_p99_us = 0;
+  double urgent_p50_us = 0, urgent_p99_us = 0;
 };
 
 double Median(std::vector<double> v) {
@@ -446,7 +464,8 @@ double CopyP50Us(size_t bytes) { return Median(ContiguousCopySeconds(bytes, 5, 6
 // then the latency rows on the same session (appended to `latency`). `spec` is
 // METHOD/N[:share=S][:prefetch=KIB] (gather threads or batch streams, and the
 // kvservice flags the settings name).
-Row ServiceRow(const std::string& spec, std::vector<LatencyRow>* latency) {
+Row ServiceRow(const std::string& spec, std::vector<LatencyRow>* latency,
+               std::vector<ProbeRow>* probes) {
   const std::vector<std::string> settings = absl::StrSplit(spec, ':');
   const std::vector<std::string> parts = absl::StrSplit(settings[0], '/');
   const std::string& method = parts[0];
@@ -466,12 +485,16 @@ Row ServiceRow(const std::string& spec, std::vector<LatencyRow>* latency) {
     } else if (kv.first == "piece") {
       flags.push_back("--cuda_gather_piece_kib=" + kv.second);
       way += ", pieces of " + kv.second + " KiB";
+    } else if (kv.first == "urgent") {
+      flags.push_back("--cuda_urgent_copy_method=" + kv.second);
+      way += ", urgent lane " + kv.second;
     } else if (kv.first == "prefetch") {
       flags.push_back("--cuda_gather_prefetch_kib=" + kv.second);
       way += kv.second == "0" ? ", no prefetch" : ", prefetch " + kv.second + " KiB";
     } else {
       std::fprintf(stderr,
-                   "--service_methods: '%s' in '%s' is not share=S, piece=KIB or prefetch=KIB\n",
+                   "--service_methods: '%s' in '%s' is not share=S, piece=KIB, "
+                   "prefetch=KIB or urgent=METHOD\n",
                    settings[i].c_str(), spec.c_str());
       std::exit(2);
     }
@@ -537,6 +560,49 @@ Row ServiceRow(const std::string& spec, std::vector<LatencyRow>* latency) {
     }
     latency->push_back({way, n, Median(us), Percentile(us, 0.99)});
   }
+  // A probe on the last layer behind requests on the first ones, ordinary then urgent.
+  const int probe = absl::GetFlag(FLAGS_probe_slices);
+  const int behind = absl::GetFlag(FLAGS_probe_behind);
+  if (probe > 0) {
+    ProbeRow row{way};
+    for (bool urgent : {false, true}) {
+      std::vector<double> us;
+      for (int rep = 0; rep < 45; ++rep, ++step) {
+        for (int r = 0; r <= behind; ++r) {
+          auto& request = requests[r];
+          request.clear();
+          for (int i = 0; i < (r < behind ? slices : probe); ++i) {
+            request.push_back({1, uint32_t(rng() % g.num_kv_heads), uint32_t(rng() % pages),
+                               i * kSlice});
+          }
+        }
+        tickets.clear();
+        for (int r = 0; r < behind; ++r) {
+          tickets.push_back(Unwrap(worker->client().Recall(step, r, requests[r]), "Recall"));
+        }
+        RecallOptions options;
+        options.urgent = urgent;
+        const absl::Time start = absl::Now();
+        const RecallTicket t = Unwrap(
+            worker->client().Recall(step, g.num_layers - 1, requests[behind], options),
+            "Recall");
+        BENCH_CHECK(worker->client().Wait(t, absl::Now() + absl::Seconds(30)));
+        if (rep >= 5) us.push_back(Seconds(start) * 1e6);
+        if (rep % 8 == 0) CheckSlot(*worker, pattern, pages, t, requests[behind], 0);
+        for (const RecallTicket& done : tickets) {
+          BENCH_CHECK(worker->client().Wait(done, absl::Now() + absl::Seconds(30)));
+        }
+        if (rep % 8 == 0 && behind > 0) {
+          CheckSlot(*worker, pattern, pages, tickets[0], requests[0], 1);
+        }
+        tickets.push_back(t);
+        for (const RecallTicket& done : tickets) BENCH_CHECK(worker->client().Release(done));
+      }
+      (urgent ? row.urgent_p50_us : row.normal_p50_us) = Median(us);
+      (urgent ? row.urgent_p99_us : row.normal_p99_us) = Percentile(us, 0.99);
+    }
+    probes->push_back(row);
+  }
   return {way,
           absl::StrFormat("2 processes, %d GiB pinned store",
                           absl::GetFlag(FLAGS_store_gib)),
@@ -547,10 +613,18 @@ int Main() {
   const double ceiling = ContiguousCeiling();
   std::vector<Row> rows;
   if (absl::GetFlag(FLAGS_in_process)) rows = InProcessRows();
+  if (absl::GetFlag(FLAGS_probe_slices) > absl::GetFlag(FLAGS_slices) ||
+      absl::GetFlag(FLAGS_probe_behind) < 0 ||
+      absl::GetFlag(FLAGS_probe_behind) >= absl::GetFlag(FLAGS_layers)) {
+    std::fprintf(stderr, "--probe_slices is at most --slices; --probe_behind is 0 to "
+                         "--layers - 1\n");
+    return 2;
+  }
   std::vector<LatencyRow> latency;
+  std::vector<ProbeRow> probes;
   for (absl::string_view method :
        absl::StrSplit(absl::GetFlag(FLAGS_service_methods), ',', absl::SkipEmpty())) {
-    rows.push_back(ServiceRow(std::string(method), &latency));
+    rows.push_back(ServiceRow(std::string(method), &latency, &probes));
   }
   std::printf("\nRecall of %d layers x %d scattered 16 KiB (page, head) blocks per step "
               "(%.0f MiB); median of %d steps.\n\n",
@@ -563,6 +637,22 @@ int Main() {
   for (const Row& row : rows) {
     std::printf("| %s | %s | %.1f | %.2f |\n", row.way.c_str(), row.where.c_str(), row.gbps,
                 row.gbps / ceiling);
+  }
+  if (!probes.empty()) {
+    const int probe = absl::GetFlag(FLAGS_probe_slices);
+    std::printf("\nA probe of %d slices (%d KiB) sent right behind %d requests of %d slices "
+                "(%d MiB), request sent to its reply read (40 after 5), ordinary and "
+                "urgent.\n\n",
+                probe, probe * 16, absl::GetFlag(FLAGS_probe_behind),
+                absl::GetFlag(FLAGS_slices),
+                absl::GetFlag(FLAGS_probe_behind) * absl::GetFlag(FLAGS_slices) / 64);
+    std::printf("| way | ordinary p50 us | p99 us | urgent p50 us | p99 us | urgent / "
+                "ordinary (p50) |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for (const ProbeRow& r : probes) {
+      std::printf("| %s | %.0f | %.0f | %.0f | %.0f | %.2f |\n", r.way.c_str(),
+                  r.normal_p50_us, r.normal_p99_us, r.urgent_p50_us, r.urgent_p99_us,
+                  r.urgent_p50_us / r.normal_p50_us);
+    }
   }
   if (latency.empty()) return 0;
   std::printf("\nOne recall in flight: request sent to reply read (60 after 5), against a "

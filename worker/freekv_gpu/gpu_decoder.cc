@@ -293,6 +293,11 @@ absl::StatusOr<GpuStepStats> GpuDecoder::Run(int32_t warmup, int32_t steps) {
     out.slices_per_step = double(after.slices - before.slices) / steps;
     const uint64_t recalls = after.recalls - before.recalls;
     out.reply_ms = recalls == 0 ? 0 : 1e3 * (after.reply_seconds - before.reply_seconds) / recalls;
+    const uint64_t corrections = after.corrections - before.corrections;
+    out.correction_reply_ms =
+        corrections == 0 ? 0
+                         : 1e3 * (after.correction_reply_seconds - before.correction_reply_seconds) /
+                               corrections;
     const double checks = double(steps) * m.L() * m.shape.lists();
     out.corrected = m.options.policy == GpuPolicy::kFreeKv
                         ? (after.flagged_heads - before.flagged_heads) / checks

@@ -82,6 +82,7 @@ struct GpuStepStats {
   double recall_host_ms = 0;   // per step: building, sending and applying recalls
   double slices_per_step = 0;  // 16 KiB (page, head) blocks recalled per step
   double reply_ms = 0;         // mean per recall: request sent -> reply read
+  double correction_reply_ms = 0;  // the same, over freekv's corrections only (urgent)
   double corrected = 0;        // share of (layer, sequence, KV head) corrected
 };
 

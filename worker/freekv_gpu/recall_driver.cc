@@ -42,7 +42,9 @@ RecallDriver::RecallDriver(CudaKvClient& kv, std::vector<uint64_t> sequence_ids,
       num_kv_heads_(num_kv_heads),
       layout_(layout) {
   issuer_ = std::thread([this] { IssueLoop(); });
-  completer_ = std::thread([this] { CompleteLoop(); });
+  for (Lane lane : {kBulk, kUrgent}) {
+    completers_[lane] = std::thread([this, lane] { CompleteLoop(lane); });
+  }
 }
 
 RecallDriver::~RecallDriver() {
@@ -51,7 +53,7 @@ RecallDriver::~RecallDriver() {
     stop_ = true;
   }
   issuer_.join();
-  completer_.join();
+  for (std::thread& completer : completers_) completer.join();
   ReleaseAll();
 }
 
@@ -133,7 +135,7 @@ void RecallDriver::IssueLoop() {
     if (skip) {
       ++done_;
     } else {
-      to_complete_.push_back(std::move(sent));
+      to_complete_[LaneOf(item)].push_back(std::move(sent));
     }
   }
 }
@@ -170,7 +172,10 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
   }
   if (!slices.empty()) {
     *sent_at = absl::Now();
-    absl::StatusOr<RecallTicket> t = kv_.client().Recall(item.step, item.layer, slices);
+    RecallOptions options;
+    options.urgent = LaneOf(item) == kUrgent;
+    absl::StatusOr<RecallTicket> t =
+        kv_.client().Recall(item.step, item.layer, slices, options);
     if (!t.ok()) return t.status();
     *ticket = *t;
   }
@@ -182,20 +187,20 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
   return absl::OkStatus();
 }
 
-void RecallDriver::CompleteLoop() {
+void RecallDriver::CompleteLoop(Lane lane) {
+  std::deque<Sent>& queue = to_complete_[lane];
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !queue.empty() || (stop_ && done_ == pushed_);
+  };
   for (;;) {
     Sent sent;
     {
       absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](RecallDriver* d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu_) {
-            return !d->to_complete_.empty() || (d->stop_ && d->done_ == d->pushed_);
-          },
-          this));
-      if (to_complete_.empty()) return;
-      sent = std::move(to_complete_.front());
-      to_complete_.pop_front();
-      completing_ = sent.item;
+      mu_.Await(absl::Condition(&ready));
+      if (queue.empty()) return;
+      sent = std::move(queue.front());
+      queue.pop_front();
+      completing_[lane] = sent.item;
     }
     absl::Status status = sent.failed ? absl::OkStatus() : Complete(sent);
     if (!status.ok()) Fail(status);
@@ -208,7 +213,7 @@ void RecallDriver::CompleteLoop() {
       OpenGate(sent.item.gate, sent.item.gate_value + kGateFarPast);
     }
     absl::MutexLock lock(&mu_);
-    completing_.reset();
+    completing_[lane].reset();
     ++done_;
   }
 }
@@ -217,19 +222,22 @@ std::string RecallDriver::Describe() const {
   absl::MutexLock lock(&mu_);
   size_t held = 0;
   for (const auto& layer : held_) held += layer.size();
-  std::string out = absl::StrCat("recall driver: ", pushed_, " items pushed, ", done_,
-                                 " done, ", to_issue_.size(), " queued, ",
-                                 to_complete_.size(), " awaiting replies, ", held,
-                                 " slots held");
+  std::string out = absl::StrCat(
+      "recall driver: ", pushed_, " items pushed, ", done_, " done, ", to_issue_.size(),
+      " queued, ", to_complete_[kBulk].size() + to_complete_[kUrgent].size(),
+      " awaiting replies (", to_complete_[kUrgent].size(), " urgent), ", held,
+      " slots held");
   if (issuing_.has_value()) {
     absl::StrAppend(&out, "; issuing step ", issuing_->step, " layer ", issuing_->layer,
                     " (its diff's stamp reads ",
                     __atomic_load_n(issuing_->stamp, __ATOMIC_ACQUIRE), ", waiting for ",
                     issuing_->stamp_value, ")");
   }
-  if (completing_.has_value()) {
-    absl::StrAppend(&out, "; completing step ", completing_->step, " layer ",
-                    completing_->layer, " (opens its gate to ", completing_->gate_value, ")");
+  for (const std::optional<RecallItem>& c : completing_) {
+    if (!c.has_value()) continue;
+    absl::StrAppend(&out, "; completing step ", c->step, " layer ", c->layer,
+                    c->num_flagged != nullptr ? " (a correction, opens" : " (opens", " its gate to ",
+                    c->gate_value, ")");
   }
   return out;
 }
@@ -244,6 +252,9 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
     const absl::Time start = absl::Now();
     absl::MutexLock lock(&mu_);
     stats_.reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
+    if (LaneOf(item) == kUrgent) {
+      stats_.correction_reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
+    }
     // Held before the gate opens: the stream may read the slot, select the layer again
     // and let the issuer hand it back at once.
     if (held_.size() <= item.layer) held_.resize(item.layer + 1);

@@ -6,9 +6,13 @@
 //              hands back the layer's slots the stream has read since, reads the diff
 //              (and the flags, for an item of some heads), sends the recall request
 //              (KvClient::Recall, no wait);
-//   completer: waits for each recall's reply in order (the kvservice replies once the
-//              bytes are in the slot), then opens the item's gate from the host,
-//              naming the slot (OpenGate).
+//   completers: wait for each recall's reply (the kvservice replies once the bytes are
+//              in the slot), then open the item's gate from the host, naming the slot
+//              (OpenGate). Two of them, each taking its items in order: one for
+//              freekv's corrections, which the decode stream waits for at once and
+//              which are sent urgent (the kvservice serves them beside the
+//              speculations already queued, so their replies may come first), and one
+//              for the rest.
 // The decode stream (or, for freekv's speculation, the stream it forks at each step's
 // start) holds at the gate and applies the slot itself (ApplyPublishedCuda), so no GPU
 // work of this driver ever sits between a stream and its gate (resident_ops.h says why
@@ -73,6 +77,7 @@ struct RecallDriverStats {
   uint64_t flagged_heads = 0;  // (sequence, KV head) pairs corrections flagged
   double host_work_seconds = 0;  // building and sending requests, opening gates
   double reply_seconds = 0;      // summed over recalls: request sent -> reply read
+  double correction_reply_seconds = 0;  // of which the corrections' (urgent)
 };
 
 class RecallDriver {
@@ -108,8 +113,13 @@ class RecallDriver {
     absl::Time sent_at;
     bool failed = false;
   };
+  // The completers' queues: the corrections (urgent), and the rest.
+  enum Lane { kBulk = 0, kUrgent = 1, kLanes = 2 };
+  static Lane LaneOf(const RecallItem& item) {
+    return item.num_flagged != nullptr ? kUrgent : kBulk;
+  }
   void IssueLoop();
-  void CompleteLoop();
+  void CompleteLoop(Lane lane);
   absl::Status Issue(const RecallItem& item, std::vector<RecallSliceRef>& slices,
                      std::optional<RecallTicket>* ticket, absl::Time* sent_at, bool* skip);
   absl::Status Complete(const Sent& sent);
@@ -124,7 +134,7 @@ class RecallDriver {
 
   mutable absl::Mutex mu_;
   std::deque<RecallItem> to_issue_ ABSL_GUARDED_BY(mu_);
-  std::deque<Sent> to_complete_ ABSL_GUARDED_BY(mu_);
+  std::deque<Sent> to_complete_[kLanes] ABSL_GUARDED_BY(mu_);
   uint64_t pushed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t done_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
@@ -133,11 +143,11 @@ class RecallDriver {
   // Slots published to the stream and not yet handed back: (the item's stamp value,
   // its ticket) per layer.
   std::vector<std::vector<std::pair<int32_t, RecallTicket>>> held_ ABSL_GUARDED_BY(mu_);
-  // The items the two threads are working on, if any (Describe).
+  // The items the threads are working on, if any (Describe).
   std::optional<RecallItem> issuing_ ABSL_GUARDED_BY(mu_);
-  std::optional<RecallItem> completing_ ABSL_GUARDED_BY(mu_);
+  std::optional<RecallItem> completing_[kLanes] ABSL_GUARDED_BY(mu_);
   std::thread issuer_;
-  std::thread completer_;
+  std::thread completers_[kLanes];
 };
 
 }  // namespace freekv::gpu
