@@ -8,29 +8,6 @@
 
 namespace freekv {
 
-absl::StatusOr<CopyMethod> ParseCopyMethod(absl::string_view name) {
-  if (name == "batch") return CopyMethod::kBatch;
-  if (name == "per_run") return CopyMethod::kPerRun;
-  if (name == "gather") return CopyMethod::kGather;
-  if (name == "split") return CopyMethod::kSplit;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "copy method is '", name, "'; use 'batch', 'per_run', 'gather' or 'split'"));
-}
-
-const char* CopyMethodName(CopyMethod method) {
-  switch (method) {
-    case CopyMethod::kBatch:
-      return "batch";
-    case CopyMethod::kPerRun:
-      return "per_run";
-    case CopyMethod::kGather:
-      return "gather";
-    case CopyMethod::kSplit:
-      return "split";
-  }
-  return "?";
-}
-
 int VisibleCudaDeviceCount() {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess) {
@@ -45,10 +22,6 @@ namespace {
 // Copies per cudaMemcpyBatchAsync call: large enough that the call's fixed cost
 // vanishes, small enough that its argument arrays stay in cache.
 constexpr size_t kMaxBatch = 4096;
-
-bool UsesBounce(CopyMethod method) {
-  return method == CopyMethod::kGather || method == CopyMethod::kSplit;
-}
 
 }  // namespace
 

@@ -27,9 +27,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/cuda_fwd.h"
+#include "kvservice/copy_method.h"
 #include "kvservice/gather_pool.h"
 
 // As CUDA's driver_types.h spells it (kernels/cuda_fwd.h does the same for streams).
@@ -37,18 +37,6 @@ struct CUevent_st;
 typedef struct CUevent_st* cudaEvent_t;
 
 namespace freekv {
-
-enum class CopyMethod {
-  kBatch,   // one cudaMemcpyBatchAsync per stream per Enqueue
-  kPerRun,  // one cudaMemcpyAsync per copy (the reference system's way, for benches)
-  kGather,  // host-to-device only: CPU gather into pinned bounce buffers, large copies
-  kSplit,   // host-to-device only: kGather, with direct_share of each piece's copies
-            // batched straight from their sources meanwhile
-};
-
-// "batch", "per_run", "gather" or "split"; INVALID_ARGUMENT naming the value otherwise.
-absl::StatusOr<CopyMethod> ParseCopyMethod(absl::string_view name);
-const char* CopyMethodName(CopyMethod method);
 
 struct CopyOptions {
   CopyMethod method = CopyMethod::kBatch;

@@ -430,14 +430,8 @@ absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> CudaIpcTransportFactory
         "CUDA IPC needs a GPU and this process sees none (cudaGetDeviceCount: ",
         cudaGetErrorName(err), ", ", devices, " devices)"));
   }
-  if (options.pull.method == CopyMethod::kGather ||
-      options.pull.method == CopyMethod::kSplit) {
+  if (UsesBounce(options.pull.method)) {
     return absl::InvalidArgumentError("pulls copy device to host; they cannot gather");
-  }
-  if (options.urgent.has_value() && (options.urgent->method == CopyMethod::kGather ||
-                                     options.urgent->method == CopyMethod::kSplit) &&
-      options.urgent->piece_bytes > options.urgent->bounce_bytes) {
-    return absl::InvalidArgumentError("the urgent lane's pieces exceed its bounce buffers");
   }
   if (options.gather_threads < 1) {
     return absl::InvalidArgumentError(
@@ -448,17 +442,15 @@ absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> CudaIpcTransportFactory
 
 CudaIpcTransportFactory::CudaIpcTransportFactory(const CudaIpcTransportOptions& options)
     : options_(options) {
-  auto packs = [](const CopyOptions& copy) {
-    return copy.method == CopyMethod::kGather || copy.method == CopyMethod::kSplit;
-  };
-  const bool urgent_packs = options_.urgent.has_value() && packs(*options_.urgent);
-  if (packs(options_.push) || urgent_packs) {
+  const bool push_packs = UsesBounce(options_.push.method);
+  const bool urgent_packs = options_.urgent.has_value() && UsesBounce(options_.urgent->method);
+  if (push_packs || urgent_packs) {
     GatherPoolOptions pool;
     pool.threads = options_.gather_threads;
     pool.streaming_stores = options_.gather_streaming_stores;
     pool.prefetch_bytes = options_.gather_prefetch_bytes;
     gather_pool_ = std::make_unique<GatherPool>(pool);
-    if (packs(options_.push)) options_.push.gather_pool = gather_pool_.get();
+    if (push_packs) options_.push.gather_pool = gather_pool_.get();
     if (urgent_packs) options_.urgent->gather_pool = gather_pool_.get();
   }
 }

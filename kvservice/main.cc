@@ -12,8 +12,6 @@
 #include <memory>
 #include <string>
 #include <thread>
-#include <tuple>
-#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -26,6 +24,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kvservice/block_allocator.h"
+#include "kvservice/copy_method.h"
 #include "kvservice/cuda_support.h"
 #include "kvservice/kv_service.h"
 #include "kvservice/metrics.h"
@@ -154,18 +153,16 @@ absl::Status CheckFlags() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--cuda_gather_piece_kib is ", piece, "; it must be 0 or within 64 to 8192"));
   }
-  // The names ParseCopyMethod (kvservice/cuda_copy.h) reads, checked here too so that
-  // a kvservice built without CUDA refuses a misspelt flag as well.
-  const std::vector<std::string> methods = {"gather", "split", "batch", "per_run"};
-  for (const auto& [name, value, off] :
-       {std::tuple<const char*, std::string, bool>{
-            "cuda_copy_method", absl::GetFlag(FLAGS_cuda_copy_method), false},
-        {"cuda_urgent_copy_method", absl::GetFlag(FLAGS_cuda_urgent_copy_method), true}}) {
-    if (std::find(methods.begin(), methods.end(), value) == methods.end() &&
-        !(off && value == "off")) {
+  // Checked here too, so that a kvservice built without CUDA refuses a misspelt method.
+  if (absl::StatusOr<CopyMethod> m = ParseCopyMethod(absl::GetFlag(FLAGS_cuda_copy_method));
+      !m.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--cuda_copy_method: ", m.status().message()));
+  }
+  if (const std::string urgent = absl::GetFlag(FLAGS_cuda_urgent_copy_method);
+      urgent != "off") {
+    if (absl::StatusOr<CopyMethod> m = ParseCopyMethod(urgent); !m.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " is '", value, "'; use gather, split, batch, per_run",
-                       off ? " or off" : ""));
+          absl::StrCat("--cuda_urgent_copy_method: ", m.status().message(), ", or 'off'"));
     }
   }
   if (absl::GetFlag(FLAGS_socket).empty() && absl::GetFlag(FLAGS_listen).empty()) {
