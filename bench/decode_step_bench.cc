@@ -210,9 +210,12 @@ std::vector<Row> RunRow(gpu::GpuLlama& model, testing::KvServiceProcess& service
     // "freekv-norecall": freekv's work with the recalls left out (what they cost).
     // "blocking-hostwait": the decode thread waits for each recall on the host.
     // "...-cache": with a resident cache of --resident_cache slots.
+    // "...-hostgate": the recall driver opens the gates from the host once a reply
+    // arrived, instead of the kvservice's signal words (GpuDecoderOptions::signal_gates).
     if (absl::ConsumeSuffix(&name, "-cache")) {
       options.layout.cache = absl::GetFlag(FLAGS_resident_cache);
     }
+    options.signal_gates = !absl::ConsumeSuffix(&name, "-hostgate");
     options.skip_recall = absl::ConsumeSuffix(&name, "-norecall");
     options.host_wait = absl::ConsumeSuffix(&name, "-hostwait");
     options.policy = Unwrap(gpu::ParseGpuPolicy(name), "policy");

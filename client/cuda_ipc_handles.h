@@ -21,6 +21,10 @@ struct CudaIpcHandles {
   std::vector<std::string> slot_ready_events;
   std::vector<std::string> slot_free_events;
   std::string offload_written_event;
+  // cudaIpcMemHandle_t bytes of the signal words (32-bit, zeroed at first); none when
+  // signals_bytes is 0.
+  std::string signals_handle;
+  uint64_t signals_bytes = 0;
 };
 
 }  // namespace freekv

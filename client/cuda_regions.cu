@@ -13,6 +13,7 @@ struct CudaRegions::Impl {
   uint64_t slot_bytes = 0;
   gpu::DeviceAllocation staging;
   gpu::DeviceAllocation offload;
+  gpu::DeviceAllocation signals;
   std::vector<gpu::Event> slot_ready;  // [2 * layer + slot]
   std::vector<gpu::Event> slot_free;
   gpu::Event offload_written;
@@ -28,7 +29,7 @@ struct CudaRegions::Impl {
     return 2 * size_t{layer} + slot;
   }
 
-  // Allocates both regions and exports their handles.
+  // Allocates the regions and the signal words and exports their handles.
   absl::Status AllocateRegions(uint64_t offload_bytes);
 };
 
@@ -70,6 +71,24 @@ absl::Status CudaRegions::Impl::AllocateRegions(uint64_t offload_bytes) {
   handles.staging_bytes = staging_bytes;
   handles.offload_handle = *std::move(offload_handle);
   handles.offload_bytes = offload_bytes;
+  // A value a recall would publish is never 0 (its step is), so zeroed words are shut.
+  const uint64_t signals_bytes = 2ull * num_layers * sizeof(uint32_t);
+  absl::StatusOr<gpu::DeviceAllocation> made_signals =
+      gpu::DeviceAllocation::Create(device, signals_bytes);
+  if (!made_signals.ok()) return made_signals.status();
+  signals = *std::move(made_signals);
+  {
+    gpu::DeviceGuard guard(device);
+    if (absl::Status s = gpu::CudaStatus(cudaMemset(signals.data(), 0, signals_bytes),
+                                         "cudaMemset of the signal words");
+        !s.ok()) {
+      return s;
+    }
+  }
+  absl::StatusOr<std::string> signals_handle = signals.ExportIpc();
+  if (!signals_handle.ok()) return signals_handle.status();
+  handles.signals_handle = *std::move(signals_handle);
+  handles.signals_bytes = signals_bytes;
   return absl::OkStatus();
 }
 
@@ -122,6 +141,10 @@ uint64_t CudaRegions::staging_bytes() const { return impl_->staging.bytes(); }
 std::byte* CudaRegions::offload() const { return impl_->offload.data(); }
 uint64_t CudaRegions::offload_bytes() const { return impl_->offload.bytes(); }
 const CudaIpcHandles& CudaRegions::handles() const { return impl_->handles; }
+absl::Span<uint32_t> CudaRegions::signals() const {
+  return {reinterpret_cast<uint32_t*>(impl_->signals.data()),
+          impl_->signals.bytes() / sizeof(uint32_t)};
+}
 
 std::byte* CudaRegions::staging_slot(uint32_t layer, uint32_t slot) const {
   absl::StatusOr<size_t> index = impl_->SlotIndex(layer, slot);

@@ -2,7 +2,9 @@
 // the interprocess events that order the kvservice's copies with the worker's stream.
 //
 // Owns, on one GPU: the staging region (2 slots per layer, layer-major, cudaMalloc'd
-// in one piece), the offload region, and per slot a ready event (the kvservice records
+// in one piece), the offload region, the signal words (2 per layer, zeroed: a recall
+// that names one has the kvservice write it once its bytes landed, so that the
+// worker's kernels can wait for the word instead of the host for the reply), and per slot a ready event (the kvservice records
 // it after copying a recall into the slot) and a free event (the worker records it
 // after its last read of the slot), plus one offload-written event; all events are
 // cudaEventInterprocess | cudaEventDisableTiming. Destroy it only after the session is
@@ -21,6 +23,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "client/cuda_ipc_handles.h"
 #include "kernels/cuda_fwd.h"
 
@@ -47,6 +50,9 @@ class CudaRegions {
   std::byte* staging_slot(uint32_t layer, uint32_t slot) const;
   std::byte* offload() const;
   uint64_t offload_bytes() const;
+  // The signal words, device memory: 2 per layer, [2 * layer + i]. A word's byte offset
+  // from signals().data() is what RecallOptions::Signal::offset names.
+  absl::Span<uint32_t> signals() const;
 
   // The handles OpenSession sends (made once, at Create).
   const CudaIpcHandles& handles() const;

@@ -89,6 +89,10 @@ void KvClient::DescribeRegions(v1::OpenSessionRequest* request) const {
     for (const std::string& e : ipc.slot_ready_events) peer->add_slot_ready_events(e);
     for (const std::string& e : ipc.slot_free_events) peer->add_slot_free_events(e);
     peer->set_offload_written_event(ipc.offload_written_event);
+    if (ipc.signals_bytes > 0) {
+      peer->mutable_signals()->set_length(ipc.signals_bytes);
+      peer->mutable_signals()->set_cuda_ipc_handle(ipc.signals_handle);
+    }
     return;
   }
   request->set_transport(v1::TRANSPORT_UCX);
@@ -207,6 +211,11 @@ absl::StatusOr<RecallTicket> KvClient::Recall(uint64_t step, uint32_t layer,
   request.set_slot(ticket->slot);
   request.set_verify_integrity(options.verify_integrity);
   request.set_urgent(options.urgent);
+  if (options.signal.has_value()) {
+    v1::RecallSignal* signal = request.mutable_signal();
+    signal->set_offset(options.signal->offset);
+    signal->set_value(options.signal->value_for_slot[ticket->slot]);
+  }
   for (const RecallSliceRef& slice : slices) {
     v1::RecallBlock* block = request.add_blocks();
     block->set_sequence_id(slice.sequence_id);

@@ -15,6 +15,7 @@
 #ifndef FREEKV_CLIENT_KV_CLIENT_H_
 #define FREEKV_CLIENT_KV_CLIENT_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -83,6 +84,15 @@ struct RecallOptions {
   // The caller waits for this recall now (a correction): the kvservice may serve it
   // beside the recalls already queued, so it may complete before them.
   bool urgent = false;
+  // CUDA IPC sessions whose regions hold signal words (CudaRegions): once the bytes
+  // landed, the kvservice writes the word at `offset` of the signals region on the GPU,
+  // before it replies; the value is `value_for_slot[s]` for the staging slot s the
+  // recall claims (the caller's kernels learn the slot from the word).
+  struct Signal {
+    uint64_t offset = 0;
+    std::array<uint32_t, 2> value_for_slot = {0, 0};
+  };
+  std::optional<Signal> signal;
 
   static RecallOptions Verified() {
     RecallOptions o;

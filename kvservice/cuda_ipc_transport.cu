@@ -1,8 +1,12 @@
 #include "kvservice/cuda_ipc_transport.h"
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -65,14 +69,38 @@ absl::StatusOr<std::vector<gpu::Event>> OpenEvents(int device,
 // tens of them on the recall's critical path.
 constexpr absl::Duration kIssuerSpin = absl::Microseconds(200);
 
-// What a session's lanes share, opened once per session: the worker's staging region
-// and the events of its slots.
+// cuStreamWriteValue32, from the driver through the runtime (nothing links libcuda):
+// the GPU's front end writes the word in stream order, with a fence before it that
+// makes the stream's earlier copies visible first. No kernel runs for it.
+using WriteValue32 = PFN_cuStreamWriteValue32_v11070;
+
+absl::StatusOr<WriteValue32> StreamWriteValue32() {
+  static const absl::StatusOr<WriteValue32> found = []() -> absl::StatusOr<WriteValue32> {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult result = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t err = cudaGetDriverEntryPointByVersion(
+        "cuStreamWriteValue32", &fn, 12000, cudaEnableDefault, &result);
+    if (err != cudaSuccess || result != cudaDriverEntryPointSuccess || fn == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the CUDA driver has no cuStreamWriteValue32 (", cudaGetErrorName(err),
+          ", query result ", static_cast<int>(result),
+          "); recall signals need a CUDA 12 driver or later"));
+    }
+    return reinterpret_cast<WriteValue32>(fn);
+  }();
+  return found;
+}
+
+// What a session's lanes share, opened once per session: the worker's staging region,
+// the events of its slots, and its signal words if it registered any.
 struct StagingTarget {
   int device = 0;
   uint64_t slot_bytes = 0;
   gpu::IpcMapping staging;
   std::vector<gpu::Event> slot_ready;  // the service records, per slot
   std::vector<gpu::Event> slot_free;   // the worker records, per slot
+  gpu::IpcMapping signals;             // empty: the session cannot signal
+  WriteValue32 write_value = nullptr;  // set with `signals`
 };
 
 // One lane of pushes, with its own threads and copy streams: the issuing thread takes
@@ -82,7 +110,9 @@ struct StagingTarget {
 //   2. copies the runs with the copy engines (CopyStreams: by default gathered by the
 //      CPU into pinned bounce buffers and sent as large copies; `split` sends a share
 //      straight from the store meanwhile);
-//   3. records each written slot's ready event (the worker's stream waits on it);
+//   3. records each written slot's ready event (the worker's stream waits on it) and,
+//      when the push carries a signal, writes its word (cuStreamWriteValue32) after
+//      the copies on the same stream: the worker's GPU sees the bytes, then the word;
 //   4. records a private event and hands it to the lane's completion thread, which
 //      waits for it; only then is `done` called, in the lane's push order, on that
 //      thread. A push refused (runs outside the region, a CUDA error) completes with
@@ -114,9 +144,10 @@ class PushLane {
     completer_.join();
   }
 
-  void Push(std::vector<CopyRun> runs, absl::AnyInvocable<void(absl::Status) &&> done) {
+  void Push(std::vector<CopyRun> runs, std::optional<PushSignal> signal,
+            absl::AnyInvocable<void(absl::Status) &&> done) {
     absl::MutexLock lock(&issue_mu_);
-    to_issue_.push_back(Job{std::move(runs), std::move(done)});
+    to_issue_.push_back(Job{std::move(runs), signal, std::move(done)});
     ++made_;
     waiting_.store(to_issue_.size(), std::memory_order_release);
   }
@@ -140,6 +171,7 @@ class PushLane {
   // A push as its caller made it, waiting for the issuing thread.
   struct Job {
     std::vector<CopyRun> runs;
+    std::optional<PushSignal> signal;  // checked by CheckSignal when made
     absl::AnyInvocable<void(absl::Status) &&> done;
   };
   // A push whose copies are enqueued (or that failed before), waiting for completion.
@@ -152,7 +184,8 @@ class PushLane {
   // Issuing thread only.
   bool NextJob(Job* job);  // false once stopping and drained
   void IssueInOrder();
-  absl::StatusOr<gpu::Event> EnqueuePush(absl::Span<const CopyRun> runs);
+  absl::StatusOr<gpu::Event> EnqueuePush(absl::Span<const CopyRun> runs,
+                                         const std::optional<PushSignal>& signal);
   absl::StatusOr<gpu::Event> TakeEvent();  // a completion event, reused when possible
   // Completion thread only.
   absl::Status WaitFor(const gpu::Event& event) const;
@@ -200,7 +233,7 @@ void PushLane::IssueInOrder() {
   while (NextJob(&job)) {
     Pending pending;
     pending.done = std::move(job.done);
-    absl::StatusOr<gpu::Event> event = EnqueuePush(job.runs);
+    absl::StatusOr<gpu::Event> event = EnqueuePush(job.runs, job.signal);
     if (event.ok()) {
       pending.event = *std::move(event);
     } else {
@@ -215,7 +248,8 @@ void PushLane::IssueInOrder() {
   }
 }
 
-absl::StatusOr<gpu::Event> PushLane::EnqueuePush(absl::Span<const CopyRun> runs) {
+absl::StatusOr<gpu::Event> PushLane::EnqueuePush(absl::Span<const CopyRun> runs,
+                                                  const std::optional<PushSignal>& signal) {
   const StagingTarget& t = target_;
   if (absl::Status s = CheckRunsInside(runs, t.staging.bytes(), "staging"); !s.ok()) {
     return s;
@@ -250,6 +284,17 @@ absl::StatusOr<gpu::Event> PushLane::EnqueuePush(absl::Span<const CopyRun> runs)
   cudaStream_t main = streams_->main();
   for (size_t slot : push_slots_) {
     FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(t.slot_ready[slot].get(), main));
+  }
+  if (signal.has_value()) {
+    const CUresult written = t.write_value(
+        reinterpret_cast<CUstream>(main),
+        reinterpret_cast<CUdeviceptr>(t.signals.data() + signal->offset), signal->value,
+        CU_STREAM_WRITE_VALUE_DEFAULT);
+    if (written != CUDA_SUCCESS) {
+      return absl::InternalError(absl::StrCat(
+          "cuStreamWriteValue32 of a recall's signal failed (CUresult ",
+          static_cast<int>(written), ")"));
+    }
   }
   FREEKV_GPU_RETURN_IF_ERROR(cudaEventRecord(completion->get(), main));
   return completion;
@@ -329,14 +374,21 @@ class CudaIpcSessionTransport : public SessionTransport {
   absl::Status Pull(absl::Span<const CopyRun> runs) override;
   void Push(std::vector<CopyRun> runs,
             absl::AnyInvocable<void(absl::Status) &&> done) override {
-    bulk_.Push(std::move(runs), std::move(done));
+    bulk_.Push(std::move(runs), std::nullopt, std::move(done));
   }
   void PushUrgent(std::vector<CopyRun> runs,
                   absl::AnyInvocable<void(absl::Status) &&> done) override {
-    (urgent_ != nullptr ? *urgent_ : bulk_).Push(std::move(runs), std::move(done));
+    LaneFor(true).Push(std::move(runs), std::nullopt, std::move(done));
+  }
+  absl::Status CheckSignal(const PushSignal& signal) const override;
+  void PushSignalled(std::vector<CopyRun> runs, bool urgent, PushSignal signal,
+                     absl::AnyInvocable<void(absl::Status) &&> done) override {
+    LaneFor(urgent).Push(std::move(runs), signal, std::move(done));
   }
 
  private:
+  PushLane& LaneFor(bool urgent) { return urgent && urgent_ != nullptr ? *urgent_ : bulk_; }
+
   const StagingTarget target_;
   const gpu::IpcMapping offload_;
   const gpu::Event offload_written_;
@@ -346,6 +398,17 @@ class CudaIpcSessionTransport : public SessionTransport {
   PushLane bulk_;
   const std::unique_ptr<PushLane> urgent_;
 };
+
+absl::Status CudaIpcSessionTransport::CheckSignal(const PushSignal& signal) const {
+  const uint64_t words = target_.signals.bytes();
+  if (words == 0) return SessionTransport::CheckSignal(signal);
+  if (signal.offset % 4 != 0 || signal.offset >= words) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "signal.offset is ", signal.offset, "; a multiple of 4 below the signals "
+        "region's ", words, " bytes"));
+  }
+  return absl::OkStatus();
+}
 
 // A pull first waits until every push made before it has been issued, in both lanes
 // (so a pull sees the same order as when pushes were issued by their callers), then
@@ -404,6 +467,15 @@ absl::StatusOr<CudaIpcSessionTransport::Handles> OpenHandles(
   absl::StatusOr<gpu::Event> written = gpu::Event::OpenIpc(t.device, ipc.offload_written_event);
   if (!written.ok()) return written.status();
   h.offload_written = *std::move(written);
+  if (ipc.signals.length > 0) {
+    absl::StatusOr<WriteValue32> write_value = StreamWriteValue32();
+    if (!write_value.ok()) return write_value.status();
+    t.write_value = *write_value;
+    absl::StatusOr<gpu::IpcMapping> signals =
+        gpu::IpcMapping::Open(t.device, ipc.signals.cuda_ipc_handle, ipc.signals.length);
+    if (!signals.ok()) return signals.status();
+    t.signals = *std::move(signals);
+  }
   absl::StatusOr<std::unique_ptr<CopyStreams>> bulk = CopyStreams::Create(t.device, options.push);
   if (!bulk.ok()) return bulk.status();
   h.bulk_streams = *std::move(bulk);

@@ -13,11 +13,15 @@
 // to the bulk lane; PushUrgent (a correction the worker waits for) goes to the urgent
 // lane when `urgent` is set, so that it is packed, copied and completed beside the
 // bulk lane's queue instead of after it (bench/RESULTS.md, GPU recall run 9).
+// PushSignalled (a recall with RecallRequest.signal) goes to either lane, and its lane
+// also writes the signal word into the worker's signals region (opened at Connect when
+// the worker registered one) with cuStreamWriteValue32, right after the copies on the
+// same stream: the worker's kernels wait for that word, not for the reply.
 // A pull first waits until every push made before it has been issued, in both lanes,
 // then waits for the worker's offload-written event, copies device to host into the
 // store and returns when the bytes are there.
 //
-// Thread-safety: the factory's Connect and each transport's Push/PushUrgent/Pull may
+// Thread-safety: the factory's Connect and each transport's Push/PushUrgent/PushSignalled/Pull may
 // be called from any thread. Each session transport owns its mappings, events, streams
 // and lanes; destroying it drains (every push made is issued and its `done` called),
 // then stops the threads and closes the handles.

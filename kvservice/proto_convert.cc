@@ -104,6 +104,19 @@ absl::StatusOr<SessionPeer> CudaIpcPeerFromProto(const v1::OpenSessionRequest& r
         "cuda_ipc.offload_written_event has ", ipc.offload_written_event().size(),
         " bytes; a cudaIpcEventHandle_t has ", kCudaIpcHandleBytes));
   }
+  if (ipc.has_signals()) {
+    const v1::MemoryRegion& signals = ipc.signals();
+    if (signals.length() == 0 || signals.length() % 4 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cuda_ipc.signals.length is ", signals.length(),
+          "; a positive multiple of 4 (the region holds 32-bit words)"));
+    }
+    if (signals.cuda_ipc_handle().size() != kCudaIpcHandleBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cuda_ipc.signals.cuda_ipc_handle has ", signals.cuda_ipc_handle().size(),
+          " bytes; send cudaIpcGetMemHandle's ", kCudaIpcHandleBytes));
+    }
+  }
   SessionPeer peer;
   peer.transport = PeerTransport::kCudaIpc;
   peer.staging = RemoteRegion{0, request.staging().length(), "",
@@ -117,6 +130,10 @@ absl::StatusOr<SessionPeer> CudaIpcPeerFromProto(const v1::OpenSessionRequest& r
   peer.cuda_ipc.slot_free_events.assign(ipc.slot_free_events().begin(),
                                         ipc.slot_free_events().end());
   peer.cuda_ipc.offload_written_event = ipc.offload_written_event();
+  if (ipc.has_signals()) {
+    peer.cuda_ipc.signals =
+        RemoteRegion{0, ipc.signals().length(), "", ipc.signals().cuda_ipc_handle()};
+  }
   return peer;
 }
 
@@ -156,8 +173,12 @@ std::vector<RecallItem> RecallItemsFromProto(const v1::RecallRequest& request) {
 }
 
 RecallSpec RecallSpecFromProto(const v1::RecallRequest& request) {
-  return RecallSpec{request.step(), request.layer(), request.slot(),
-                    request.verify_integrity(), request.urgent()};
+  RecallSpec spec{request.step(), request.layer(), request.slot(),
+                  request.verify_integrity(), request.urgent()};
+  if (request.has_signal()) {
+    spec.signal = PushSignal{request.signal().offset(), request.signal().value()};
+  }
+  return spec;
 }
 
 }  // namespace freekv

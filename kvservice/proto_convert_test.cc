@@ -1,5 +1,6 @@
 // SessionPeerFromProto for TRANSPORT_CUDA_IPC: a well-formed request becomes a peer with
-// every handle in place; malformed handles and event lists are refused naming the field.
+// every handle in place (the signals region optional); malformed handles, event lists
+// and signal regions are refused naming the field; a recall's signal reaches its spec.
 #include "kvservice/proto_convert.h"
 
 #include <string>
@@ -34,6 +35,8 @@ v1::OpenSessionRequest CudaIpcRequest() {
     ipc->add_slot_free_events(Handle('f', i));
   }
   ipc->set_offload_written_event(Handle('w', 0));
+  ipc->mutable_signals()->set_length(8 * kLayers);
+  ipc->mutable_signals()->set_cuda_ipc_handle(Handle('g', 0));
   return request;
 }
 
@@ -61,6 +64,32 @@ TEST(ProtoConvertTest, CudaIpcPeerCarriesEveryHandle) {
     EXPECT_EQ(peer->cuda_ipc.slot_free_events[i], Handle('f', i));
   }
   EXPECT_EQ(peer->cuda_ipc.offload_written_event, Handle('w', 0));
+  EXPECT_EQ(peer->cuda_ipc.signals.length, 8 * kLayers);
+  EXPECT_EQ(peer->cuda_ipc.signals.cuda_ipc_handle, Handle('g', 0));
+}
+
+TEST(ProtoConvertTest, CudaIpcSignalsAreOptional) {
+  v1::OpenSessionRequest request = CudaIpcRequest();
+  request.mutable_cuda_ipc()->clear_signals();
+  absl::StatusOr<SessionPeer> peer = SessionPeerFromProto(request);
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ(peer->cuda_ipc.signals.length, 0u);
+  EXPECT_TRUE(peer->cuda_ipc.signals.cuda_ipc_handle.empty());
+}
+
+TEST(ProtoConvertTest, RecallSignalReachesTheSpec) {
+  v1::RecallRequest request;
+  request.set_layer(2);
+  request.set_urgent(true);
+  EXPECT_FALSE(RecallSpecFromProto(request).signal.has_value());
+  request.mutable_signal()->set_offset(12);
+  request.mutable_signal()->set_value(0xabcd1234u);
+  const RecallSpec spec = RecallSpecFromProto(request);
+  ASSERT_TRUE(spec.signal.has_value());
+  EXPECT_EQ(spec.signal->offset, 12u);
+  EXPECT_EQ(spec.signal->value, 0xabcd1234u);
+  EXPECT_EQ(spec.layer, 2u);
+  EXPECT_TRUE(spec.urgent);
 }
 
 TEST(ProtoConvertTest, CudaIpcRefusesMalformedFields) {
@@ -87,6 +116,18 @@ TEST(ProtoConvertTest, CudaIpcRefusesMalformedFields) {
   request = CudaIpcRequest();
   request.mutable_cuda_ipc()->clear_offload_written_event();
   ExpectRefused(request, "cuda_ipc.offload_written_event");
+
+  request = CudaIpcRequest();
+  request.mutable_cuda_ipc()->mutable_signals()->set_length(6);
+  ExpectRefused(request, "cuda_ipc.signals.length");
+
+  request = CudaIpcRequest();
+  request.mutable_cuda_ipc()->mutable_signals()->set_length(0);
+  ExpectRefused(request, "cuda_ipc.signals.length");
+
+  request = CudaIpcRequest();
+  request.mutable_cuda_ipc()->mutable_signals()->set_cuda_ipc_handle("short");
+  ExpectRefused(request, "cuda_ipc.signals.cuda_ipc_handle");
 }
 
 TEST(ProtoConvertTest, UnspecifiedTransportIsRefused) {

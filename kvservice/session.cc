@@ -239,6 +239,9 @@ absl::Status Session::Recall(
   {
     absl::MutexLock lock(&mu_);
     if (closed_) return absl::NotFoundError(absl::StrCat("session ", id_, " is closed"));
+    if (spec.signal.has_value()) {
+      if (absl::Status s = transport_->CheckSignal(*spec.signal); !s.ok()) return s;
+    }
     absl::StatusOr<std::vector<CopyRun>> resolved = ResolveRecall(spec, items);
     if (!resolved.ok()) return resolved.status();
     runs = *std::move(resolved);
@@ -252,7 +255,9 @@ absl::Status Session::Recall(
     std::move(done)(std::move(status), result);
     OnRecallDone();
   };
-  if (spec.urgent) {
+  if (spec.signal.has_value()) {
+    transport_->PushSignalled(std::move(runs), spec.urgent, *spec.signal, std::move(finish));
+  } else if (spec.urgent) {
     transport_->PushUrgent(std::move(runs), std::move(finish));
   } else {
     transport_->Push(std::move(runs), std::move(finish));

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,9 @@ struct RecallSpec {
   uint32_t slot = 0;
   bool verify_integrity = false;
   bool urgent = false;  // SessionTransport::PushUrgent
+  // Written once the bytes landed (SessionTransport::PushSignalled); the transport
+  // refuses one it cannot write before anything is sent.
+  std::optional<PushSignal> signal;
 };
 
 struct OffloadResult {

@@ -53,6 +53,16 @@ struct CudaIpcEndpoints {
   std::vector<std::string> slot_ready_events;  // [2 * layer + slot], the service records
   std::vector<std::string> slot_free_events;   // [2 * layer + slot], the worker records
   std::string offload_written_event;           // the worker records
+  RemoteRegion signals;                        // optional (length 0: none): words that
+                                               // pushes may signal (PushSignal)
+};
+
+// A 32-bit word a transport writes into the worker's signal region once every byte of
+// a push has landed, in order after them on the worker's GPU and before the push's
+// `done`: the worker's kernels can wait for the word rather than for the host.
+struct PushSignal {
+  uint64_t offset = 0;  // into the signals region, a multiple of 4
+  uint32_t value = 0;
 };
 
 // The worker's side of a session.
@@ -90,6 +100,21 @@ class SessionTransport {
   virtual void PushUrgent(std::vector<CopyRun> runs,
                           absl::AnyInvocable<void(absl::Status) &&> done) {
     Push(std::move(runs), std::move(done));
+  }
+
+  // OK when a push may carry `signal` (PushSignalled): the session has a signals region
+  // holding the word. By default (UCX) no signal can be written: FAILED_PRECONDITION.
+  virtual absl::Status CheckSignal(const PushSignal& /*signal*/) const {
+    return absl::FailedPreconditionError(
+        "this session cannot signal: only a CUDA IPC session that registered a signals "
+        "region (CudaIpcPeer.signals) can; send the recall without a signal");
+  }
+
+  // As Push (or PushUrgent when `urgent`), and writes `signal` once the bytes landed.
+  // Call only with a signal CheckSignal accepted; by default `done` gets its error.
+  virtual void PushSignalled(std::vector<CopyRun> runs, bool urgent, PushSignal signal,
+                             absl::AnyInvocable<void(absl::Status) &&> done) {
+    std::move(done)(CheckSignal(signal));
   }
 };
 

@@ -7,7 +7,8 @@
 // Each test runs against both ways the kvservice packs recalls (`gather`, the default,
 // and `split`, which sends a share straight from the store), with gather in pieces, and
 // with urgent recalls sent straight from the store (their lane packs them by default).
-// An urgent recall must not wait behind an earlier one held at its slot.
+// An urgent recall must not wait behind an earlier one held at its slot. A recall's
+// signal word lands behind its bytes.
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -284,6 +285,76 @@ TEST_P(CudaIpcTest, AnUrgentRecallLandsWhileAnEarlierOneWaitsForItsSlot) {
   ASSERT_TRUE(client_->client().Wait(*b, absl::Now() + absl::Seconds(10)).ok());
   EXPECT_GE(absl::Now() - start, kHeld / 2) << "the held recall did not wait for its slot";
   ExpectSlot(WaitAndRead(*client_, *b), layer, held, std::byte{0x3C});
+}
+
+// The signal word a recall names is written once its bytes are in the slot (not while
+// its copies wait for the slot), with the value for the slot it claimed, and no other
+// word; a recall naming a word outside the region, or not aligned, is refused before
+// anything is written.
+TEST_P(CudaIpcTest, ARecallsSignalWordLandsBehindItsBytes) {
+  Offload(*client_, 6, 6);
+  std::mt19937 rng(13);
+  const uint32_t layer = 2;
+  const CudaRegions& regions = client_->regions();
+  const absl::Span<uint32_t> words = regions.signals();
+  ASSERT_EQ(words.size(), 2 * size_t{SmallGeometry().num_layers});
+  absl::StatusOr<std::unique_ptr<TestStream>> reader = TestStream::Create();
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  // The signal words as the worker's GPU holds them, read beside the busy stream.
+  auto read_words = [&]() {
+    std::vector<uint32_t> host(words.size());
+    EXPECT_TRUE((*reader)->CopyAsync(host.data(), words.data(), host.size() * 4).ok());
+    EXPECT_TRUE((*reader)->Synchronize().ok());
+    return host;
+  };
+  ASSERT_EQ(read_words(), std::vector<uint32_t>(words.size(), 0u)) << "not zeroed";
+  const std::vector<RecallSliceRef> first = RandomSlices(6, 6, 20, rng);
+  absl::StatusOr<RecallTicket> a = client_->client().Recall(0, layer, first);
+  ASSERT_TRUE(a.ok()) << a.status();
+  WaitAndRead(*client_, *a);
+  Poison(*client_, std::byte{0x6B});  // synchronises the device: before the busy stream
+  // Hold the next recall into the slot on the GPU for a while.
+  constexpr absl::Duration kHeld = absl::Seconds(1);
+  ASSERT_TRUE(stream_->Busy(kHeld).ok());
+  ASSERT_TRUE(regions.MarkSlotFree(layer, a->slot, stream_->get()).ok());
+  ASSERT_TRUE(client_->client().Release(*a).ok());
+  const absl::Time start = absl::Now();
+  const size_t index = 2 * layer + 1;
+  RecallOptions options;
+  options.urgent = true;
+  options.signal = RecallOptions::Signal{index * 4, {0x1234501u, 0x6789a02u}};
+  const std::vector<RecallSliceRef> held = RandomSlices(6, 6, 30, rng);
+  absl::StatusOr<RecallTicket> b = client_->client().Recall(1, layer, held, options);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->slot, a->slot);
+  absl::SleepFor(kHeld / 4);
+  EXPECT_EQ(read_words()[index], 0u) << "the signal came before the held recall's copies";
+  ASSERT_TRUE(client_->client().Wait(*b, absl::Now() + absl::Seconds(10)).ok());
+  EXPECT_GE(absl::Now() - start, kHeld / 2) << "the recall did not wait for its slot";
+  std::vector<uint32_t> expected(words.size(), 0u);
+  expected[index] = options.signal->value_for_slot[b->slot];
+  EXPECT_EQ(read_words(), expected);
+  ExpectSlot(WaitAndRead(*client_, *b), layer, held, std::byte{0x6B});
+  ASSERT_TRUE(regions.MarkSlotFree(layer, b->slot, stream_->get()).ok());
+  ASSERT_TRUE(client_->client().Release(*b).ok());
+
+  // Refused: unaligned, and past the region. Nothing is written.
+  for (uint64_t offset : {uint64_t{2}, uint64_t{words.size() * 4}}) {
+    Poison(*client_, std::byte{0x6B});
+    options.signal->offset = offset;
+    absl::StatusOr<RecallTicket> bad = client_->client().Recall(2, layer, held, options);
+    ASSERT_TRUE(bad.ok()) << bad.status();
+    const absl::Status refused = client_->client().Wait(*bad, absl::Now() + absl::Seconds(10));
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+    EXPECT_NE(refused.message().find("signal.offset"), absl::string_view::npos) << refused;
+    std::vector<std::byte> slot(regions.slot_bytes());
+    ASSERT_TRUE((*reader)->CopyAsync(slot.data(), regions.staging_slot(layer, bad->slot),
+                                     slot.size()).ok());
+    ASSERT_TRUE((*reader)->Synchronize().ok());
+    ExpectSlot(slot, layer, {}, std::byte{0x6B});
+    ASSERT_TRUE(client_->client().Release(*bad).ok());
+    EXPECT_EQ(read_words(), expected);
+  }
 }
 
 TEST_P(CudaIpcTest, OffloadReadsWhatTheWorkerStreamWrote) {

@@ -1,7 +1,9 @@
 // End to end through the real kvservice process: random pages offloaded over UCX come
 // back bit-identical into both staging slots, tags agree on both sides, and a slot is
 // never handed to a second recall before it was released; a killed kvservice fails the
-// session's recalls at once with an error a person can act on.
+// session's recalls at once with an error a person can act on; a recall asking for a
+// signal word (CUDA IPC only) is refused without harm.
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -141,6 +143,31 @@ TEST_F(OffloadRecallTest, DoubleBufferingUsesBothSlotsAndRefusesAThird) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->slot, a->slot);
   ASSERT_TRUE(client_->Wait(*c, absl::Now() + absl::Seconds(10)).ok());
+}
+
+// A UCX session has no signal words: a recall asking for one is refused with an error
+// that says so, writes nothing, and the session goes on.
+TEST_F(OffloadRecallTest, ARecallAskingForASignalIsRefusedOverUcxAndTheSessionGoesOn) {
+  OffloadSequence(5, 2);
+  const size_t slice = client_->geometry().head_slice_bytes();
+  std::vector<RecallSliceRef> slices = {{5, 0, 0, 0}, {5, 1, 1, slice}};
+  RecallOptions options;
+  options.signal = RecallOptions::Signal{0, {4, 8}};
+  absl::StatusOr<RecallTicket> refused = client_->Recall(1, 0, slices, options);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  absl::Span<std::byte> slot = client_->staging_slot(0, refused->slot);
+  FillRandomBytes(slot, 99);
+  const std::vector<std::byte> before(slot.begin(), slot.end());
+  const absl::Status status = client_->Wait(*refused, absl::Now() + absl::Seconds(10));
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_NE(status.message().find("signal"), absl::string_view::npos) << status;
+  EXPECT_TRUE(std::equal(before.begin(), before.end(), slot.begin()));
+  ASSERT_TRUE(client_->Release(*refused).ok());
+  absl::StatusOr<RecallTicket> ticket = client_->Recall(2, 0, slices);
+  ASSERT_TRUE(ticket.ok()) << ticket.status();
+  ASSERT_TRUE(client_->Wait(*ticket, absl::Now() + absl::Seconds(10)).ok());
+  ExpectSlice(client_->staging_slot(0, ticket->slot), 0, 5, 0, 0, 0);
+  ExpectSlice(client_->staging_slot(0, ticket->slot), slice, 5, 0, 1, 1);
 }
 
 TEST_F(OffloadRecallTest, FreedSequenceIsGoneAndItsMemoryReturns) {

@@ -108,6 +108,12 @@ struct GpuDecoder::Impl {
     return gates.span<uint32_t>().data() + 2 * layer + (correction ? 1 : 0);
   }
   uint32_t* abort_word() const { return gates.span<uint32_t>().data() + 2 * L(); }
+  // The kvservice's signal words (CudaRegions::signals, device memory), in the gates'
+  // layout; null without a session or with options.signal_gates off.
+  uint32_t* signals = nullptr;
+  const uint32_t* signal_word(int layer, bool correction) const {
+    return signals == nullptr ? nullptr : signals + 2 * layer + (correction ? 1 : 0);
+  }
   uint32_t* observed_word(int layer, bool correction) const {
     return observed.span<uint32_t>().data() + 2 * layer + (correction ? 1 : 0);
   }

@@ -78,9 +78,11 @@ absl::Status GpuDecoder::Impl::Attend(int layer, const StepInputs& in) {
 // Spec gates open at the step they serve, correction gates at step + 1: the values
 // RecallItem::gate_value carries (PushLayerItems).
 GateHold GpuDecoder::Impl::HoldAt(const StepInputs& in, int layer, bool correction) const {
-  return {gate(layer, correction),   step_number(in),
-          correction ? 1 : 0,        waited_ns.span<unsigned long long>().data(),
-          abort_word(),              observed_word(layer, correction)};
+  GateHold hold{gate(layer, correction),   step_number(in),
+                correction ? 1 : 0,        waited_ns.span<unsigned long long>().data(),
+                abort_word(),              observed_word(layer, correction)};
+  hold.signal = signal_word(layer, correction);
+  return hold;
 }
 
 absl::Status GpuDecoder::Impl::ApplyPublished(int layer, const StepInputs& in,
@@ -243,6 +245,7 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer, bool selects) {
     item.heads = heads;
     if (correction && !heads.flags.empty()) item.num_flagged = d.num_flagged();
     item.gate = gate(layer, correction);
+    item.signal = signal_word(layer, correction);
     item.gate_value = static_cast<uint32_t>(t + 1);
     driver->Push(item);
   };

@@ -149,6 +149,7 @@ absl::Status GpuDecoder::Impl::Init() {
   if (NeedsSession(options)) {
     driver = std::make_unique<RecallDriver>(*kv, options.sequence_ids, c.num_kv_heads,
                                             options.layout);
+    if (options.signal_gates) signals = kv->regions().signals().data();
     if (options.policy == GpuPolicy::kFreeKv) {
       FREEKV_RETURN_IF_ERROR(Emplace(CudaStream::Create(), &spec_stream));
       FREEKV_RETURN_IF_ERROR(Emplace(CudaEvent::Create(/*timing=*/false), &spec_fork));

@@ -63,6 +63,11 @@ struct GpuDecoderOptions {
   // blocking only: the decode thread waits on the host for each layer's recall (the
   // GPU idles meanwhile) instead of leaving the wait to a gate on the stream.
   bool host_wait = false;
+  // With a session: the kvservice opens a recall's gate itself, writing a signal word
+  // right behind the bytes on its copy stream (RecallOptions::Signal), and no host
+  // thread stands between the copies and the decode stream. False: the recall driver
+  // opens the gate from the host once the reply arrived (for comparison).
+  bool signal_gates = true;
   std::vector<uint64_t> sequence_ids;  // one per batch row (freekv, blocking)
   int32_t page_tokens = kPageTokens;
   // Real decoding (GpuGenerator, gpu_generator.h): each row's prompt length, the

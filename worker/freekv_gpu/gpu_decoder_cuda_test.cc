@@ -126,11 +126,14 @@ struct CheckedRun {
 
 // Runs a few steps of `policy` (freekv with threshold `tau`) over `layout` and checks
 // every filled slot of every layer against the store (each list has at least
-// `selected` of them); returns the run's statistics and output.
-CheckedRun RunAndCheckSlots(GpuPolicy policy, float tau, const ResidentLayout& layout = kLayout) {
+// `selected` of them); returns the run's statistics and output. `signal_gates`:
+// GpuDecoderOptions::signal_gates.
+CheckedRun RunAndCheckSlots(GpuPolicy policy, float tau, const ResidentLayout& layout = kLayout,
+                            bool signal_gates = true) {
   std::unique_ptr<Rig> rig = MakeRig(policy, 6);
   rig->options.tau = tau;
   rig->options.layout = layout;
+  rig->options.signal_gates = signal_gates;
   const ModelConfig& config = rig->config;
   const GpuDecoderOptions& options = rig->options;
   const KvClientOptions& ko = rig->ko;
@@ -195,6 +198,22 @@ TEST(GpuDecoderCorrections, EveryHeadOrNoHeadCorrected) {
   alarm(180);
   EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, 2.0f).stats.corrected, 1.0);
   EXPECT_EQ(RunAndCheckSlots(GpuPolicy::kFreeKv, -2.0f).stats.corrected, 0.0);
+  alarm(0);
+}
+
+// Gates opened by the recall driver from the host once a reply arrived
+// (signal_gates off), rather than by the kvservice's signal words, serve the same
+// decode: every head corrected at every step, so every layer waits at a gate for a
+// recall, the slots hold the stored pages, and the output is the same bit for bit.
+TEST(GpuDecoderCorrections, GatesOpenedByTheHostOrByTheKvserviceDecodeTheSame) {
+  alarm(180);
+  const CheckedRun signalled = RunAndCheckSlots(GpuPolicy::kFreeKv, 2.0f, kLayout, true);
+  const CheckedRun host = RunAndCheckSlots(GpuPolicy::kFreeKv, 2.0f, kLayout, false);
+  EXPECT_EQ(signalled.stats.corrected, 1.0);
+  EXPECT_EQ(host.stats.corrected, 1.0);
+  EXPECT_GT(signalled.stats.slices_per_step, 0);
+  EXPECT_EQ(signalled.stats.slices_per_step, host.stats.slices_per_step);
+  EXPECT_EQ(signalled.hidden, host.hidden);
   alarm(0);
 }
 

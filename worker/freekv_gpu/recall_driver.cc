@@ -76,7 +76,7 @@ absl::Status RecallDriver::Finish() {
 void RecallDriver::ReleaseAll() {
   absl::MutexLock lock(&mu_);
   for (auto& layer : held_) {
-    for (const auto& [stamp, ticket] : layer) kv_.client().Release(ticket).IgnoreError();
+    for (const Held& h : layer) kv_.client().Release(h.ticket).IgnoreError();
     layer.clear();
   }
 }
@@ -84,12 +84,25 @@ void RecallDriver::ReleaseAll() {
 void RecallDriver::ReleaseRead(uint32_t layer, int32_t stamp) {
   absl::MutexLock lock(&mu_);
   if (layer >= held_.size()) return;
-  auto& held = held_[layer];
-  auto read = [stamp](const std::pair<int32_t, RecallTicket>& h) { return h.first < stamp; };
-  for (const auto& h : held) {
-    if (read(h)) kv_.client().Release(h.second).IgnoreError();
+  std::vector<Held>& held = held_[layer];
+  for (Held& h : held) {
+    if (h.stamp >= stamp) continue;
+    h.read = true;
+    if (h.replied) kv_.client().Release(h.ticket).IgnoreError();
   }
-  held.erase(std::remove_if(held.begin(), held.end(), read), held.end());
+  held.erase(std::remove_if(held.begin(), held.end(),
+                            [](const Held& h) { return h.read && h.replied; }),
+             held.end());
+}
+
+void RecallDriver::AwaitReadSlotsBack(uint32_t layer) {
+  absl::MutexLock lock(&mu_);
+  auto back = [this, layer]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (stop_ || layer >= held_.size()) return true;
+    return std::none_of(held_[layer].begin(), held_[layer].end(),
+                        [](const Held& h) { return h.read; });
+  };
+  mu_.Await(absl::Condition(&back));
 }
 
 RecallDriverStats RecallDriver::stats() const {
@@ -171,15 +184,28 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
     }
   }
   if (!slices.empty()) {
+    AwaitReadSlotsBack(item.layer);
     *sent_at = absl::Now();
     RecallOptions options;
     options.urgent = LaneOf(item) == kUrgent;
+    if (item.signal != nullptr) {
+      const uint32_t* words = kv_.regions().signals().data();
+      options.signal = RecallOptions::Signal{
+          uint64_t(item.signal - words) * sizeof(uint32_t),
+          {GateWord(item.gate_value, 0), GateWord(item.gate_value, 1)}};
+    }
     absl::StatusOr<RecallTicket> t =
         kv_.client().Recall(item.step, item.layer, slices, options);
     if (!t.ok()) return t.status();
     *ticket = *t;
   }
   absl::MutexLock lock(&mu_);
+  if (ticket->has_value()) {
+    // Held from now: with a signal the stream may read the slot, select the layer again
+    // and let the issuer mark it read before the completer has the reply.
+    if (held_.size() <= item.layer) held_.resize(item.layer + 1);
+    held_[item.layer].push_back(Held{item.stamp_value, **ticket});
+  }
   stats_.slices += slices.size();
   stats_.recalls += slices.empty() ? 0 : 1;
   stats_.corrections += item.num_flagged != nullptr && !slices.empty();
@@ -247,20 +273,30 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
   int32_t slot = -1;
   if (sent.ticket.has_value()) {
     const RecallTicket& t = *sent.ticket;
-    // The kvservice replies once the bytes are in the slot.
-    FREEKV_RETURN_IF_ERROR(kv_.client().Wait(t, absl::Now() + kReplyDeadline));
+    // The kvservice replies once the bytes are in the slot (and its signal written).
+    const absl::Status replied = kv_.client().Wait(t, absl::Now() + kReplyDeadline);
     const absl::Time start = absl::Now();
     absl::MutexLock lock(&mu_);
+    std::vector<Held>& held = held_[item.layer];
+    auto h = std::find_if(held.begin(), held.end(), [&t](const Held& h) {
+      return h.ticket.request_id == t.request_id;
+    });
+    if (h != held.end()) {
+      h->replied = true;
+      if (h->read) {
+        kv_.client().Release(h->ticket).IgnoreError();
+        held.erase(h);
+      }
+    }
+    FREEKV_RETURN_IF_ERROR(replied);
     stats_.reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
     if (LaneOf(item) == kUrgent) {
       stats_.correction_reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
     }
-    // Held before the gate opens: the stream may read the slot, select the layer again
-    // and let the issuer hand it back at once.
-    if (held_.size() <= item.layer) held_.resize(item.layer + 1);
-    held_[item.layer].emplace_back(item.stamp_value, t);
     slot = static_cast<int32_t>(t.slot);
     stats_.host_work_seconds += absl::ToDoubleSeconds(absl::Now() - start);
+    // The kvservice opened the gate (the signal word) before it replied.
+    if (item.signal != nullptr) return absl::OkStatus();
   }
   OpenGate(item.gate, item.gate_value, slot);
   return absl::OkStatus();

@@ -8,7 +8,9 @@
 //              (KvClient::Recall, no wait);
 //   completers: wait for each recall's reply (the kvservice replies once the bytes are
 //              in the slot), then open the item's gate from the host, naming the slot
-//              (OpenGate). Two of them, each taking its items in order: one for
+//              (OpenGate), unless the item has a signal word: then the kvservice opened
+//              the gate itself, writing the word behind the bytes on its copy stream,
+//              and the reply only settles the slot's bookkeeping. Two of them, each taking its items in order: one for
 //              freekv's corrections, which the decode stream waits for at once and
 //              which are sent urgent (the kvservice serves them beside the
 //              speculations already queued, so their replies may come first), and one
@@ -21,6 +23,9 @@
 // A slot goes back to the client (KvClient::Release) only once the stream has read it:
 // the stream applies a layer's recalls before it selects that layer again, so a layer's
 // stamp at step s means every item of that layer pushed before step s was applied.
+// With signal words the stream may read a slot before its reply arrives; the slot then
+// goes back with the reply, and the issuer waits for that before it claims the layer's
+// next slot (rare: a reply comes well within a step).
 // Finish does not hand slots back; ReleaseAll, once the stream has drained for good,
 // does (the destructor too).
 //
@@ -68,6 +73,10 @@ struct RecallItem {
   const int32_t* num_flagged = nullptr;
   uint32_t* gate = nullptr;  // pinned: the decode stream polls it
   uint32_t gate_value = 0;
+  // Device memory in the client's signals region (CudaRegions::signals), or null: the
+  // word the kvservice writes, GateWord(gate_value, slot), once the bytes landed; the
+  // decode stream polls it beside `gate`.
+  const uint32_t* signal = nullptr;
 };
 
 struct RecallDriverStats {
@@ -123,8 +132,11 @@ class RecallDriver {
   absl::Status Issue(const RecallItem& item, std::vector<RecallSliceRef>& slices,
                      std::optional<RecallTicket>* ticket, absl::Time* sent_at, bool* skip);
   absl::Status Complete(const Sent& sent);
-  // Hands back the slots of `layer` that items pushed before step `stamp` hold.
+  // Hands back the slots of `layer` that items pushed before step `stamp` hold, once
+  // replied; marks the others read, for their completer to hand back.
   void ReleaseRead(uint32_t layer, int32_t stamp);
+  // Waits until no slot of `layer` is read and still awaiting its reply.
+  void AwaitReadSlotsBack(uint32_t layer);
   void Fail(const absl::Status& status);
 
   CudaKvClient& kv_;
@@ -140,9 +152,14 @@ class RecallDriver {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
   RecallDriverStats stats_ ABSL_GUARDED_BY(mu_);
-  // Slots published to the stream and not yet handed back: (the item's stamp value,
-  // its ticket) per layer.
-  std::vector<std::vector<std::pair<int32_t, RecallTicket>>> held_ ABSL_GUARDED_BY(mu_);
+  // Slots claimed and not yet handed back, per layer.
+  struct Held {
+    int32_t stamp = 0;  // the item's stamp value
+    RecallTicket ticket;
+    bool replied = false;  // the completer has the reply
+    bool read = false;     // the stream has read the slot (ReleaseRead)
+  };
+  std::vector<std::vector<Held>> held_ ABSL_GUARDED_BY(mu_);
   // The items the threads are working on, if any (Describe).
   std::optional<RecallItem> issuing_ ABSL_GUARDED_BY(mu_);
   std::optional<RecallItem> completing_[kLanes] ABSL_GUARDED_BY(mu_);

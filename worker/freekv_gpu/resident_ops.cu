@@ -157,18 +157,24 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
 // pinned host memory: each read crosses PCIe).
 __device__ void HoldUntil(const GateHold& hold, uint32_t value) {
   const volatile uint32_t* word = hold.gate;
+  const volatile uint32_t* signal = hold.signal;
   const volatile uint32_t* abort = hold.abort;
-  auto open = [&](uint32_t w) {
-    return static_cast<int32_t>(GateValue(w) - value) >= 0 ||
-           (abort != nullptr && *abort != 0);
+  auto reached = [&](uint32_t w) { return static_cast<int32_t>(GateValue(w) - value) >= 0; };
+  // The host word when it opened, else the signal word when it did, else the host word.
+  auto read = [&]() {
+    const uint32_t w = *word;
+    if (reached(w) || signal == nullptr) return w;
+    const uint32_t s = *signal;
+    return reached(s) ? s : w;
   };
-  uint32_t seen = *word;
+  auto open = [&](uint32_t w) { return reached(w) || (abort != nullptr && *abort != 0); };
+  uint32_t seen = read();
   if (!open(seen)) {
     uint64_t start, end;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
     do {
       __nanosleep(256);
-      seen = *word;
+      seen = read();
     } while (!open(seen));
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end));
     if (hold.waited_ns != nullptr) {

@@ -99,6 +99,12 @@ struct GateHold {
   // after the stream's earlier work. freekv's correction stamps its diff so, on the
   // launch that then waits for the recall the stamp lets the host send.
   int32_t* stamp = nullptr;
+  // Device memory, may be null: a second word that opens the same gate, written by the
+  // kvservice's copy stream right behind a recall's bytes (RecallOptions::Signal), so
+  // that no host thread stands between the copies and the hold. The hold passes on
+  // whichever word opens first; the host word wins when both do (a far-past open
+  // after an error applies nothing).
+  const uint32_t* signal = nullptr;
 };
 struct GateIfNone {
   const int32_t* num_flagged = nullptr;  // required (OpenGateIfNone refuses null)
@@ -150,7 +156,8 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 // 2: slot 0 or 1; GateWord). WaitGate holds `stream` (a one-thread kernel that polls
 // the word; no host thread waits) until (int32_t)(value - (*step + offset)) >= 0 or
 // the abort word is set, adds the nanoseconds it waited to *waited_ns and writes the
-// word it passed on to *observed (each when non-null). OpenGateIfNone writes
+// word it passed on to *observed (each when non-null); a hold with a `signal` word
+// also passes when that word opens (GateHold). OpenGateIfNone writes
 // *step + offset, with no slot, when *num_flagged == 0 (a layer with no corrected head
 // never waits for the host); the recall driver opens gates from the host (OpenGate).
 //

@@ -1,6 +1,7 @@
 // The CUDA launchers of resident_ops.h against the CPU references on random inputs
 // (bit for bit: they only move bytes), the device copy, and the gates: a stream that
-// waits on one really stops until the host opens it (or sets the abort word).
+// waits on one really stops until the host opens it (or its signal word opens, or the
+// abort word is set).
 #include <chrono>
 #include <random>
 #include <string>
@@ -280,6 +281,41 @@ TEST(Gates, AWaitingStreamRunsOnlyOnceTheHostOpensTheGate) {
   uint64_t waited_ns = 0;
   ASSERT_TRUE(waited.CopyToHost(&waited_ns, sizeof(waited_ns)).ok());
   EXPECT_GE(waited_ns, 90'000'000u) << "the wait lasted the 100 ms the gate was shut";
+}
+
+// A hold with a signal word also passes once that word opens, and passes it on; with
+// both words open the host's wins (after an error the host opens gates far past, to
+// apply nothing). In the decoder the signal word is device memory the kvservice writes
+// from its own process; here a second pinned word stands in for it, written by this
+// thread: in this test's process every stream shares one work queue (kEager), so a
+// copy into device memory would queue behind the held stream.
+TEST(Gates, ASignalWordOpensTheGateToo) {
+  HostGate gate, signal;
+  auto marker = Must(DeviceBuffer::Allocate(4096));
+  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{3}));
+  auto observed = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  ASSERT_TRUE(marker.Zero().ok());
+  ASSERT_TRUE(observed.Zero().ok());
+  Must(kernels::DeviceSynchronize());
+  auto waiter = Must(CudaStream::Create());
+  OpenGate(gate.word, 4, 1);    // below the awaited 3 + 2
+  OpenGate(signal.word, 4, 0);  // a stale signal
+  GateHold hold{gate.word, step.span<int32_t>().data(), 2, nullptr, gate.abort,
+                observed.span<uint32_t>().data()};
+  hold.signal = signal.word;
+  ASSERT_TRUE(WaitGate(hold, waiter.get()).ok());
+  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past two shut words";
+  OpenGate(signal.word, 5, 1);
+  ASSERT_TRUE(waiter.Synchronize().ok());
+  EXPECT_TRUE(MarkerWritten(marker));
+  EXPECT_EQ(Observed(observed), GateWord(5, 1)) << "the signal's word, naming its slot";
+
+  OpenGate(gate.word, 5);  // both open: the host's word, naming no slot, is passed on
+  ASSERT_TRUE(WaitGate(hold, waiter.get()).ok());
+  ASSERT_TRUE(waiter.Synchronize().ok());
+  EXPECT_EQ(Observed(observed), GateWord(5));
 }
 
 // The stall report's way out: the abort word lets a hold pass on a shut gate, and the
