@@ -272,7 +272,7 @@ void PrintTable(const std::vector<Row>& rows) {
   std::printf(
       "\n| context | batch | layers | policy | step ms | ms/layer | vs oracle | "
       "blocking/freekv | stall | recall host | blocks/step | reply ms | corrected | "
-      "correction reply ms | wall ms | KV GiB | KV / GPU | tok/s | decode host |\n| ---: | "
+      "correction reply ms (service) | wall ms | KV GiB | KV / GPU | tok/s | decode host |\n| ---: | "
       "---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
       "| ---: | ---: | ---: | ---: | ---: |\n");
   const double gpu_bytes = GpuBytes();
@@ -303,7 +303,9 @@ void PrintTable(const std::vector<Row>& rows) {
                 recalls ? absl::StrFormat("%.3f", s.reply_ms).c_str() : "-",
                 corrects ? absl::StrFormat("%.1f%%", 100 * s.corrected).c_str() : "-",
                 corrects && s.correction_reply_ms > 0
-                    ? absl::StrFormat("%.3f", s.correction_reply_ms).c_str()
+                    ? absl::StrFormat("%.3f (%.3f)", s.correction_reply_ms,
+                                      s.correction_service_ms)
+                          .c_str()
                     : "-",
                 s.wall_ms, r.kv_bytes / (1 << 30), r.kv_bytes / gpu_bytes,
                 1e3 * r.batch / s.step_ms, 100 * s.enqueue_ms / s.step_ms);

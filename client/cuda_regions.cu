@@ -51,6 +51,13 @@ absl::Status MakeIpcEvents(int device, size_t count, std::vector<gpu::Event>* ev
   return absl::OkStatus();
 }
 
+// Sets the signal words to 0, synchronously.
+absl::Status ZeroWords(int device, const gpu::DeviceAllocation& words) {
+  gpu::DeviceGuard guard(device);
+  return gpu::CudaStatus(cudaMemset(words.data(), 0, words.bytes()),
+                         "cudaMemset of the signal words");
+}
+
 }  // namespace
 
 absl::Status CudaRegions::Impl::AllocateRegions(uint64_t offload_bytes) {
@@ -77,14 +84,7 @@ absl::Status CudaRegions::Impl::AllocateRegions(uint64_t offload_bytes) {
       gpu::DeviceAllocation::Create(device, signals_bytes);
   if (!made_signals.ok()) return made_signals.status();
   signals = *std::move(made_signals);
-  {
-    gpu::DeviceGuard guard(device);
-    if (absl::Status s = gpu::CudaStatus(cudaMemset(signals.data(), 0, signals_bytes),
-                                         "cudaMemset of the signal words");
-        !s.ok()) {
-      return s;
-    }
-  }
+  if (absl::Status s = ZeroWords(device, signals); !s.ok()) return s;
   absl::StatusOr<std::string> signals_handle = signals.ExportIpc();
   if (!signals_handle.ok()) return signals_handle.status();
   handles.signals_handle = *std::move(signals_handle);
@@ -150,6 +150,10 @@ std::byte* CudaRegions::staging_slot(uint32_t layer, uint32_t slot) const {
   absl::StatusOr<size_t> index = impl_->SlotIndex(layer, slot);
   if (!index.ok()) return nullptr;
   return impl_->staging.data() + *index * impl_->slot_bytes;
+}
+
+absl::Status CudaRegions::ResetSignals() const {
+  return ZeroWords(impl_->device, impl_->signals);
 }
 
 absl::Status CudaRegions::WaitSlotReady(uint32_t layer, uint32_t slot,

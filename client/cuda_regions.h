@@ -53,6 +53,10 @@ class CudaRegions {
   // The signal words, device memory: 2 per layer, [2 * layer + i]. A word's byte offset
   // from signals().data() is what RecallOptions::Signal::offset names.
   absl::Span<uint32_t> signals() const;
+  // Sets every signal word to 0 and returns once done. For a new run of steps numbered
+  // from 0 (a new decoder on this session): a word an earlier run left would open its
+  // gates at once. Only while no recall that names a word is in flight.
+  absl::Status ResetSignals() const;
 
   // The handles OpenSession sends (made once, at Create).
   const CudaIpcHandles& handles() const;

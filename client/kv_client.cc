@@ -146,7 +146,8 @@ void KvClient::ReadReplies() {
   v1::RecallReply reply;
   while (stream_->Read(&reply)) {
     absl::Status status(static_cast<absl::StatusCode>(reply.code()), reply.message());
-    tracker_.Complete(reply.request_id(), std::move(status));
+    tracker_.Complete(reply.request_id(), std::move(status),
+                      absl::Nanoseconds(reply.service_latency_ns()));
   }
   grpc::Status end = stream_->Finish();
   stream_ended_.store(true);
@@ -236,8 +237,9 @@ absl::StatusOr<RecallTicket> KvClient::Recall(uint64_t step, uint32_t layer,
   return ticket;
 }
 
-absl::Status KvClient::Wait(const RecallTicket& ticket, absl::Time deadline) {
-  return tracker_.Wait(ticket, deadline);
+absl::Status KvClient::Wait(const RecallTicket& ticket, absl::Time deadline,
+                            absl::Duration* service_latency) {
+  return tracker_.Wait(ticket, deadline, service_latency);
 }
 
 absl::Status KvClient::WaitStep(uint64_t step, uint32_t layer, absl::Time deadline) {

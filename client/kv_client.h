@@ -144,8 +144,11 @@ class KvClient {
   absl::StatusOr<RecallTicket> Recall(uint64_t step, uint32_t layer,
                                       absl::Span<const RecallSliceRef> slices,
                                       RecallOptions options = {});
-  // Blocks until the recall completed (its bytes are in the slot) or the deadline.
-  absl::Status Wait(const RecallTicket& ticket, absl::Time deadline);
+  // Blocks until the recall completed (its bytes are in the slot) or the deadline; then
+  // sets *service_latency (when non-null) to the kvservice's own time for it, from the
+  // request's arrival to its last byte (RecallReply.service_latency_ns).
+  absl::Status Wait(const RecallTicket& ticket, absl::Time deadline,
+                    absl::Duration* service_latency = nullptr);
   // Waits for every recall claimed for (step, layer).
   absl::Status WaitStep(uint64_t step, uint32_t layer, absl::Time deadline);
   // The caller is done reading the slot.

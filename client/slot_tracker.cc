@@ -30,12 +30,14 @@ absl::StatusOr<RecallTicket> SlotTracker::Claim(uint64_t step, uint32_t layer) {
       step));
 }
 
-bool SlotTracker::Complete(uint64_t request_id, absl::Status status) {
+bool SlotTracker::Complete(uint64_t request_id, absl::Status status,
+                           absl::Duration service_latency) {
   absl::MutexLock lock(&mu_);
   for (Slot& slot : slots_) {
     if (slot.state == State::kInFlight && slot.request_id == request_id) {
       slot.state = State::kDone;
       slot.status = std::move(status);
+      slot.service_latency = service_latency;
       return true;
     }
   }
@@ -51,7 +53,8 @@ SlotTracker::Slot* SlotTracker::FindLocked(const RecallTicket& ticket) {
   return &slot;
 }
 
-absl::Status SlotTracker::Wait(const RecallTicket& ticket, absl::Time deadline) {
+absl::Status SlotTracker::Wait(const RecallTicket& ticket, absl::Time deadline,
+                               absl::Duration* service_latency) {
   absl::MutexLock lock(&mu_);
   Slot* slot = FindLocked(ticket);
   if (slot == nullptr) {
@@ -64,6 +67,7 @@ absl::Status SlotTracker::Wait(const RecallTicket& ticket, absl::Time deadline) 
         absl::StrCat("recall for step ", ticket.step, " layer ", ticket.layer,
                      " did not complete before the deadline"));
   }
+  if (service_latency != nullptr) *service_latency = slot->service_latency;
   return slot->status;
 }
 

@@ -39,13 +39,17 @@ class SlotTracker {
   // or not yet released. The ticket's request_id is unique for this tracker.
   absl::StatusOr<RecallTicket> Claim(uint64_t step, uint32_t layer);
 
-  // Records the kvservice's verdict for a claimed slot: OK means every byte is there.
-  // Unknown or stale request ids are ignored (returns false).
-  bool Complete(uint64_t request_id, absl::Status status);
+  // Records the kvservice's verdict for a claimed slot: OK means every byte is there;
+  // `service_latency` is the kvservice's own time for it (RecallReply). Unknown or
+  // stale request ids are ignored (returns false).
+  bool Complete(uint64_t request_id, absl::Status status,
+                absl::Duration service_latency = absl::ZeroDuration());
 
   // Blocks until the ticket's recall completes or `deadline` passes. Returns the
-  // recall's status, DEADLINE_EXCEEDED, or NOT_FOUND for a ticket not claimed.
-  absl::Status Wait(const RecallTicket& ticket, absl::Time deadline);
+  // recall's status, DEADLINE_EXCEEDED, or NOT_FOUND for a ticket not claimed. Once it
+  // completed, sets *service_latency (when non-null) to what Complete recorded.
+  absl::Status Wait(const RecallTicket& ticket, absl::Time deadline,
+                    absl::Duration* service_latency = nullptr);
 
   // Waits for every recall claimed for (step, layer); the first error wins.
   absl::Status WaitStep(uint64_t step, uint32_t layer, absl::Time deadline);
@@ -67,6 +71,7 @@ class SlotTracker {
     uint64_t request_id = 0;
     uint64_t step = 0;
     absl::Status status;
+    absl::Duration service_latency;
   };
 
   Slot* FindLocked(const RecallTicket& ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -39,6 +39,19 @@ TEST(SlotTrackerTest, InFlightSlotCannotBeReleasedOrReclaimed) {
   (void)b;
 }
 
+TEST(SlotTrackerTest, WaitPassesOnTheServiceLatencyOfItsOwnRecall) {
+  SlotTracker tracker(1);
+  RecallTicket a = *tracker.Claim(0, 0);
+  RecallTicket b = *tracker.Claim(1, 0);
+  ASSERT_TRUE(tracker.Complete(b.request_id, absl::OkStatus(), absl::Microseconds(250)));
+  ASSERT_TRUE(tracker.Complete(a.request_id, absl::OkStatus(), absl::Microseconds(70)));
+  absl::Duration latency = absl::InfiniteDuration();
+  ASSERT_TRUE(tracker.Wait(a, absl::Now() + absl::Seconds(1), &latency).ok());
+  EXPECT_EQ(latency, absl::Microseconds(70));
+  ASSERT_TRUE(tracker.Wait(b, absl::Now() + absl::Seconds(1), &latency).ok());
+  EXPECT_EQ(latency, absl::Microseconds(250));
+}
+
 TEST(SlotTrackerTest, WaitReturnsTheCompletionStatus) {
   SlotTracker tracker(1);
   RecallTicket a = *tracker.Claim(5, 0);

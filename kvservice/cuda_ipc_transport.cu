@@ -14,6 +14,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 #include "kernels/event_poll.cuh"
 #include "kvservice/cuda_handles.cuh"
 
@@ -119,12 +120,16 @@ struct StagingTarget {
 //      its error, in order too.
 // Push only queues and returns, so that its caller (the recall stream's gRPC thread)
 // reads and resolves the next request while this one is packed and copied.
+// When it ends, the lane logs where its pushes spent their time on average: queued
+// for the issuing thread, being issued (packing included), and on the GPU until the
+// completion thread saw them land.
 // Thread-safety: Push, made and AwaitIssued from any thread. Destroying the lane
 // drains it (every push made is issued and its `done` called), then stops the threads.
 class PushLane {
  public:
-  PushLane(const StagingTarget& target, std::unique_ptr<CopyStreams> streams)
-      : target_(target),
+  PushLane(const char* name, const StagingTarget& target, std::unique_ptr<CopyStreams> streams)
+      : name_(name),
+        target_(target),
         streams_(std::move(streams)),
         issuer_([this] { IssueInOrder(); }),
         completer_([this] { CompleteInOrder(); }) {}
@@ -142,12 +147,13 @@ class PushLane {
       stopping_ = true;
     }
     completer_.join();
+    LogStages();
   }
 
   void Push(std::vector<CopyRun> runs, std::optional<PushSignal> signal,
             absl::AnyInvocable<void(absl::Status) &&> done) {
     absl::MutexLock lock(&issue_mu_);
-    to_issue_.push_back(Job{std::move(runs), signal, std::move(done)});
+    to_issue_.push_back(Job{std::move(runs), signal, std::move(done), absl::Now()});
     ++made_;
     waiting_.store(to_issue_.size(), std::memory_order_release);
   }
@@ -173,12 +179,18 @@ class PushLane {
     std::vector<CopyRun> runs;
     std::optional<PushSignal> signal;  // checked by CheckSignal when made
     absl::AnyInvocable<void(absl::Status) &&> done;
+    absl::Time made;
+  };
+  // When a push was made, taken by the issuing thread, and enqueued.
+  struct Times {
+    absl::Time made, taken, enqueued;
   };
   // A push whose copies are enqueued (or that failed before), waiting for completion.
   struct Pending {
     absl::Status status;   // an enqueue error; `event` is then empty
     gpu::Event event;      // recorded after the push's copies
     absl::AnyInvocable<void(absl::Status) &&> done;
+    Times times;
   };
 
   // Issuing thread only.
@@ -190,7 +202,9 @@ class PushLane {
   // Completion thread only.
   absl::Status WaitFor(const gpu::Event& event) const;
   void CompleteInOrder();
+  void LogStages() const;
 
+  const char* const name_;
   const StagingTarget& target_;
   const std::unique_ptr<CopyStreams> streams_;
   // The issuing thread's scratch.
@@ -206,6 +220,9 @@ class PushLane {
   std::deque<Pending> pending_ ABSL_GUARDED_BY(queue_mu_);
   std::vector<gpu::Event> spare_events_ ABSL_GUARDED_BY(queue_mu_);
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
+  // The completion thread's sums over the pushes that landed (LogStages, once it ended).
+  uint64_t landed_ = 0;
+  absl::Duration queued_sum_, issuing_sum_, landing_sum_;
   // Last: started once everything above exists.
   std::thread issuer_;
   std::thread completer_;
@@ -233,7 +250,10 @@ void PushLane::IssueInOrder() {
   while (NextJob(&job)) {
     Pending pending;
     pending.done = std::move(job.done);
+    pending.times.made = job.made;
+    pending.times.taken = absl::Now();
     absl::StatusOr<gpu::Event> event = EnqueuePush(job.runs, job.signal);
+    pending.times.enqueued = absl::Now();
     if (event.ok()) {
       pending.event = *std::move(event);
     } else {
@@ -338,12 +358,31 @@ void PushLane::CompleteInOrder() {
       pending = std::move(pending_.front());
       pending_.pop_front();
     }
-    std::move(pending.done)(pending.status.ok() ? WaitFor(pending.event) : pending.status);
+    const absl::Status status = pending.status.ok() ? WaitFor(pending.event) : pending.status;
+    if (status.ok()) {
+      const Times& t = pending.times;
+      ++landed_;
+      queued_sum_ += t.taken - t.made;
+      issuing_sum_ += t.enqueued - t.taken;
+      landing_sum_ += absl::Now() - t.enqueued;
+    }
+    std::move(pending.done)(status);
     if (pending.event.get() != nullptr) {
       absl::MutexLock lock(&queue_mu_);
       spare_events_.push_back(std::move(pending.event));
     }
   }
+}
+
+void PushLane::LogStages() const {
+  if (landed_ == 0) return;
+  auto mean_us = [this](absl::Duration sum) {
+    return absl::ToDoubleMicroseconds(sum) / static_cast<double>(landed_);
+  };
+  Log(LogLevel::kInfo,
+      "CUDA IPC %s lane closed: %d pushes landed; on average %.0f us queued, %.0f us "
+      "issuing (packing included), %.0f us on the GPU until seen landed",
+      name_, landed_, mean_us(queued_sum_), mean_us(issuing_sum_), mean_us(landing_sum_));
 }
 
 class CudaIpcSessionTransport : public SessionTransport {
@@ -363,10 +402,11 @@ class CudaIpcSessionTransport : public SessionTransport {
         offload_(std::move(handles.offload)),
         offload_written_(std::move(handles.offload_written)),
         pull_streams_(std::move(handles.pull_streams)),
-        bulk_(target_, std::move(handles.bulk_streams)),
+        bulk_("bulk", target_, std::move(handles.bulk_streams)),
         urgent_(handles.urgent_streams == nullptr
                     ? nullptr
-                    : std::make_unique<PushLane>(target_, std::move(handles.urgent_streams))) {}
+                    : std::make_unique<PushLane>("urgent", target_,
+                                                 std::move(handles.urgent_streams))) {}
 
   // The lanes drain as they go (members in reverse order), before the handles close.
   ~CudaIpcSessionTransport() override = default;

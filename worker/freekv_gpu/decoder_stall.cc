@@ -30,8 +30,13 @@ absl::Status GpuDecoder::Impl::Stalled(absl::string_view what) {
   }
   absl::StrAppend(&where, "the stream ran ", finished, " of the ", steps_enqueued,
                   " steps enqueued; ");
+  if (signals != nullptr) {
+    absl::StrAppend(&where, "(host words of the gates below; the kvservice opens most "
+                            "through signal words, not shown) ");
+  }
   // The gates are pinned: the host reads them directly (their value and the slot they
-  // name, resident_ops.h GateWord).
+  // name, resident_ops.h GateWord). Their signal words are device memory, and a copy
+  // to read them could queue behind the held stream: the report says so instead.
   auto gate_text = [](const uint32_t* word) {
     const uint32_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
     return absl::StrCat(GateValue(w), GateSlot(w) >= 0 ? absl::StrCat(" (slot ", GateSlot(w), ")")

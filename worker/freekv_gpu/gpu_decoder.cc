@@ -149,7 +149,12 @@ absl::Status GpuDecoder::Impl::Init() {
   if (NeedsSession(options)) {
     driver = std::make_unique<RecallDriver>(*kv, options.sequence_ids, c.num_kv_heads,
                                             options.layout);
-    if (options.signal_gates) signals = kv->regions().signals().data();
+    if (options.signal_gates) {
+      // This decoder numbers its steps from 0: an earlier decoder's words would open
+      // its gates before their recalls land.
+      FREEKV_RETURN_IF_ERROR(kv->regions().ResetSignals());
+      signals = kv->regions().signals().data();
+    }
     if (options.policy == GpuPolicy::kFreeKv) {
       FREEKV_RETURN_IF_ERROR(Emplace(CudaStream::Create(), &spec_stream));
       FREEKV_RETURN_IF_ERROR(Emplace(CudaEvent::Create(/*timing=*/false), &spec_fork));
@@ -295,10 +300,11 @@ absl::StatusOr<GpuStepStats> GpuDecoder::Run(int32_t warmup, int32_t steps) {
     const uint64_t recalls = after.recalls - before.recalls;
     out.reply_ms = recalls == 0 ? 0 : 1e3 * (after.reply_seconds - before.reply_seconds) / recalls;
     const uint64_t corrections = after.corrections - before.corrections;
-    out.correction_reply_ms =
-        corrections == 0 ? 0
-                         : 1e3 * (after.correction_reply_seconds - before.correction_reply_seconds) /
-                               corrections;
+    auto per_correction = [&](double RecallDriverStats::*sum) {
+      return corrections == 0 ? 0 : 1e3 * (after.*sum - before.*sum) / corrections;
+    };
+    out.correction_reply_ms = per_correction(&RecallDriverStats::correction_reply_seconds);
+    out.correction_service_ms = per_correction(&RecallDriverStats::correction_service_seconds);
     const double checks = double(steps) * m.L() * m.shape.lists();
     out.corrected = m.options.policy == GpuPolicy::kFreeKv
                         ? (after.flagged_heads - before.flagged_heads) / checks

@@ -88,6 +88,7 @@ struct GpuStepStats {
   double slices_per_step = 0;  // 16 KiB (page, head) blocks recalled per step
   double reply_ms = 0;         // mean per recall: request sent -> reply read
   double correction_reply_ms = 0;  // the same, over freekv's corrections only (urgent)
+  double correction_service_ms = 0;  // of which the kvservice's own (arrival to last byte)
   double corrected = 0;        // share of (layer, sequence, KV head) corrected
 };
 

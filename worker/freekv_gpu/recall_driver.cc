@@ -274,12 +274,14 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
   if (sent.ticket.has_value()) {
     const RecallTicket& t = *sent.ticket;
     // The kvservice replies once the bytes are in the slot (and its signal written).
-    const absl::Status replied = kv_.client().Wait(t, absl::Now() + kReplyDeadline);
+    absl::Duration service = absl::ZeroDuration();
+    const absl::Status replied =
+        kv_.client().Wait(t, absl::Now() + kReplyDeadline, &service);
     const absl::Time start = absl::Now();
     absl::MutexLock lock(&mu_);
     std::vector<Held>& held = held_[item.layer];
-    auto h = std::find_if(held.begin(), held.end(), [&t](const Held& h) {
-      return h.ticket.request_id == t.request_id;
+    auto h = std::find_if(held.begin(), held.end(), [&t](const Held& other) {
+      return other.ticket.request_id == t.request_id;
     });
     if (h != held.end()) {
       h->replied = true;
@@ -292,6 +294,7 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
     stats_.reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
     if (LaneOf(item) == kUrgent) {
       stats_.correction_reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
+      stats_.correction_service_seconds += absl::ToDoubleSeconds(service);
     }
     slot = static_cast<int32_t>(t.slot);
     stats_.host_work_seconds += absl::ToDoubleSeconds(absl::Now() - start);

@@ -87,6 +87,9 @@ struct RecallDriverStats {
   double host_work_seconds = 0;  // building and sending requests, opening gates
   double reply_seconds = 0;      // summed over recalls: request sent -> reply read
   double correction_reply_seconds = 0;  // of which the corrections' (urgent)
+  // The kvservice's own part of the corrections' reply time (from a request's arrival
+  // to its last byte): the rest is the way there and back.
+  double correction_service_seconds = 0;
 };
 
 class RecallDriver {
