@@ -329,8 +329,9 @@ absl::StatusOr<gpu::Event> PushLane::TakeEvent() {
       return event;
     }
   }
-  // Polled (WaitFor), not cudaEventBlockingSync: a recall's completion is on the
-  // decode's critical path, and a sleeping wait adds tens of microseconds.
+  // Polled (WaitFor), not cudaEventBlockingSync: a client that waits for the reply (one
+  // whose recalls name no signal word) has the completion on its critical path, and a
+  // sleeping wait adds tens of microseconds.
   return gpu::Event::Create(target_.device, cudaEventDisableTiming);
 }
 

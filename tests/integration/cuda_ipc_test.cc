@@ -171,6 +171,34 @@ class CudaIpcTest : public ::testing::TestWithParam<std::string> {
     }
   }
 
+  // Recalls `first` into a slot of `layer`, reads it, poisons the staging region with
+  // `poison`, then keeps the worker's stream "reading" that slot for `held` before it
+  // marks it free and releases it: the next recall into the slot is held on the GPU
+  // until then. *freed is the slot's ticket.
+  void HoldTheSlotOf(const std::vector<RecallSliceRef>& first, uint32_t layer,
+                     std::byte poison, absl::Duration held, RecallTicket* freed) {
+    absl::StatusOr<RecallTicket> a = client_->client().Recall(0, layer, first);
+    ASSERT_TRUE(a.ok()) << a.status();
+    WaitAndRead(*client_, *a);
+    Poison(*client_, poison);  // synchronises the device: before the busy stream
+    const CudaRegions& regions = client_->regions();
+    ASSERT_TRUE(stream_->Busy(held).ok());
+    ASSERT_TRUE(regions.MarkSlotFree(layer, a->slot, stream_->get()).ok());
+    ASSERT_TRUE(client_->client().Release(*a).ok());
+    *freed = *a;
+  }
+
+  // The slot as the worker's GPU holds it, copied on `reader` (a stream of its own):
+  // anything that synchronised the device would wait for the busy stream.
+  std::vector<std::byte> ReadBeside(TestStream& reader, uint32_t layer, uint32_t slot) {
+    const CudaRegions& regions = client_->regions();
+    std::vector<std::byte> bytes(regions.slot_bytes());
+    EXPECT_TRUE(
+        reader.CopyAsync(bytes.data(), regions.staging_slot(layer, slot), bytes.size()).ok());
+    EXPECT_TRUE(reader.Synchronize().ok());
+    return bytes;
+  }
+
   void Poison(CudaKvClient& client, std::byte value) {
     ASSERT_TRUE(testing::FillBytes(client.regions().staging(), static_cast<uint8_t>(value),
                                    client.regions().staging_bytes())
@@ -245,23 +273,15 @@ TEST_P(CudaIpcTest, AnUrgentRecallLandsWhileAnEarlierOneWaitsForItsSlot) {
   Offload(*client_, 4, 6);
   std::mt19937 rng(11);
   const uint32_t layer = 1;
-  const std::vector<RecallSliceRef> first = RandomSlices(4, 6, 20, rng);
-  absl::StatusOr<RecallTicket> a = client_->client().Recall(0, layer, first);
-  ASSERT_TRUE(a.ok()) << a.status();
-  WaitAndRead(*client_, *a);
-  Poison(*client_, std::byte{0x3C});  // synchronises the device: before the busy stream
-  // The worker's stream reads the slot for a while longer before it marks it free, so
-  // the next recall into it is held on the GPU until then.
   constexpr absl::Duration kHeld = absl::Seconds(2);
-  const CudaRegions& regions = client_->regions();
-  ASSERT_TRUE(stream_->Busy(kHeld).ok());
-  ASSERT_TRUE(regions.MarkSlotFree(layer, a->slot, stream_->get()).ok());
-  ASSERT_TRUE(client_->client().Release(*a).ok());
+  RecallTicket a;
+  ASSERT_NO_FATAL_FAILURE(
+      HoldTheSlotOf(RandomSlices(4, 6, 20, rng), layer, std::byte{0x3C}, kHeld, &a));
   const absl::Time start = absl::Now();
   const std::vector<RecallSliceRef> held = RandomSlices(4, 6, 30, rng);
   absl::StatusOr<RecallTicket> b = client_->client().Recall(1, layer, held);
   ASSERT_TRUE(b.ok()) << b.status();
-  ASSERT_EQ(b->slot, a->slot);
+  ASSERT_EQ(b->slot, a.slot);
   // An urgent recall into the layer's other slot, sent after it.
   const std::vector<RecallSliceRef> urgent = RandomSlices(4, 6, 25, rng);
   absl::StatusOr<RecallTicket> c =
@@ -271,14 +291,10 @@ TEST_P(CudaIpcTest, AnUrgentRecallLandsWhileAnEarlierOneWaitsForItsSlot) {
   ASSERT_TRUE(client_->client().Wait(*c, absl::Now() + kHeld).ok())
       << "the urgent recall waited behind the held one";
   EXPECT_LT(absl::Now() - start, kHeld / 2);
-  // Its bytes are there: read on a stream of their own (the reply says the copies are
-  // done; anything that synchronised the device would wait out the busy stream).
+  // Its bytes are there (the reply says the copies are done).
   absl::StatusOr<std::unique_ptr<TestStream>> reader = TestStream::Create();
   ASSERT_TRUE(reader.ok()) << reader.status();
-  std::vector<std::byte> slot(regions.slot_bytes());
-  ASSERT_TRUE((*reader)->CopyAsync(slot.data(), regions.staging_slot(layer, c->slot),
-                                   slot.size()).ok());
-  ASSERT_TRUE((*reader)->Synchronize().ok());
+  const std::vector<std::byte> slot = ReadBeside(**reader, layer, c->slot);
   EXPECT_LT(absl::Now() - start, kHeld / 2) << "reading the urgent slot waited";
   ExpectSlot(slot, layer, urgent, std::byte{0x3C});
   // The held recall still lands, once the slot is free.
@@ -308,16 +324,10 @@ TEST_P(CudaIpcTest, ARecallsSignalWordLandsBehindItsBytes) {
     return host;
   };
   ASSERT_EQ(read_words(), std::vector<uint32_t>(words.size(), 0u)) << "not zeroed";
-  const std::vector<RecallSliceRef> first = RandomSlices(6, 6, 20, rng);
-  absl::StatusOr<RecallTicket> a = client_->client().Recall(0, layer, first);
-  ASSERT_TRUE(a.ok()) << a.status();
-  WaitAndRead(*client_, *a);
-  Poison(*client_, std::byte{0x6B});  // synchronises the device: before the busy stream
-  // Hold the next recall into the slot on the GPU for a while.
   constexpr absl::Duration kHeld = absl::Seconds(1);
-  ASSERT_TRUE(stream_->Busy(kHeld).ok());
-  ASSERT_TRUE(regions.MarkSlotFree(layer, a->slot, stream_->get()).ok());
-  ASSERT_TRUE(client_->client().Release(*a).ok());
+  RecallTicket a;
+  ASSERT_NO_FATAL_FAILURE(
+      HoldTheSlotOf(RandomSlices(6, 6, 20, rng), layer, std::byte{0x6B}, kHeld, &a));
   const absl::Time start = absl::Now();
   const size_t index = 2 * layer + 1;
   RecallOptions options;
@@ -326,7 +336,7 @@ TEST_P(CudaIpcTest, ARecallsSignalWordLandsBehindItsBytes) {
   const std::vector<RecallSliceRef> held = RandomSlices(6, 6, 30, rng);
   absl::StatusOr<RecallTicket> b = client_->client().Recall(1, layer, held, options);
   ASSERT_TRUE(b.ok()) << b.status();
-  ASSERT_EQ(b->slot, a->slot);
+  ASSERT_EQ(b->slot, a.slot);
   absl::SleepFor(kHeld / 4);
   EXPECT_EQ(read_words()[index], 0u) << "the signal came before the held recall's copies";
   ASSERT_TRUE(client_->client().Wait(*b, absl::Now() + absl::Seconds(10)).ok());
@@ -347,11 +357,7 @@ TEST_P(CudaIpcTest, ARecallsSignalWordLandsBehindItsBytes) {
     const absl::Status refused = client_->client().Wait(*bad, absl::Now() + absl::Seconds(10));
     EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
     EXPECT_NE(refused.message().find("signal.offset"), absl::string_view::npos) << refused;
-    std::vector<std::byte> slot(regions.slot_bytes());
-    ASSERT_TRUE((*reader)->CopyAsync(slot.data(), regions.staging_slot(layer, bad->slot),
-                                     slot.size()).ok());
-    ASSERT_TRUE((*reader)->Synchronize().ok());
-    ExpectSlot(slot, layer, {}, std::byte{0x6B});
+    ExpectSlot(ReadBeside(**reader, layer, bad->slot), layer, {}, std::byte{0x6B});
     ASSERT_TRUE(client_->client().Release(*bad).ok());
     EXPECT_EQ(read_words(), expected);
   }

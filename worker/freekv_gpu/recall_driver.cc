@@ -84,15 +84,19 @@ void RecallDriver::ReleaseAll() {
 void RecallDriver::ReleaseRead(uint32_t layer, int32_t stamp) {
   absl::MutexLock lock(&mu_);
   if (layer >= held_.size()) return;
-  std::vector<Held>& held = held_[layer];
-  for (Held& h : held) {
-    if (h.stamp >= stamp) continue;
-    h.read = true;
-    if (h.replied) kv_.client().Release(h.ticket).IgnoreError();
+  for (Held& h : held_[layer]) {
+    if (h.stamp < stamp) h.read = true;
   }
-  held.erase(std::remove_if(held.begin(), held.end(),
-                            [](const Held& h) { return h.read && h.replied; }),
-             held.end());
+  HandBackDone(layer);
+}
+
+void RecallDriver::HandBackDone(uint32_t layer) {
+  std::vector<Held>& held = held_[layer];
+  auto done = [](const Held& h) { return h.read && h.replied; };
+  for (const Held& h : held) {
+    if (done(h)) kv_.client().Release(h.ticket).IgnoreError();
+  }
+  held.erase(std::remove_if(held.begin(), held.end(), done), held.end());
 }
 
 void RecallDriver::AwaitReadSlotsBack(uint32_t layer) {
@@ -279,17 +283,10 @@ absl::Status RecallDriver::Complete(const Sent& sent) {
         kv_.client().Wait(t, absl::Now() + kReplyDeadline, &service);
     const absl::Time start = absl::Now();
     absl::MutexLock lock(&mu_);
-    std::vector<Held>& held = held_[item.layer];
-    auto h = std::find_if(held.begin(), held.end(), [&t](const Held& other) {
-      return other.ticket.request_id == t.request_id;
-    });
-    if (h != held.end()) {
-      h->replied = true;
-      if (h->read) {
-        kv_.client().Release(h->ticket).IgnoreError();
-        held.erase(h);
-      }
+    for (Held& h : held_[item.layer]) {
+      if (h.ticket.request_id == t.request_id) h.replied = true;
     }
+    HandBackDone(item.layer);
     FREEKV_RETURN_IF_ERROR(replied);
     stats_.reply_seconds += absl::ToDoubleSeconds(start - sent.sent_at);
     if (LaneOf(item) == kUrgent) {

@@ -138,6 +138,8 @@ class RecallDriver {
   // Hands back the slots of `layer` that items pushed before step `stamp` hold, once
   // replied; marks the others read, for their completer to hand back.
   void ReleaseRead(uint32_t layer, int32_t stamp);
+  // Hands back the slots of `layer` that the stream has read and whose reply came.
+  void HandBackDone(uint32_t layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits until no slot of `layer` is read and still awaiting its reply.
   void AwaitReadSlotsBack(uint32_t layer);
   void Fail(const absl::Status& status);
