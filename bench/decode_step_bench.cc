@@ -313,6 +313,18 @@ void PrintTable(const std::vector<Row>& rows) {
 }
 
 int Main() {
+  // FillStore stores the context's pages only, and the synthetic decode offloads none
+  // of the pages it appends: once one leaves the window it is a candidate that no
+  // recall could find.
+  const int64_t step_limit = int64_t{gpu::ResidentLayout{}.window} * kPageTokens;
+  if (absl::GetFlag(FLAGS_warmup) + absl::GetFlag(FLAGS_steps) > step_limit) {
+    std::fprintf(stderr,
+                 "--warmup + --steps is %d, over %ld: after that many steps the pages this "
+                 "benchmark appends (it stores none) leave the window and are selected; "
+                 "run fewer steps\n",
+                 absl::GetFlag(FLAGS_warmup) + absl::GetFlag(FLAGS_steps), long(step_limit));
+    return 2;
+  }
   const auto info = Unwrap(kernels::GetDeviceInfo(), "GetDeviceInfo");
   const std::vector<int64_t> contexts = Ints(absl::GetFlag(FLAGS_contexts));
   const std::vector<int64_t> batches = Ints(absl::GetFlag(FLAGS_batches));

@@ -60,7 +60,7 @@ absl::StatusOr<absl::Span<const int32_t>> GpuDecoder::Impl::Upload(
     return absl::InternalError(absl::StrCat("upload of ", host.size(), " ints over the ",
                                             g.staging.bytes() / 4, " staged"));
   }
-  FREEKV_RETURN_IF_ERROR(stream_holder[0].Synchronize());  // the last upload was read
+  FREEKV_RETURN_IF_ERROR(WaitForStream("the read of the last upload"));
   std::copy(host.begin(), host.end(), g.staging.span<int32_t>().begin());
   FREEKV_RETURN_IF_ERROR(kernels::CopyAsync(g.uploads.data(), g.staging.data(),
                                             host.size() * 4, stream));
@@ -221,7 +221,7 @@ absl::Status GpuDecoder::Impl::KeepPages(
 
 absl::Status GpuDecoder::Impl::StartDecode() {
   Generation& g = *generation;
-  FREEKV_RETURN_IF_ERROR(stream_holder[0].Synchronize());
+  FREEKV_RETURN_IF_ERROR(WaitForStream("the end of the prefills"));
   // Step 0 may recall any page the prefills stored.
   if (g.offloader != nullptr) FREEKV_RETURN_IF_ERROR(g.offloader->Finish());
   for (LayerState& l : layers) {

@@ -145,6 +145,9 @@ absl::Status GpuDecoder::Impl::Init() {
     FREEKV_RETURN_IF_ERROR(
         Assign(DeviceBuffer::Allocate(2 * size_t(shape.lists())), &head_masks));
     FREEKV_RETURN_IF_ERROR(head_masks.Zero());
+    FREEKV_RETURN_IF_ERROR(
+        Assign(DeviceBuffer::Allocate(2 * sizeof(int32_t)), &correction_tally));
+    FREEKV_RETURN_IF_ERROR(correction_tally.Zero());
   }
   if (NeedsSession(options)) {
     driver = std::make_unique<RecallDriver>(*kv, options.sequence_ids, c.num_kv_heads,
@@ -266,12 +269,13 @@ absl::StatusOr<GpuStepStats> GpuDecoder::Run(int32_t warmup, int32_t steps) {
         "warmup ", warmup, " (>= 1) + steps ", steps, " (>= 2) exceed the ",
         m.options.max_steps - m.steps_run, " steps left"));
   }
-  auto drain = [&]() -> absl::Status {
-    FREEKV_RETURN_IF_ERROR(m.stream_holder[0].Synchronize());
+  // Bounded: a recall that never lands would hold the stream, and the host, for ever.
+  auto drain = [&](absl::string_view what) -> absl::Status {
+    FREEKV_RETURN_IF_ERROR(m.WaitForStream(what));
     return m.driver != nullptr ? m.driver->Finish() : absl::OkStatus();
   };
   for (int32_t i = 0; i < warmup; ++i) FREEKV_RETURN_IF_ERROR(m.Step(m.steps_run++));
-  FREEKV_RETURN_IF_ERROR(drain());
+  FREEKV_RETURN_IF_ERROR(drain("the end of the warmup steps"));
   const RecallDriverStats before = m.driver ? m.driver->stats() : RecallDriverStats{};
   uint64_t waited_before = 0;
   FREEKV_RETURN_IF_ERROR(m.waited_ns.CopyToHost(&waited_before, sizeof(waited_before)));
@@ -279,7 +283,7 @@ absl::StatusOr<GpuStepStats> GpuDecoder::Run(int32_t warmup, int32_t steps) {
   const int32_t first = m.steps_run;
   const absl::Time start = absl::Now();
   for (int32_t i = 0; i < steps; ++i) FREEKV_RETURN_IF_ERROR(m.Step(m.steps_run++));
-  FREEKV_RETURN_IF_ERROR(drain());
+  FREEKV_RETURN_IF_ERROR(drain("the end of the timed steps"));
   GpuStepStats out;
   out.wall_ms = absl::ToDoubleMilliseconds(absl::Now() - start) / steps;
   std::vector<double> step_ms;
@@ -314,12 +318,12 @@ absl::StatusOr<GpuStepStats> GpuDecoder::Run(int32_t warmup, int32_t steps) {
 }
 
 absl::StatusOr<GpuDecoder::ResidentSnapshot> GpuDecoder::Snapshot(int layer) const {
-  const Impl& m = *impl_;
+  Impl& m = *impl_;  // the wait records an event
   if (!m.shape.sparse || layer < 0 || layer >= m.L()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Snapshot needs a sparse policy and a layer in [0, ", m.L(), "); got ", layer));
   }
-  FREEKV_RETURN_IF_ERROR(m.stream_holder[0].Synchronize());
+  FREEKV_RETURN_IF_ERROR(m.WaitForStream("a snapshot of the resident pages"));
   if (m.driver != nullptr) FREEKV_RETURN_IF_ERROR(m.driver->Finish());
   const LayerState& st = m.layers[layer];
   ResidentSnapshot out;
