@@ -1,6 +1,5 @@
-// CUDA kernel of similarity.h: a single CTA (the work is B * H_kv rows of a few
-// hundred bytes); a warp per (sequence, KV head) row, a block sum for the count, so
-// num_flagged needs no prior memset.
+// CUDA kernel of similarity.h: a single CTA (SimilarityBlock, similarity_block.cuh),
+// whose block sum gives the count, so num_flagged needs no prior memset.
 #include <type_traits>
 
 #include "kernels/cuda_check.cuh"

@@ -32,6 +32,10 @@ struct SimilarityOutputs {
   absl::Span<int32_t> num_flagged;  // [1]
 };
 
+// Query heads per KV head at most (the CUDA kernel keeps a chunk of whole rows' head
+// cosines in shared memory).
+constexpr int32_t kMaxSimilarityGroup = 2048;
+
 // Shape checks shared by the reference and the launcher.
 absl::Status CheckSimilarityShapes(size_t q_size, size_t q_prev_size, int32_t num_q_heads,
                                    int32_t num_kv_heads, int32_t head_dim,

@@ -1,6 +1,7 @@
 // CPU reference of similarity.h.
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/shape.h"
 #include "kernels/similarity.h"
 
@@ -11,6 +12,11 @@ absl::Status CheckSimilarityShapes(size_t q_size, size_t q_prev_size, int32_t nu
                                    int32_t num_kv_heads, int32_t head_dim,
                                    const SimilarityOutputs& outputs) {
   FREEKV_RETURN_IF_ERROR(CheckGqa(num_q_heads, num_kv_heads));
+  if (num_q_heads / num_kv_heads > kMaxSimilarityGroup) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(num_q_heads / num_kv_heads, " query heads per KV head; at most ",
+                     kMaxSimilarityGroup));
+  }
   FREEKV_RETURN_IF_ERROR(CheckPositive("head_dim", head_dim));
   const size_t row = size_t(head_dim) * num_q_heads;
   FREEKV_RETURN_IF_ERROR(CheckRows("q", q_size, row));

@@ -1,5 +1,6 @@
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -47,6 +48,30 @@ TEST(QuerySimilarityRefTest, IdenticalQueriesNeverFlagAndScaleDoesNotMatter) {
                                         {absl::MakeSpan(sim), absl::MakeSpan(flags),
                                          absl::MakeSpan(count)}).ok());
   EXPECT_EQ(count[0], seqs * hkv);
+}
+
+// The CUDA kernel keeps a row's head cosines in one chunk of shared memory: a larger
+// group is refused by the shape check both share, with the limit in the message.
+TEST(QuerySimilarityRefTest, AGroupOverTheLimitIsRefused) {
+  const int hq = kMaxSimilarityGroup + 1, hkv = 1, dim = 2;
+  const std::vector<float> q(size_t{hq} * dim, 1.0f);
+  std::vector<float> sim(1);
+  std::vector<uint8_t> flags(1);
+  std::vector<int32_t> count(1);
+  const absl::Status status =
+      QuerySimilarityRef<float>(q, q, hq, hkv, dim, 0.5f,
+                                {absl::MakeSpan(sim), absl::MakeSpan(flags),
+                                 absl::MakeSpan(count)});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find(std::to_string(kMaxSimilarityGroup)), std::string::npos)
+      << status.message();
+  // At the limit it runs.
+  const std::vector<float> at(size_t{kMaxSimilarityGroup} * dim, 1.0f);
+  EXPECT_TRUE(QuerySimilarityRef<float>(at, at, kMaxSimilarityGroup, hkv, dim, 0.5f,
+                                        {absl::MakeSpan(sim), absl::MakeSpan(flags),
+                                         absl::MakeSpan(count)})
+                  .ok());
+  EXPECT_NEAR(sim[0], 1.0f, 1e-5);
 }
 
 }  // namespace

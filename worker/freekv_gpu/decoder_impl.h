@@ -81,8 +81,9 @@ struct GpuDecoder::Impl {
 
   // Shared scratch, in stream order; `inputs` holds the current StepInputs.
   kernels::DeviceBuffer scores, group_scores, selected, workspace, inputs, base;
-  // freekv: the layer's head masks, flagged then unflagged (PublishCorrectionCuda).
-  kernels::DeviceBuffer head_masks;
+  // freekv: the layer's head masks, flagged then unflagged, and the correction point's
+  // tally, zero between launches (PublishCorrectionCuda).
+  kernels::DeviceBuffer head_masks, correction_tally;
   // Gates (resident_ops.h), pinned: [layer][speculation, correction], then the abort
   // word a stall report sets. `observed`, on the device: the word each hold passed on.
   kernels::PinnedBuffer gates;

@@ -187,7 +187,8 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
                                 options.tau,
                                 {st.similarity.span<float>(), st.diff.flags(),
                                  {st.diff.num_flagged(), 1}},
-                                head_masks.span<uint8_t>()};
+                                head_masks.span<uint8_t>(),
+                                correction_tally.span<int32_t>()};
     FREEKV_RETURN_IF_ERROR(PublishCorrectionCuda(check, step_number(in), gate(layer, true),
                                                  1, s));
     // The flagged heads' rows of the same buffers (none: the kernels return at once).

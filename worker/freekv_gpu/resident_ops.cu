@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -232,27 +233,50 @@ __global__ void OpenGateIfNoneKernel(GateIfNone open) {
   }
 }
 
-constexpr int kCheckThreads = 1024;
+// The correction point over many blocks: kCheckRows rows each (fewer for groups so
+// large that their cosines would not fit the block's chunk). The last block to finish
+// (a device tally) publishes the count and opens the gate.
+constexpr int kCheckThreads = 256;
+constexpr int kCheckRows = 8;
+
+int CheckRowsPerBlock(int32_t group) {
+  return std::max(1, std::min(kCheckRows, kernels::kSimilarityChunk / group));
+}
 
 __global__ void __launch_bounds__(kCheckThreads)
     PublishCorrectionKernel(const __nv_bfloat16* q, const __nv_bfloat16* q_prev, int32_t rows,
-                            int32_t group, int32_t head_dim, float tau, float* similarity,
-                            uint8_t* flags, int32_t* num_flagged, uint8_t* masks,
-                            const int32_t* step, uint32_t* gate, int32_t offset) {
+                            int32_t group, int32_t head_dim, float tau, int32_t rows_per_block,
+                            float* similarity, uint8_t* flags, int32_t* num_flagged,
+                            uint8_t* masks, int32_t* tally, const int32_t* step,
+                            uint32_t* gate, int32_t offset) {
+  __shared__ float cosines[kernels::kSimilarityChunk];
   __shared__ float scratch[32];
-  const float flagged = kernels::SimilarityBlock(q, q_prev, rows, group, head_dim, tau,
-                                                 similarity, flags, scratch);
-  // SimilarityBlock's reduction synchronised the block after every similarity write;
-  // the masks come from the device copy, not the pinned flags.
-  for (int row = threadIdx.x; row < rows; row += blockDim.x) {
-    const bool moved = similarity[row] < tau;
-    masks[row] = moved ? 1 : 0;
-    masks[rows + row] = moved ? 0 : 1;
+  const int32_t first = blockIdx.x * rows_per_block;
+  const int32_t count = min(rows_per_block, rows - first);
+  const float flagged = kernels::BlockSum(
+      kernels::SimilarityRows(q, q_prev, first, count, group, head_dim, tau, similarity,
+                              flags, cosines),
+      scratch);
+  // SimilarityRows synchronised the block after its similarity writes; the masks come
+  // from the device copy, not the pinned flags.
+  for (int r = threadIdx.x; r < count; r += blockDim.x) {
+    const bool moved = similarity[first + r] < tau;
+    masks[first + r] = moved ? 1 : 0;
+    masks[rows + first + r] = moved ? 0 : 1;
   }
   if (threadIdx.x != 0) return;
-  *num_flagged = static_cast<int32_t>(flagged);
+  // tally[0]: flags so far, tally[1]: blocks done. The flags were fenced (system scope)
+  // before the block sum; this block's add to the count is ordered before its add to
+  // the blocks done, so the last block reads every block's count.
+  atomicAdd(&tally[0], static_cast<int32_t>(flagged));
+  __threadfence();
+  if (atomicAdd(&tally[1], 1) != static_cast<int32_t>(gridDim.x) - 1) return;
+  __threadfence();
+  const int32_t total = atomicExch(&tally[0], 0);
+  tally[1] = 0;  // the next launch starts from zero (launches on one stream never overlap)
+  *num_flagged = total;
   __threadfence_system();
-  if (flagged == 0.0f) OpenGateOnDevice(gate, static_cast<uint32_t>(*step + offset));
+  if (total == 0) OpenGateOnDevice(gate, static_cast<uint32_t>(*step + offset));
 }
 
 // splitmix64 of (seed, index) -> uniform in [-1, 1).
@@ -412,12 +436,17 @@ absl::Status PublishCorrectionCuda(const CorrectionCheck& c, const int32_t* step
   FREEKV_RETURN_IF_ERROR(kernels::CheckSimilarityShapes(
       c.q.size(), c.q_prev.size(), c.num_q_heads, c.num_kv_heads, c.head_dim, c.outputs));
   FREEKV_RETURN_IF_ERROR(kernels::CheckSize("masks", c.masks.size(), 2 * c.outputs.flags.size()));
-  PublishCorrectionKernel<<<1, kCheckThreads, 0, stream>>>(
+  FREEKV_RETURN_IF_ERROR(kernels::CheckSize("tally", c.tally.size(), 2));
+  const int32_t rows = static_cast<int32_t>(c.outputs.flags.size());
+  const int32_t group = c.num_q_heads / c.num_kv_heads;
+  const int32_t per_block = CheckRowsPerBlock(group);
+  // At least one block, which publishes a count of 0 when there are no rows.
+  const int32_t blocks = std::max(1, (rows + per_block - 1) / per_block);
+  PublishCorrectionKernel<<<static_cast<unsigned>(blocks), kCheckThreads, 0, stream>>>(
       reinterpret_cast<const __nv_bfloat16*>(c.q.data()),
-      reinterpret_cast<const __nv_bfloat16*>(c.q_prev.data()),
-      static_cast<int32_t>(c.outputs.flags.size()), c.num_q_heads / c.num_kv_heads,
-      c.head_dim, c.tau, c.outputs.similarity.data(), c.outputs.flags.data(),
-      c.outputs.num_flagged.data(), c.masks.data(), step, gate, offset);
+      reinterpret_cast<const __nv_bfloat16*>(c.q_prev.data()), rows, group, c.head_dim,
+      c.tau, per_block, c.outputs.similarity.data(), c.outputs.flags.data(),
+      c.outputs.num_flagged.data(), c.masks.data(), c.tally.data(), step, gate, offset);
   return LaunchStatus("PublishCorrectionKernel");
 }
 

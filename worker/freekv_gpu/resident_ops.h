@@ -226,12 +226,17 @@ absl::Status StampCuda(int32_t* stamp, const int32_t* step, cudaStream_t stream)
 // when no head is flagged (OpenGateIfNone's work). The masks split the layer's
 // selection: the flagged heads' on the decode stream (the correction waits for it),
 // the others' beside it (the speculation, which nothing in the step waits for).
+// The launch spreads the rows over many blocks (one block for every row took 6% of a
+// batch-16 decode step), and the last block to finish publishes the count: `tally`,
+// two device ints that are zero before the first launch and that every launch leaves
+// zero. Launches that share a tally must not overlap (issue them on one stream).
 struct CorrectionCheck {
   absl::Span<const BFloat16> q, q_prev;  // [num_seqs][num_q_heads][head_dim]
   int32_t num_q_heads = 0, num_kv_heads = 0, head_dim = 0;
   float tau = 0;
   kernels::SimilarityOutputs outputs;
   absl::Span<uint8_t> masks;  // [2][num_seqs * num_kv_heads], device memory
+  absl::Span<int32_t> tally;  // [2], device memory
 };
 absl::Status PublishCorrectionCuda(const CorrectionCheck& check, const int32_t* step,
                                    uint32_t* gate, int32_t offset, cudaStream_t stream);

@@ -429,59 +429,78 @@ TEST(ApplyPublishedCuda, AppliesTheSlotTheGatePublishedForThisStep) {
 // The correction point against kernels' similarity reference: with some heads moved,
 // the same flags and count, the flagged and unflagged head masks, and the gate left
 // shut; with none moved, the gate open at step + 1. Flags and count in pinned host
-// memory, as the decoder keeps them.
+// memory, as the decoder keeps them. The shapes spread the rows over one block, over
+// 16 (Llama-3.1-8B's GQA at batch 16), and over blocks of fewer rows (a group of 512
+// query heads); each runs three times on one tally, which every launch must leave zero.
 TEST(PublishCorrectionCuda, FlagsMasksAndGateInOneLaunch) {
-  constexpr int32_t kSeqs3 = 3, kHq = 8, kHkv = 2, kDim = 128;
-  std::mt19937 rng(41);
-  const std::vector<BFloat16> q = RandomVector<BFloat16>(rng, size_t{kSeqs3} * kHq * kDim);
-  std::vector<BFloat16> moved = q;
-  std::normal_distribution<float> noise(0.0f, 1.0f);
-  for (size_t i = 0; i < moved.size(); ++i) {  // every other KV head's group moves a lot
-    if ((i / (kDim * (kHq / kHkv))) % 2 == 1) {
-      moved[i] = kernels::ToBFloat16(kernels::ToFloat(moved[i]) + 2.0f * noise(rng));
+  struct Shape {
+    int32_t seqs, hq, hkv, dim;
+  };
+  for (const Shape& shape : {Shape{3, 8, 2, 128}, Shape{16, 32, 8, 128}, Shape{3, 1024, 2, 64}}) {
+    SCOPED_TRACE(testing::Message() << shape.seqs << " x " << shape.hq << "/" << shape.hkv
+                                    << " heads of " << shape.dim);
+    const int32_t rows = shape.seqs * shape.hkv, group = shape.hq / shape.hkv;
+    std::mt19937 rng(41 + shape.seqs);
+    const std::vector<BFloat16> q =
+        RandomVector<BFloat16>(rng, size_t(shape.seqs) * shape.hq * shape.dim);
+    std::vector<BFloat16> moved = q;
+    std::normal_distribution<float> noise(0.0f, 1.0f);
+    for (size_t i = 0; i < moved.size(); ++i) {  // every other KV head's group moves a lot
+      if ((i / (size_t(shape.dim) * group)) % 2 == 1) {
+        moved[i] = kernels::ToBFloat16(kernels::ToFloat(moved[i]) + 2.0f * noise(rng));
+      }
     }
-  }
-  const DeviceBuffer d_q = kernels::Up(q);
-  auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{12}));
-  HostGate gate;
-  auto similarity = Must(DeviceBuffer::Allocate(kSeqs3 * kHkv * sizeof(float)));
-  auto host = Must(kernels::PinnedBuffer::Allocate(64));  // flags | count
-  auto stream = Must(CudaStream::Create());
-  for (bool any_moved : {true, false}) {
-    const std::vector<BFloat16>& prev = any_moved ? moved : q;
-    const DeviceBuffer d_prev = kernels::Up(prev);
-    *gate.word = 0;
-    uint8_t* flags = host.span<uint8_t>().data();
-    int32_t* count = host.span<int32_t>().data() + 4;
-    std::fill_n(flags, kSeqs3 * kHkv, uint8_t{7});
-    *count = -1;
-    DeviceBuffer masks = kernels::Up(std::vector<uint8_t>(2 * kSeqs3 * kHkv, 7));
-    const CorrectionCheck check{d_q.span<const BFloat16>(), d_prev.span<const BFloat16>(),
-                                kHq, kHkv, kDim, 0.8f,
-                                {similarity.span<float>(), {flags, size_t{kSeqs3} * kHkv},
-                                 {count, 1}},
-                                masks.span<uint8_t>()};
-    ASSERT_TRUE(PublishCorrectionCuda(check, step.span<int32_t>().data(), gate.word, 1,
-                                      stream.get())
-                    .ok());
-    ASSERT_TRUE(stream.Synchronize().ok());
-    std::vector<float> want_sim(kSeqs3 * kHkv);
-    std::vector<uint8_t> want_flags(kSeqs3 * kHkv);
-    std::vector<int32_t> want_count(1);
-    ASSERT_TRUE(kernels::QuerySimilarityRef<BFloat16>(
-                    q, prev, kHq, kHkv, kDim, 0.8f,
-                    {absl::MakeSpan(want_sim), absl::MakeSpan(want_flags),
-                     absl::MakeSpan(want_count)})
-                    .ok());
-    EXPECT_EQ(std::vector<uint8_t>(flags, flags + kSeqs3 * kHkv), want_flags);
-    EXPECT_EQ(*count, want_count[0]);
-    EXPECT_EQ(*count > 0, any_moved);
-    std::vector<uint8_t> want_masks = want_flags;
-    for (uint8_t f : want_flags) want_masks.push_back(f == 0 ? 1 : 0);
-    std::vector<uint8_t> got_masks(want_masks.size());
-    ASSERT_TRUE(masks.Download(absl::MakeSpan(got_masks)).ok());
-    EXPECT_EQ(got_masks, want_masks);
-    EXPECT_EQ(*gate.word, any_moved ? 0u : GateWord(13));
+    const DeviceBuffer d_q = kernels::Up(q);
+    auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{12}));
+    HostGate gate;
+    auto similarity = Must(DeviceBuffer::Allocate(rows * sizeof(float)));
+    auto host = Must(kernels::PinnedBuffer::Allocate(rows + 64));  // count | flags
+    auto tally = Must(DeviceBuffer::Allocate(2 * sizeof(int32_t)));
+    ASSERT_TRUE(tally.Zero().ok());
+    auto stream = Must(CudaStream::Create());
+    for (bool any_moved : {true, false, true}) {
+      const std::vector<BFloat16>& prev = any_moved ? moved : q;
+      const DeviceBuffer d_prev = kernels::Up(prev);
+      *gate.word = 0;
+      int32_t* count = host.span<int32_t>().data();
+      uint8_t* flags = host.span<uint8_t>().data() + 4;
+      std::fill_n(flags, rows, uint8_t{7});
+      *count = -1;
+      DeviceBuffer masks = kernels::Up(std::vector<uint8_t>(2 * rows, 7));
+      const CorrectionCheck check{d_q.span<const BFloat16>(),
+                                  d_prev.span<const BFloat16>(),
+                                  shape.hq,
+                                  shape.hkv,
+                                  shape.dim,
+                                  0.8f,
+                                  {similarity.span<float>(), {flags, size_t(rows)}, {count, 1}},
+                                  masks.span<uint8_t>(),
+                                  tally.span<int32_t>()};
+      ASSERT_TRUE(PublishCorrectionCuda(check, step.span<int32_t>().data(), gate.word, 1,
+                                        stream.get())
+                      .ok());
+      ASSERT_TRUE(stream.Synchronize().ok());
+      std::vector<float> want_sim(rows);
+      std::vector<uint8_t> want_flags(rows);
+      std::vector<int32_t> want_count(1);
+      ASSERT_TRUE(kernels::QuerySimilarityRef<BFloat16>(
+                      q, prev, shape.hq, shape.hkv, shape.dim, 0.8f,
+                      {absl::MakeSpan(want_sim), absl::MakeSpan(want_flags),
+                       absl::MakeSpan(want_count)})
+                      .ok());
+      EXPECT_EQ(std::vector<uint8_t>(flags, flags + rows), want_flags);
+      EXPECT_EQ(*count, want_count[0]);
+      EXPECT_EQ(*count > 0, any_moved);
+      std::vector<uint8_t> want_masks = want_flags;
+      for (uint8_t f : want_flags) want_masks.push_back(f == 0 ? 1 : 0);
+      std::vector<uint8_t> got_masks(want_masks.size());
+      ASSERT_TRUE(masks.Download(absl::MakeSpan(got_masks)).ok());
+      EXPECT_EQ(got_masks, want_masks);
+      EXPECT_EQ(*gate.word, any_moved ? 0u : GateWord(13));
+      std::vector<int32_t> left(2, -1);
+      ASSERT_TRUE(tally.Download(absl::MakeSpan(left)).ok());
+      EXPECT_EQ(left, (std::vector<int32_t>{0, 0}));
+    }
   }
 }
 
