@@ -4,10 +4,11 @@
 // many blocks). The block spreads a chunk of rows' (row, query head) pairs over all its
 // lanes. Internal to kernels/ and its GPU users.
 //
-// Why pairs across a block rather than a warp per row, one block for every row: at
-// batch 16 (128 rows) that took 18 us a layer on the H100, 6% of a decode step, with
-// each warp doing four rows of four heads one after the other, each head a trip to
-// memory and three warp sums (bench/RESULTS.md, decode run 22).
+// Why: a warp per row in one block took 18 us a layer at batch 16 (128 rows) on the
+// H100, 6% of a decode step, each warp doing four rows of four heads one after the
+// other, each head a trip to memory and three warp sums. Pairs spread over the block
+// with their loads issued together still took 16 us in one block; the correction point
+// therefore gives each block a few rows (bench/RESULTS.md, decode run 22).
 #ifndef FREEKV_KERNELS_SIMILARITY_BLOCK_CUH_
 #define FREEKV_KERNELS_SIMILARITY_BLOCK_CUH_
 
