@@ -3,6 +3,7 @@
 // waits on one really stops until the host opens it (or its signal word opens, or the
 // abort word is set).
 #include <chrono>
+#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -248,6 +249,20 @@ struct HostGate {
   HostGate() { *word = *abort = 0; }
 };
 
+// With a hold just enqueued on `waiter`: fills `marker` behind it, checks `held_ms`
+// later that the fill has not run (`what` says what the hold failed to do if it did),
+// then calls `open` and checks the fill has run once the stream drains.
+void ExpectHeldUntilOpened(const CudaStream& waiter, const DeviceBuffer& marker,
+                           int held_ms, const std::string& what,
+                           const std::function<void()>& open) {
+  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(held_ms));
+  EXPECT_FALSE(MarkerWritten(marker)) << what;
+  open();
+  ASSERT_TRUE(waiter.Synchronize().ok());
+  EXPECT_TRUE(MarkerWritten(marker));
+}
+
 uint32_t Observed(const DeviceBuffer& observed) {
   uint32_t word = 0;
   EXPECT_TRUE(observed.CopyToHost(&word, sizeof(word)).ok());
@@ -271,12 +286,8 @@ TEST(Gates, AWaitingStreamRunsOnlyOnceTheHostOpensTheGate) {
                         observed.span<uint32_t>().data()},
                        waiter.get())
                   .ok());
-  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past a closed gate";
-  OpenGate(gate.word, 5, 0);
-  ASSERT_TRUE(waiter.Synchronize().ok());
-  EXPECT_TRUE(MarkerWritten(marker));
+  ExpectHeldUntilOpened(waiter, marker, 100, "the waiting stream ran past a closed gate",
+                        [&] { OpenGate(gate.word, 5, 0); });
   EXPECT_EQ(Observed(observed), GateWord(5, 0)) << "the word the hold passed on";
   uint64_t waited_ns = 0;
   ASSERT_TRUE(waited.CopyToHost(&waited_ns, sizeof(waited_ns)).ok());
@@ -304,12 +315,8 @@ TEST(Gates, ASignalWordOpensTheGateToo) {
                 observed.span<uint32_t>().data()};
   hold.signal = signal.word;
   ASSERT_TRUE(WaitGate(hold, waiter.get()).ok());
-  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past two shut words";
-  OpenGate(signal.word, 5, 1);
-  ASSERT_TRUE(waiter.Synchronize().ok());
-  EXPECT_TRUE(MarkerWritten(marker));
+  ExpectHeldUntilOpened(waiter, marker, 100, "the waiting stream ran past two shut words",
+                        [&] { OpenGate(signal.word, 5, 1); });
   EXPECT_EQ(Observed(observed), GateWord(5, 1)) << "the signal's word, naming its slot";
 
   OpenGate(gate.word, 5);  // both open: the host's word, naming no slot, is passed on
@@ -333,12 +340,8 @@ TEST(Gates, TheAbortWordLetsAHoldPassOnAShutGate) {
                         observed.span<uint32_t>().data()},
                        waiter.get())
                   .ok());
-  ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_FALSE(MarkerWritten(marker)) << "the waiting stream ran past a closed gate";
-  __atomic_store_n(gate.abort, 1u, __ATOMIC_RELEASE);
-  ASSERT_TRUE(waiter.Synchronize().ok());
-  EXPECT_TRUE(MarkerWritten(marker));
+  ExpectHeldUntilOpened(waiter, marker, 50, "the waiting stream ran past a closed gate",
+                        [&] { __atomic_store_n(gate.abort, 1u, __ATOMIC_RELEASE); });
   EXPECT_EQ(GateValue(Observed(observed)), 7u);
 }
 
@@ -540,14 +543,14 @@ TEST(Gates, LaunchesThatHoldAGateStopTheStreamAfterTheirWork) {
                                            d_pages.span<int32_t>(), d_tokens.span<int32_t>(),
                                            pool.Device(), waiter.get(), hold))
                     .ok());
-    ASSERT_TRUE(FillUniformCuda(marker.span<BFloat16>(), 1, 1.0f, waiter.get()).ok());
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    EXPECT_FALSE(MarkerWritten(marker)) << "launch " << which << " did not hold the gate";
-    EXPECT_EQ(__atomic_load_n(stamp, __ATOMIC_ACQUIRE), which == 0 ? 9 : -1)
-        << "the stamp is written before the hold, and only when asked for";
-    OpenGate(gate.word, 10);
-    ASSERT_TRUE(waiter.Synchronize().ok());
-    EXPECT_TRUE(MarkerWritten(marker));
+    ExpectHeldUntilOpened(waiter, marker, 50,
+                          absl::StrCat("launch ", which, " did not hold the gate"), [&] {
+                            EXPECT_EQ(__atomic_load_n(stamp, __ATOMIC_ACQUIRE),
+                                      which == 0 ? 9 : -1)
+                                << "the stamp is written before the hold, and only when "
+                                   "asked for";
+                            OpenGate(gate.word, 10);
+                          });
     if (which == 0) {
       std::vector<int32_t> copied(words.size());
       ASSERT_TRUE(dst.Download(absl::MakeSpan(copied)).ok());
