@@ -7,6 +7,7 @@
 #include "common/geometry_proto.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
+#include "common/thread_name.h"
 
 namespace freekv {
 
@@ -143,6 +144,7 @@ void KvClient::StopThreads() {
 }
 
 void KvClient::ReadReplies() {
+  NameThisThread("kv-replies");
   v1::RecallReply reply;
   while (stream_->Read(&reply)) {
     absl::Status status(static_cast<absl::StatusCode>(reply.code()), reply.message());
@@ -158,6 +160,7 @@ void KvClient::ReadReplies() {
 }
 
 void KvClient::HeartbeatLoop() {
+  NameThisThread("kv-heartbeat");
   const absl::Duration interval = lease_ / 3;
   while (!stop_heartbeat_.WaitForNotificationWithTimeout(interval)) {
     if (absl::Status s = Heartbeat(); !s.ok()) {

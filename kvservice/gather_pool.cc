@@ -14,6 +14,7 @@
 #endif
 
 #include "absl/time/clock.h"
+#include "common/thread_name.h"
 
 namespace freekv {
 namespace {
@@ -212,6 +213,7 @@ uint64_t GatherPool::AwaitJob(uint64_t seen) {
 }
 
 void GatherPool::Work() {
+  NameThisThread("kv-packer");
   // Best effort: a refusal leaves the thread at its inherited priority.
   setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kWorkerNice);
   uint64_t seen = 0;

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
+#include "common/thread_name.h"
 #include "kvservice/proto_convert.h"
 
 namespace freekv {
@@ -77,7 +78,10 @@ RecallStream::RecallStream(Stream* stream, Hooks hooks)
 
 grpc::Status RecallStream::Run() {
   auto outbox = std::make_shared<Outbox>();
-  std::thread writer([this, outbox] { outbox->WriteAll(stream_); });
+  std::thread writer([this, outbox] {
+    NameThisThread("kv-reply-write");
+    outbox->WriteAll(stream_);
+  });
   v1::RecallRequest request;
   while (stream_->Read(&request)) {
     Start(request, absl::Now(), outbox);

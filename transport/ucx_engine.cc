@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/log.h"
+#include "common/thread_name.h"
 
 namespace freekv {
 
@@ -56,7 +57,7 @@ absl::Duration UcxEngine::CpuTime() const {
 }
 
 void UcxEngine::Loop(std::string name) {
-  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+  NameThisThread(name);
   while (RunJobs()) {
     if (worker_->Progress() != 0 || HasJobs()) continue;
     const ucs_status_t armed = worker_->Arm();

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/thread_name.h"
 #include "kernels/shape.h"
 
 namespace freekv::gpu {
@@ -78,6 +79,7 @@ uint64_t PageOffloader::pages_offloaded() const {
 }
 
 void PageOffloader::Loop() {
+  NameThisThread("page-offload");
   for (int64_t id = 0;; ++id) {
     std::vector<OffloadPageRef> job;
     {

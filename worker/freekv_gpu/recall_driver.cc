@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/thread_name.h"
 
 namespace freekv::gpu {
 namespace {
@@ -120,6 +121,7 @@ void RecallDriver::Fail(const absl::Status& status) {
 }
 
 void RecallDriver::IssueLoop() {
+  NameThisThread("recall-issue");
   std::vector<RecallSliceRef> slices;
   for (;;) {
     RecallItem item;
@@ -218,6 +220,7 @@ absl::Status RecallDriver::Issue(const RecallItem& item,
 }
 
 void RecallDriver::CompleteLoop(Lane lane) {
+  NameThisThread(lane == kBulk ? "recall-bulk" : "recall-urgent");
   std::deque<Sent>& queue = to_complete_[lane];
   auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return !queue.empty() || (stop_ && done_ == pushed_);
