@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/thread_name.h"
 #include "kernels/event_poll.cuh"
 #include "kvservice/cuda_handles.cuh"
 
@@ -120,17 +121,22 @@ struct StagingTarget {
 //      its error, in order too.
 // Push only queues and returns, so that its caller (the recall stream's gRPC thread)
 // reads and resolves the next request while this one is packed and copied.
-// When it ends, the lane logs where its pushes spent their time on average: queued
+// Each push that lands is reported to the factory's observer (on_push_landed: the
+// kvservice's freekv_recall_push_seconds), and when the lane ends it logs where its
+// pushes spent their time on average: queued
 // for the issuing thread, being issued (packing included), and on the GPU until the
 // completion thread saw them land.
 // Thread-safety: Push, made and AwaitIssued from any thread. Destroying the lane
 // drains it (every push made is issued and its `done` called), then stops the threads.
 class PushLane {
  public:
-  PushLane(const char* name, const StagingTarget& target, std::unique_ptr<CopyStreams> streams)
-      : name_(name),
+  PushLane(bool urgent, const StagingTarget& target, std::unique_ptr<CopyStreams> streams,
+           const PushStagesObserver& on_landed)
+      : urgent_(urgent),
+        name_(urgent ? "urgent" : "bulk"),
         target_(target),
         streams_(std::move(streams)),
+        on_landed_(on_landed),
         issuer_([this] { IssueInOrder(); }),
         completer_([this] { CompleteInOrder(); }) {}
 
@@ -204,9 +210,11 @@ class PushLane {
   void CompleteInOrder();
   void LogStages() const;
 
+  const bool urgent_;
   const char* const name_;
   const StagingTarget& target_;
   const std::unique_ptr<CopyStreams> streams_;
+  const PushStagesObserver& on_landed_;  // the factory's; may be empty
   // The issuing thread's scratch.
   std::vector<DeviceCopy> push_copies_;
   std::vector<size_t> push_slots_;
@@ -246,6 +254,7 @@ bool PushLane::NextJob(Job* job) {
 }
 
 void PushLane::IssueInOrder() {
+  NameThisThread(absl::StrCat("kv-", name_, "-issue"));
   Job job;
   while (NextJob(&job)) {
     Pending pending;
@@ -347,6 +356,7 @@ absl::Status PushLane::WaitFor(const gpu::Event& event) const {
 }
 
 void PushLane::CompleteInOrder() {
+  NameThisThread(absl::StrCat("kv-", name_, "-land"));
   for (;;) {
     Pending pending;
     {
@@ -362,10 +372,13 @@ void PushLane::CompleteInOrder() {
     const absl::Status status = pending.status.ok() ? WaitFor(pending.event) : pending.status;
     if (status.ok()) {
       const Times& t = pending.times;
+      const PushStages stages{urgent_, t.taken - t.made, t.enqueued - t.taken,
+                              absl::Now() - t.enqueued};
       ++landed_;
-      queued_sum_ += t.taken - t.made;
-      issuing_sum_ += t.enqueued - t.taken;
-      landing_sum_ += absl::Now() - t.enqueued;
+      queued_sum_ += stages.queued;
+      issuing_sum_ += stages.issuing;
+      landing_sum_ += stages.landing;
+      if (on_landed_) on_landed_(stages);
     }
     std::move(pending.done)(status);
     if (pending.event.get() != nullptr) {
@@ -398,16 +411,18 @@ class CudaIpcSessionTransport : public SessionTransport {
     std::unique_ptr<CopyStreams> pull_streams;
   };
 
-  explicit CudaIpcSessionTransport(Handles handles)
+  // `on_landed` (the factory's) outlives the transport.
+  CudaIpcSessionTransport(Handles handles, const PushStagesObserver& on_landed)
       : target_(std::move(handles.target)),
         offload_(std::move(handles.offload)),
         offload_written_(std::move(handles.offload_written)),
         pull_streams_(std::move(handles.pull_streams)),
-        bulk_("bulk", target_, std::move(handles.bulk_streams)),
+        bulk_(/*urgent=*/false, target_, std::move(handles.bulk_streams), on_landed),
         urgent_(handles.urgent_streams == nullptr
                     ? nullptr
-                    : std::make_unique<PushLane>("urgent", target_,
-                                                 std::move(handles.urgent_streams))) {}
+                    : std::make_unique<PushLane>(/*urgent=*/true, target_,
+                                                 std::move(handles.urgent_streams),
+                                                 on_landed)) {}
 
   // The lanes drain as they go (members in reverse order), before the handles close.
   ~CudaIpcSessionTransport() override = default;
@@ -586,7 +601,7 @@ absl::StatusOr<std::unique_ptr<SessionTransport>> CudaIpcTransportFactory::Conne
   absl::StatusOr<CudaIpcSessionTransport::Handles> handles = OpenHandles(peer, options_);
   if (!handles.ok()) return handles.status();
   return std::unique_ptr<SessionTransport>(
-      new CudaIpcSessionTransport(*std::move(handles)));
+      new CudaIpcSessionTransport(*std::move(handles), options_.on_push_landed));
 }
 
 }  // namespace freekv

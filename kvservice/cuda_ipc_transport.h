@@ -53,6 +53,8 @@ struct CudaIpcTransportOptions {
   int gather_threads = 8;
   bool gather_streaming_stores = true;
   size_t gather_prefetch_bytes = size_t{8} << 10;
+  // Told where every push that landed spent its time, per lane (unset: nobody).
+  PushStagesObserver on_push_landed;
 };
 
 class CudaIpcTransportFactory : public TransportFactory {

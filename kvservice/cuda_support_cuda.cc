@@ -38,6 +38,7 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
   transport.pull.streams = options.copy_streams;
   transport.gather_threads = options.gather_threads;
   transport.gather_prefetch_bytes = size_t(options.gather_prefetch_kib) << 10;
+  transport.on_push_landed = options.on_push_landed;
   absl::StatusOr<std::unique_ptr<CudaIpcTransportFactory>> factory =
       CudaIpcTransportFactory::Create(transport);
   if (!factory.ok()) return factory.status();

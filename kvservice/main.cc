@@ -237,8 +237,10 @@ absl::StatusOr<std::unique_ptr<ChunkAllocator>> StoreChunks(size_t chunk_bytes) 
 // again (GPU recall run 7).
 int AutoGatherThreads() { return std::clamp(UsableCpus() / 2, 1, 14); }
 
-// The CUDA IPC factory when CUDA and a GPU are here; otherwise null and why not.
-absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* absent) {
+// The CUDA IPC factory when CUDA and a GPU are here; otherwise null and why not. Its
+// pushes' stages go to `metrics`, which outlives it.
+absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(ServiceMetrics* metrics,
+                                                                  std::string* absent) {
   if (!BuiltWithCuda()) {
     *absent = "this kvservice was built without CUDA";
     return nullptr;
@@ -258,6 +260,9 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(std::string* ab
   options.gather_prefetch_kib = absl::GetFlag(FLAGS_cuda_gather_prefetch_kib);
   options.gather_piece_kib = absl::GetFlag(FLAGS_cuda_gather_piece_kib);
   options.direct_share = absl::GetFlag(FLAGS_cuda_direct_share);
+  options.on_push_landed = [metrics](const PushStages& stages) {
+    metrics->OnPushLanded(stages);
+  };
   return MakeCudaIpcTransportFactory(options);
 }
 
@@ -288,7 +293,7 @@ int Run() {
   }
   std::string cuda_ipc_absent;
   absl::StatusOr<std::unique_ptr<TransportFactory>> cuda_ipc =
-      CudaIpcFactory(&cuda_ipc_absent);
+      CudaIpcFactory(metrics->get(), &cuda_ipc_absent);
   if (!cuda_ipc.ok()) {
     Log(LogLevel::kError, "CUDA IPC: %s", cuda_ipc.status().ToString());
     return 1;

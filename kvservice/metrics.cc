@@ -174,12 +174,33 @@ struct RecallSeries {
                           .Help("Bytes per recall request.")
                           .Register(r)
                           .Add({}, RequestBytesBuckets())),
+        push_family(prometheus::BuildHistogram()
+                        .Name("freekv_recall_push_seconds")
+                        .Help("Where each CUDA IPC push spent its time, by lane (bulk: "
+                              "speculation; urgent: corrections) and stage: queued "
+                              "behind earlier pushes, issuing (packing and enqueueing "
+                              "its copies), landing (its copies, after any wait for the "
+                              "worker's slot).")
+                        .Register(r)),
         link_ceiling(AddGauge(r, "freekv_recall_link_ceiling_bytes_per_second",
                               "The link's measured ceiling in bytes/s (0: unknown).")),
         errors(prometheus::BuildCounter()
                    .Name("freekv_request_errors_total")
                    .Help("Requests answered with an error, by method and code.")
-                   .Register(r)) {}
+                   .Register(r)) {
+    // Every (lane, stage) series up front, so that dashboards see zeros, not gaps.
+    for (int urgent : {0, 1}) {
+      for (int stage = 0; stage < kPushStages; ++stage) {
+        push[urgent][stage] = &push_family.Add(
+            {{"lane", urgent ? "urgent" : "bulk"}, {"stage", kPushStageNames[stage]}},
+            LatencyBuckets());
+      }
+    }
+  }
+  static constexpr int kPushStages = 3;
+  static constexpr const char* kPushStageNames[kPushStages] = {"queued", "issuing",
+                                                               "landing"};
+  Histogram* push[2][kPushStages] = {};  // [urgent][stage], in push_family
   Counter& requests;
   Counter& blocks;
   Counter& bytes;
@@ -187,6 +208,7 @@ struct RecallSeries {
   Histogram& latency;
   Histogram& urgent_latency;
   Histogram& request_bytes;
+  prometheus::Family<Histogram>& push_family;
   Gauge& link_ceiling;
   // Series appear with the first error of each (method, code).
   prometheus::Family<Counter>& errors;
@@ -286,6 +308,15 @@ void ServiceMetrics::SetStore(const BlockAllocator::Stats& stats) {
 void ServiceMetrics::OnOffload(uint64_t pages, uint64_t bytes) {
   series_->store.offload_pages.Increment(static_cast<double>(pages));
   series_->store.offload_bytes.Increment(static_cast<double>(bytes));
+}
+
+void ServiceMetrics::OnPushLanded(const PushStages& stages) {
+  Histogram* const* lane = series_->recall.push[stages.urgent ? 1 : 0];
+  const absl::Duration times[RecallSeries::kPushStages] = {stages.queued, stages.issuing,
+                                                           stages.landing};
+  for (int stage = 0; stage < RecallSeries::kPushStages; ++stage) {
+    lane[stage]->Observe(absl::ToDoubleSeconds(times[stage]));
+  }
 }
 
 void ServiceMetrics::OnRecall(uint64_t blocks, uint64_t bytes, uint64_t transfers,

@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "kvservice/block_allocator.h"
+#include "kvservice/transport.h"
 
 namespace prometheus {
 class Exposer;
@@ -96,6 +97,9 @@ class ServiceMetrics {
   // `urgent`: the request asked for it (also observed in the urgent histogram).
   void OnRecall(uint64_t blocks, uint64_t bytes, uint64_t transfers,
                 absl::Duration latency, bool urgent = false);
+  // A push landed in a transport with lanes (CUDA IPC): its three stages go to
+  // freekv_recall_push_seconds{lane, stage}. Any thread.
+  void OnPushLanded(const PushStages& stages);
   void OnIntegrityFailures(uint64_t blocks);
   // A request answered with `code`; OK is not an error and is not counted.
   void OnRequestError(RpcMethod method, absl::StatusCode code);

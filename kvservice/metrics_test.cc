@@ -244,6 +244,48 @@ TEST(ServiceMetricsTest, OffloadRecallAndHistograms) {
   EXPECT_EQ(page.Bucket(bytes, INFINITY), 3);
 }
 
+TEST(ServiceMetricsTest, PushStagesGoToTheirLaneAndStage) {
+  auto metrics = StartOnAnyPort();
+  ASSERT_NE(metrics, nullptr);
+  const std::string name = "freekv_recall_push_seconds";
+  auto series = [](const char* lane, const char* stage) {
+    return std::map<std::string, std::string>{{"lane", lane}, {"stage", stage}};
+  };
+  // Before any push every series is there, at zero.
+  {
+    const Page page = Scrape(*metrics);
+    for (const char* lane : {"bulk", "urgent"}) {
+      for (const char* stage : {"queued", "issuing", "landing"}) {
+        EXPECT_EQ(page.Value(name + "_count", series(lane, stage)), 0) << lane << " " << stage;
+      }
+    }
+  }
+  metrics->OnPushLanded({false, absl::Microseconds(900), absl::Microseconds(300),
+                         absl::Microseconds(150)});
+  metrics->OnPushLanded({false, absl::Microseconds(100), absl::Microseconds(200),
+                         absl::Milliseconds(2)});
+  metrics->OnPushLanded({true, absl::Microseconds(5), absl::Microseconds(40),
+                         absl::Microseconds(60)});
+
+  const Page page = Scrape(*metrics);
+  EXPECT_EQ(page.Value(name + "_count", series("bulk", "queued")), 2);
+  EXPECT_NEAR(page.Value(name + "_sum", series("bulk", "queued")), 1e-3, 1e-12);
+  EXPECT_NEAR(page.Value(name + "_sum", series("bulk", "issuing")), 500e-6, 1e-12);
+  EXPECT_NEAR(page.Value(name + "_sum", series("bulk", "landing")), 2.15e-3, 1e-12);
+  EXPECT_EQ(page.Value(name + "_count", series("urgent", "landing")), 1);
+  EXPECT_NEAR(page.Value(name + "_sum", series("urgent", "queued")), 5e-6, 1e-12);
+  EXPECT_NEAR(page.Value(name + "_sum", series("urgent", "issuing")), 40e-6, 1e-12);
+  EXPECT_NEAR(page.Value(name + "_sum", series("urgent", "landing")), 60e-6, 1e-12);
+  // The 2 ms landing is above the 977 us bound and within the 2.44 ms one.
+  auto bucket = [&](const char* le) {
+    auto labels = series("bulk", "landing");
+    labels["le"] = le;
+    return page.Value(name + "_bucket", labels);
+  };
+  EXPECT_EQ(bucket("0.000977"), 1);
+  EXPECT_EQ(bucket("0.00244"), 2);
+}
+
 TEST(ServiceMetricsTest, RequestErrorsAreLabelledByMethodAndCanonicalCode) {
   auto metrics = StartOnAnyPort();
   ASSERT_NE(metrics, nullptr);

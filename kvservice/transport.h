@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -18,6 +19,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 
 namespace freekv {
@@ -64,6 +66,19 @@ struct PushSignal {
   uint64_t offset = 0;  // into the signals region, a multiple of 4
   uint32_t value = 0;
 };
+
+// Where one push that landed spent its time in a transport with queued lanes (CUDA
+// IPC): waiting for its lane's issuing thread (`queued`: the lane was busy with pushes
+// before it, e.g. a kvservice whose packing falls behind the decode), being packed and
+// enqueued (`issuing`), and from then until its completion was seen (`landing`: the
+// copies, and any wait for the worker to free the slot first).
+struct PushStages {
+  bool urgent = false;  // the urgent lane (corrections), else the bulk lane
+  absl::Duration queued, issuing, landing;
+};
+// Called on the transport's completion thread for every push that landed; must be
+// cheap and thread-safe (ServiceMetrics::OnPushLanded).
+using PushStagesObserver = std::function<void(const PushStages&)>;
 
 // The worker's side of a session.
 struct SessionPeer {

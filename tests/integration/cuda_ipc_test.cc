@@ -10,6 +10,8 @@
 // An urgent recall must not wait behind an earlier one held at its slot. A recall's
 // signal word lands behind its bytes.
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <random>
@@ -30,6 +32,15 @@ namespace {
 using testing::KvServiceProcess;
 using testing::TestStream;
 using PageKey = std::tuple<uint64_t, uint32_t, uint32_t>;  // sequence, layer, page
+
+// The value of the series `series` (name and labels as the exposer writes them) in a
+// Prometheus text page; NaN when absent.
+double SeriesValue(const std::string& page, const std::string& series) {
+  const std::string line_start = "\n" + series + " ";
+  const size_t at = page.find(line_start);
+  if (at == std::string::npos) return std::nan("");
+  return std::strtod(page.c_str() + at + line_start.size(), nullptr);
+}
 
 constexpr absl::Duration kBusy = absl::Milliseconds(100);
 
@@ -301,6 +312,17 @@ TEST_P(CudaIpcTest, AnUrgentRecallLandsWhileAnEarlierOneWaitsForItsSlot) {
   ASSERT_TRUE(client_->client().Wait(*b, absl::Now() + absl::Seconds(10)).ok());
   EXPECT_GE(absl::Now() - start, kHeld / 2) << "the held recall did not wait for its slot";
   ExpectSlot(WaitAndRead(*client_, *b), layer, held, std::byte{0x3C});
+  // The service's metrics say where the time went: the held recall's wait for its slot
+  // is the bulk lane's landing stage; the correction went through the urgent lane.
+  absl::StatusOr<std::string> metrics = testing::HttpGet(service_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  const std::string push = "freekv_recall_push_seconds";
+  EXPECT_GE(SeriesValue(*metrics, push + "_sum{lane=\"bulk\",stage=\"landing\"}"),
+            absl::ToDoubleSeconds(kHeld / 2))
+      << *metrics;
+  EXPECT_LT(SeriesValue(*metrics, push + "_sum{lane=\"bulk\",stage=\"issuing\"}"),
+            absl::ToDoubleSeconds(kHeld / 2));
+  EXPECT_EQ(SeriesValue(*metrics, push + "_count{lane=\"urgent\",stage=\"landing\"}"), 1);
 }
 
 // The signal word a recall names is written once its bytes are in the slot (not while
