@@ -10,8 +10,6 @@
 // An urgent recall must not wait behind an earlier one held at its slot. A recall's
 // signal word lands behind its bytes.
 #include <algorithm>
-#include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <random>
@@ -30,17 +28,9 @@ namespace freekv {
 namespace {
 
 using testing::KvServiceProcess;
+using testing::MetricValue;
 using testing::TestStream;
 using PageKey = std::tuple<uint64_t, uint32_t, uint32_t>;  // sequence, layer, page
-
-// The value of the series `series` (name and labels as the exposer writes them) in a
-// Prometheus text page; NaN when absent.
-double SeriesValue(const std::string& page, const std::string& series) {
-  const std::string line_start = "\n" + series + " ";
-  const size_t at = page.find(line_start);
-  if (at == std::string::npos) return std::nan("");
-  return std::strtod(page.c_str() + at + line_start.size(), nullptr);
-}
 
 constexpr absl::Duration kBusy = absl::Milliseconds(100);
 
@@ -317,12 +307,16 @@ TEST_P(CudaIpcTest, AnUrgentRecallLandsWhileAnEarlierOneWaitsForItsSlot) {
   absl::StatusOr<std::string> metrics = testing::HttpGet(service_->metrics_port(), "/metrics");
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   const std::string push = "freekv_recall_push_seconds";
-  EXPECT_GE(SeriesValue(*metrics, push + "_sum{lane=\"bulk\",stage=\"landing\"}"),
-            absl::ToDoubleSeconds(kHeld / 2))
-      << *metrics;
-  EXPECT_LT(SeriesValue(*metrics, push + "_sum{lane=\"bulk\",stage=\"issuing\"}"),
-            absl::ToDoubleSeconds(kHeld / 2));
-  EXPECT_EQ(SeriesValue(*metrics, push + "_count{lane=\"urgent\",stage=\"landing\"}"), 1);
+  const absl::StatusOr<double> bulk_landing =
+      MetricValue(*metrics, push + "_sum{lane=\"bulk\",stage=\"landing\"}");
+  const absl::StatusOr<double> bulk_issuing =
+      MetricValue(*metrics, push + "_sum{lane=\"bulk\",stage=\"issuing\"}");
+  const absl::StatusOr<double> urgent_landed =
+      MetricValue(*metrics, push + "_count{lane=\"urgent\",stage=\"landing\"}");
+  ASSERT_TRUE(bulk_landing.ok() && bulk_issuing.ok() && urgent_landed.ok()) << *metrics;
+  EXPECT_GE(*bulk_landing, absl::ToDoubleSeconds(kHeld / 2)) << *metrics;
+  EXPECT_LT(*bulk_issuing, absl::ToDoubleSeconds(kHeld / 2));
+  EXPECT_EQ(*urgent_landed, 1);
 }
 
 // The signal word a recall names is written once its bytes are in the slot (not while
