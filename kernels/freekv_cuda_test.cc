@@ -205,6 +205,7 @@ TEST(GroupSelectCudaTest, MatchesReferenceChainAtLongContexts) {
     DeviceBuffer dsel = Poisoned<int32_t>(sel.size()), dpages = Poisoned<int32_t>(sel.size());
     DeviceBuffer dslots = Poisoned<int32_t>(sel.size()), dnum = Poisoned<int32_t>(rows);
     DeviceBuffer dattend = Poisoned<int32_t>(sel.size());
+    DeviceBuffer dcopy = Poisoned<int32_t>(DiffCopyInts(rows, k));
     ASSERT_TRUE(GroupSelectCuda(
                     ds.span<const float>(), kHq, kHkv,
                     {db.span<const int32_t>(), dc.span<const int32_t>(), c.max_cand}, k,
@@ -212,7 +213,7 @@ TEST(GroupSelectCudaTest, MatchesReferenceChainAtLongContexts) {
                     masked ? dm.span<const uint8_t>() : absl::Span<const uint8_t>(),
                     dg.span<float>(), dsel.span<int32_t>(),
                     {dpages.span<int32_t>(), dslots.span<int32_t>(), dnum.span<int32_t>(),
-                     dattend.span<int32_t>()},
+                     dattend.span<int32_t>(), dcopy.span<int32_t>()},
                     nullptr).ok());
     const std::vector<float> got_group = Down<float>(dg);
     std::vector<float> gf, rf;  // masked rows stay poisoned (NaN) on both sides
@@ -248,6 +249,11 @@ TEST(GroupSelectCudaTest, MatchesReferenceChainAtLongContexts) {
         EXPECT_EQ(got_attend[row * k + i], ref_attend[row * k + i]) << "row " << row;
       }
     }
+    // The copy holds what the diff holds, row for row (masked rows untouched in both).
+    std::vector<int32_t> want_copy = got_pages;
+    want_copy.insert(want_copy.end(), got_slots.begin(), got_slots.end());
+    want_copy.insert(want_copy.end(), got_num.begin(), got_num.end());
+    EXPECT_EQ(Down<int32_t>(dcopy), want_copy);
     std::printf("select masked=%d: %d of %d rows differ (ties)\n", masked, differing, rows);
     EXPECT_LE(differing, 2);
   }

@@ -29,6 +29,7 @@ struct SelectArgs {
   int32_t* recall_slots;
   int32_t* num_recall;
   int32_t* attend_slots;  // or nullptr
+  int32_t* copy;          // or nullptr: ResidentDiff::copy
 };
 
 struct SelectSmem {
@@ -182,15 +183,26 @@ __device__ void Diff(const SelectArgs& a, int row, int count, int begin, const f
   const int pos = BlockExclusiveScan(missing, sm.scan, &num_missing);  // also syncs by_rank
   int32_t* pages = a.recall_pages + int64_t{row} * a.k;
   int32_t* slots = a.recall_slots + int64_t{row} * a.k;
+  // ResidentDiff::copy's parts of this row, when there is a copy.
+  const int64_t rows = int64_t{gridDim.x};
+  int32_t* copy_pages = a.copy == nullptr ? nullptr : a.copy + int64_t{row} * a.k;
+  int32_t* copy_slots = a.copy == nullptr ? nullptr : copy_pages + rows * a.k;
   if (missing) {
     pages[pos] = sel[i];
     slots[pos] = by_rank[pos];
+    if (a.copy != nullptr) copy_pages[pos] = sel[i], copy_slots[pos] = by_rank[pos];
   }
-  if (i >= num_missing && i < a.k) pages[i] = slots[i] = -1;
+  if (i >= num_missing && i < a.k) {
+    pages[i] = slots[i] = -1;
+    if (a.copy != nullptr) copy_pages[i] = copy_slots[i] = -1;
+  }
   if (a.attend_slots != nullptr && i < a.k) {
     a.attend_slots[int64_t{row} * a.k + i] = i >= take ? -1 : missing ? by_rank[pos] : held;
   }
-  if (i == 0) a.num_recall[row] = num_missing;
+  if (i == 0) {
+    a.num_recall[row] = num_missing;
+    if (a.copy != nullptr) a.copy[2 * rows * a.k + row] = num_missing;
+  }
 }
 
 __global__ void __launch_bounds__(kThreads) GroupSelectKernel(SelectArgs a) {
@@ -252,13 +264,17 @@ absl::Status GroupSelectCuda(absl::Span<const float> scores, int32_t num_q_heads
       FREEKV_RETURN_IF_ERROR(
           CheckSize("diff.attend_slots", diff.attend_slots.size(), rows * k));
     }
+    if (!diff.copy.empty()) {
+      FREEKV_RETURN_IF_ERROR(CheckSize("diff.copy", diff.copy.size(), DiffCopyInts(rows, k)));
+    }
   }
   SelectArgs a{num_q_heads, num_kv_heads, static_cast<int32_t>(n), k,
                with_diff ? capacity : 0, candidates.begin.data(), candidates.count.data(),
                head_mask.empty() ? nullptr : head_mask.data(), scores.data(),
                with_diff ? resident.data() : nullptr, group_scores.data(), selected.data(),
                diff.recall_pages.data(), diff.recall_slots.data(), diff.num_recall.data(),
-               with_diff && !diff.attend_slots.empty() ? diff.attend_slots.data() : nullptr};
+               with_diff && !diff.attend_slots.empty() ? diff.attend_slots.data() : nullptr,
+               with_diff && !diff.copy.empty() ? diff.copy.data() : nullptr};
   const size_t smem = (n + k + 3 * size_t(a.capacity)) * 4;
   FREEKV_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       GroupSelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

@@ -20,6 +20,10 @@
 //    holds once the diff is applied (its resident slot, or the victim slot its recall
 //    goes to), in the order of `selected`, -1 where `selected` is -1: what the page
 //    table attends when capacity > k.
+//    Optionally `copy`: the same recall_pages, recall_slots and num_recall once more,
+//    in one block in that order, written alongside them (for the worker, whose host
+//    threads read the diff from pinned memory and whose kernels read this device copy:
+//    a kernel's read of pinned memory crosses PCIe).
 // head_mask (optional, [num_seqs][num_kv_heads]): when given, only KV heads with a
 // non-zero byte are processed and the other heads' outputs are left untouched, so
 // correction re-selects flagged heads with no host round trip.
@@ -28,6 +32,7 @@
 #ifndef FREEKV_KERNELS_SELECT_H_
 #define FREEKV_KERNELS_SELECT_H_
 
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -43,7 +48,10 @@ struct ResidentDiff {
   absl::Span<int32_t> recall_slots;  // [num_seqs][num_kv_heads][k]
   absl::Span<int32_t> num_recall;    // [num_seqs][num_kv_heads]
   absl::Span<int32_t> attend_slots;  // optional (empty: not written): [.][.][k]
+  absl::Span<int32_t> copy;          // optional (empty: not written): [2 * rows * k + rows]
 };
+// The size `copy` must have when given.
+inline size_t DiffCopyInts(size_t rows, int32_t k) { return 2 * rows * size_t(k) + rows; }
 
 // CPU references.
 absl::Status GroupSoftmaxRef(absl::Span<const float> scores, int32_t num_q_heads,

@@ -152,6 +152,9 @@ absl::Status ResidentDiffRef(absl::Span<const int32_t> selected,
   if (!diff.attend_slots.empty()) {
     FREEKV_RETURN_IF_ERROR(CheckSize("diff.attend_slots", diff.attend_slots.size(), rows * k));
   }
+  if (!diff.copy.empty()) {
+    FREEKV_RETURN_IF_ERROR(CheckSize("diff.copy", diff.copy.size(), DiffCopyInts(rows, k)));
+  }
   for (size_t row = 0; row < rows; ++row) {
     if (Masked(head_mask, row)) continue;
     const size_t b = row / num_kv_heads;
@@ -166,6 +169,11 @@ absl::Status ResidentDiffRef(absl::Span<const int32_t> selected,
         },
         diff.recall_pages.subspan(row * k, k), diff.recall_slots.subspan(row * k, k),
         diff.attend_slots.empty() ? absl::Span<int32_t>() : diff.attend_slots.subspan(row * k, k));
+    if (!diff.copy.empty()) {
+      std::copy_n(diff.recall_pages.begin() + row * k, k, diff.copy.begin() + row * k);
+      std::copy_n(diff.recall_slots.begin() + row * k, k, diff.copy.begin() + (rows + row) * k);
+      diff.copy[2 * rows * k + row] = diff.num_recall[row];
+    }
   }
   return absl::OkStatus();
 }

@@ -95,6 +95,32 @@ TEST(ResidentDiffRefTest, HandDerivedDiffFillsEmptyThenLowestScoredSlots) {
   EXPECT_EQ(attend, (std::vector<int32_t>{3, 2, 1, 0}));
 }
 
+// ResidentDiff::copy: pages, slots and count once more, in one block; a copy of the
+// wrong size is refused.
+TEST(ResidentDiffRefTest, WritesTheCopyBlockWhenGivenOne) {
+  const std::vector<int32_t> begin = {0, 0}, count = {10, 10};
+  const std::vector<int32_t> selected = {2, 3, 8, 9, 1, 4, 5, 6};  // two sequences
+  const std::vector<int32_t> resident = {5, 7, -1, 2, 6, -1, 4, -1, -1, 1};  // capacity 5
+  const std::vector<float> g(20, 0.5f);
+  std::vector<int32_t> pages(8), slots(8), num(2), copy(DiffCopyInts(2, 4), -9);
+  ASSERT_TRUE(ResidentDiffRef(selected, resident, 5, g, 1,
+                              {begin, count, 10}, 4, {},
+                              {absl::MakeSpan(pages), absl::MakeSpan(slots),
+                               absl::MakeSpan(num), {}, absl::MakeSpan(copy)}).ok());
+  std::vector<int32_t> want = pages;
+  want.insert(want.end(), slots.begin(), slots.end());
+  want.insert(want.end(), num.begin(), num.end());
+  EXPECT_EQ(copy, want);
+  EXPECT_EQ(num, (std::vector<int32_t>{3, 2}));  // 3, 8, 9 and 5, 6 are missing
+  std::vector<int32_t> short_copy(DiffCopyInts(2, 4) - 1);
+  EXPECT_EQ(ResidentDiffRef(selected, resident, 5, g, 1,
+                            {begin, count, 10}, 4, {},
+                            {absl::MakeSpan(pages), absl::MakeSpan(slots),
+                             absl::MakeSpan(num), {}, absl::MakeSpan(short_copy)})
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ResidentDiffRefTest, ApplyingTheDiffMakesEverySelectedPageResident) {
   std::mt19937 rng(32);
   const int hkv = 4, max_cand = 64, k = 8, capacity = 12;

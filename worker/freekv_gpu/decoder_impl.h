@@ -81,8 +81,9 @@ struct GpuDecoder::Impl {
 
   // Shared scratch, in stream order; `inputs` holds the current StepInputs.
   kernels::DeviceBuffer scores, group_scores, selected, workspace, inputs, base;
-  // freekv: the layer's head masks, flagged then unflagged, and the correction point's
-  // tally, zero between launches (PublishCorrectionCuda).
+  // freekv: each layer's head masks ([layer][flagged, unflagged][lists]: the flags of
+  // its latest correction point, which the applies of its recalls read until the next
+  // one) and the correction point's tally, zero between launches (PublishCorrectionCuda).
   kernels::DeviceBuffer head_masks, correction_tally;
   // Gates (resident_ops.h), pinned: [layer][speculation, correction], then the abort
   // word a stall report sets. `observed`, on the device: the word each hold passed on.
@@ -114,6 +115,15 @@ struct GpuDecoder::Impl {
   uint32_t* signals = nullptr;
   const uint32_t* signal_word(int layer, bool correction) const {
     return signals == nullptr ? nullptr : signals + 2 * layer + (correction ? 1 : 0);
+  }
+  // Without the kvservice's words, the decoder's own, in the same layout: the words the
+  // GPU opens its gates with when it opens them itself, so that a hold on such a gate
+  // reads device memory rather than the pinned word (GateHold::signal).
+  kernels::DeviceBuffer own_signals;
+  // The device word of a gate: the kvservice's signal word, or the decoder's own.
+  uint32_t* device_word(int layer, bool correction) const {
+    uint32_t* words = signals != nullptr ? signals : own_signals.span<uint32_t>().data();
+    return words + 2 * layer + (correction ? 1 : 0);
   }
   uint32_t* observed_word(int layer, bool correction) const {
     return observed.span<uint32_t>().data() + 2 * layer + (correction ? 1 : 0);
@@ -154,9 +164,13 @@ struct GpuDecoder::Impl {
   // resident set lacks (the diff's block, in pinned memory).
   absl::Status Select(int layer, const StepInputs& in, const DiffSet* diff,
                       absl::Span<const uint8_t> mask, cudaStream_t on);
-  absl::Span<const uint8_t> HeadMaskOf(bool flagged) const {
-    return head_masks.span<const uint8_t>().subspan(flagged ? 0 : shape.lists(),
-                                                    shape.lists());
+  // The layer's head masks, flagged then unflagged (CorrectionCheck::masks).
+  absl::Span<uint8_t> MasksOf(int layer) const {
+    return head_masks.span<uint8_t>().subspan(2 * size_t(layer) * shape.lists(),
+                                              2 * size_t(shape.lists()));
+  }
+  absl::Span<const uint8_t> HeadMaskOf(int layer, bool flagged) const {
+    return MasksOf(layer).subspan(flagged ? 0 : shape.lists(), shape.lists());
   }
   absl::Status Attend(int layer, const StepInputs& in);
   // A resident cache (layout.cache > 0) under a recall policy: each selection names the

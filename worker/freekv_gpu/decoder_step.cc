@@ -81,7 +81,7 @@ GateHold GpuDecoder::Impl::HoldAt(const StepInputs& in, int layer, bool correcti
   GateHold hold{gate(layer, correction),   step_number(in),
                 correction ? 1 : 0,        waited_ns.span<unsigned long long>().data(),
                 abort_word(),              observed_word(layer, correction)};
-  hold.signal = signal_word(layer, correction);
+  hold.signal = device_word(layer, correction);
   return hold;
 }
 
@@ -93,7 +93,7 @@ absl::Status GpuDecoder::Impl::ApplyPublished(int layer, const StepInputs& in,
   if (driver == nullptr) return absl::OkStatus();
   LayerState& st = layers[layer];
   return ApplyPublishedCuda(HoldAt(in, layer, correction), Slots(layer),
-                            st.diff.ReadOnlyDiff(), heads, st.view, options.layout,
+                            st.diff.DeviceDiff(), heads, st.view, options.layout,
                             st.resident.span<int32_t>(), on);
 }
 
@@ -105,10 +105,9 @@ absl::Status GpuDecoder::Impl::ForkSpeculation(const StepInputs& in) {
     GateHold hold = HoldAt(in, l, false);
     hold.waited_ns = nullptr;  // the decode stream's own hold (the append's) counts stalls
     FREEKV_RETURN_IF_ERROR(WaitGate(hold, side));
-    // The heads the last step did not correct, from its diff (this step's selection of
-    // the layer comes after the join).
-    FREEKV_RETURN_IF_ERROR(
-        ApplyPublished(l, in, false, HeadMask{layers[l].diff.flags(), true}, side));
+    // The heads the last step did not correct, from its diff (this step's selection and
+    // correction point of the layer come after the join).
+    FREEKV_RETURN_IF_ERROR(ApplyPublished(l, in, false, HeadMask{HeadMaskOf(l, false)}, side));
     FREEKV_RETURN_IF_ERROR(spec_join[l].Record(side));
   }
   return absl::OkStatus();
@@ -141,8 +140,9 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
   // Opens a gate from the stream, to the value a recall of this step would set (step
   // + 1): with recalls left out (skip_recall), or when there is nothing to recall.
   auto open_now = [&](bool correction) {
-    return OpenGateIfNone(
-        {zero.span<int32_t>().data(), gate(layer, correction), step_number(in), 1}, s);
+    return OpenGateIfNone({zero.span<int32_t>().data(), gate(layer, correction),
+                           step_number(in), 1, device_word(layer, correction)},
+                          s);
   };
   // Nothing to select (every sequence fits in its sinks and window): the stream opens
   // the recall gates itself, as when recalls are left out.
@@ -187,25 +187,27 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
                                 options.tau,
                                 {st.similarity.span<float>(), st.diff.flags(),
                                  {st.diff.num_flagged(), 1}},
-                                head_masks.span<uint8_t>(),
+                                MasksOf(layer),
                                 correction_tally.span<int32_t>()};
     FREEKV_RETURN_IF_ERROR(PublishCorrectionCuda(check, step_number(in), gate(layer, true),
-                                                 1, s));
+                                                 device_word(layer, true), 1, s));
     // The flagged heads' rows of the same buffers (none: the kernels return at once).
     // With a resident cache the page table then takes every head's latest selection
     // (this step's for the flagged heads, the last step's speculation for the others)
     // before the speculation below, beside the attention, writes the next one.
     if (Caches()) {
-      FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(true), s));
+      FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(layer, true), s));
       FREEKV_RETURN_IF_ERROR(TakeAttendSlots(layer, in));
     }
     const cudaStream_t side = select_stream->get();
     FREEKV_RETURN_IF_ERROR(select_fork->Record(s));
     FREEKV_RETURN_IF_ERROR(select_fork->MakeStreamWait(side));
-    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(false), side));
+    FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(layer, false), side));
     FREEKV_RETURN_IF_ERROR(StampCuda(st.diff.spec_stamp(), step_number(in), side));
     FREEKV_RETURN_IF_ERROR(select_join->Record(side));
-    if (!Caches()) FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(true), s));
+    if (!Caches()) {
+      FREEKV_RETURN_IF_ERROR(Select(layer, in, &st.diff, HeadMaskOf(layer, true), s));
+    }
     if (own) {
       FREEKV_RETURN_IF_ERROR(open_now(true));
       FREEKV_RETURN_IF_ERROR(open_now(false));
@@ -223,7 +225,7 @@ absl::Status GpuDecoder::Impl::EnqueueLayer(bool prime, int layer, const StepInp
         hold));
     if (speculates) {
       FREEKV_RETURN_IF_ERROR(
-          ApplyPublished(layer, in, true, HeadMask{st.diff.flags(), false}, s));
+          ApplyPublished(layer, in, true, HeadMask{HeadMaskOf(layer, true)}, s));
     }
   }
   FREEKV_RETURN_IF_ERROR(Attend(layer, in));
@@ -242,7 +244,7 @@ void GpuDecoder::Impl::PushLayerItems(int32_t t, int layer, bool selects) {
     // freekv's speculation is selected and stamped beside the decode stream.
     item.stamp = correction || prime ? d.stamp() : d.spec_stamp();
     item.stamp_value = t;
-    item.diff = d.ReadOnlyDiff();
+    item.diff = d.HostDiff();
     item.heads = heads;
     if (correction && !heads.flags.empty()) item.num_flagged = d.num_flagged();
     item.gate = gate(layer, correction);

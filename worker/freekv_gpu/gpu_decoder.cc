@@ -115,6 +115,8 @@ absl::Status GpuDecoder::Impl::Init() {
   std::fill(gates.span<uint32_t>().begin(), gates.span<uint32_t>().end(), 0u);
   FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(2 * size_t(L()) * 4), &observed));
   FREEKV_RETURN_IF_ERROR(observed.Zero());
+  FREEKV_RETURN_IF_ERROR(Assign(DeviceBuffer::Allocate(2 * size_t(L()) * 4), &own_signals));
+  FREEKV_RETURN_IF_ERROR(own_signals.Zero());  // shut, as the pinned words
   // The inputs only grow with the position: size the buffers for the last step.
   auto largest = StepInputs::Build(ShapeAt(options.max_steps));
   if (!largest.ok()) return largest.status();
@@ -143,7 +145,7 @@ absl::Status GpuDecoder::Impl::Init() {
     FREEKV_RETURN_IF_ERROR(Emplace(CudaEvent::Create(/*timing=*/false), &select_fork));
     FREEKV_RETURN_IF_ERROR(Emplace(CudaEvent::Create(/*timing=*/false), &select_join));
     FREEKV_RETURN_IF_ERROR(
-        Assign(DeviceBuffer::Allocate(2 * size_t(shape.lists())), &head_masks));
+        Assign(DeviceBuffer::Allocate(2 * size_t(L()) * shape.lists()), &head_masks));
     FREEKV_RETURN_IF_ERROR(head_masks.Zero());
     FREEKV_RETURN_IF_ERROR(
         Assign(DeviceBuffer::Allocate(2 * sizeof(int32_t)), &correction_tally));

@@ -29,6 +29,10 @@ absl::StatusOr<DiffSet> DiffSet::Create(int32_t lists, int32_t selected) {
   if (!host.ok()) return host.status();
   d.host = *std::move(host);
   std::fill_n(d.host.span<int32_t>().data(), d.block_ints(), 0);
+  auto device = DeviceBuffer::Allocate(kernels::DiffCopyInts(lists, selected) * sizeof(int32_t));
+  if (!device.ok()) return device.status();
+  d.device = *std::move(device);
+  FREEKV_RETURN_IF_ERROR(d.device.Zero());  // no recalls, as in the pinned block
   *d.stamp() = *d.spec_stamp() = -1;  // no step yet
   return d;
 }
@@ -36,12 +40,18 @@ absl::StatusOr<DiffSet> DiffSet::Create(int32_t lists, int32_t selected) {
 kernels::ResidentDiff DiffSet::Diff() const {
   const absl::Span<int32_t> all = host.span<int32_t>();
   return {all.subspan(0, entries()), all.subspan(entries(), entries()),
-          all.subspan(2 * entries(), lists)};
+          all.subspan(2 * entries(), lists), {}, device.span<int32_t>()};
 }
 
-RecallDiff DiffSet::ReadOnlyDiff() const {
+RecallDiff DiffSet::HostDiff() const {
   const kernels::ResidentDiff d = Diff();
   return {d.recall_pages, d.recall_slots, d.num_recall};
+}
+
+RecallDiff DiffSet::DeviceDiff() const {
+  const absl::Span<const int32_t> all = device.span<const int32_t>();
+  return {all.subspan(0, entries()), all.subspan(entries(), entries()),
+          all.subspan(2 * entries(), lists)};
 }
 
 absl::Status DiffSet::Publish(const int32_t* step, cudaStream_t stream) const {
@@ -55,7 +65,8 @@ uint64_t LayerStateBytes(const StateShape& s, bool recalls) {
   }
   if (recalls) {
     bytes += uint64_t(s.batch) * s.q_heads * s.head_dim * sizeof(BFloat16) +
-             s.lists() * sizeof(float);  // the diffs live in pinned host memory
+             s.lists() * sizeof(float) +
+             kernels::DiffCopyInts(s.lists(), s.layout.selected) * sizeof(int32_t);
     if (s.sparse && s.layout.cache > 0) bytes += uint64_t(s.lists()) * s.layout.selected * 4;
   }
   return bytes;

@@ -44,17 +44,25 @@ struct StateShape {
 // stamp() covers the whole block (blocking, freekv's first step) or, for freekv, the
 // flagged heads' rows (the correction, selected on the decode stream); spec_stamp()
 // the other heads' rows (the speculation, selected beside it).
+// The selection writes pages, slots and counts a second time into `device`
+// (kernels::ResidentDiff::copy), which the kernels that apply a recall read: read
+// from the pinned block, every warp of the apply crossed PCIe beside the step, behind
+// the recalls' copies on the same link.
 struct DiffSet {
   kernels::PinnedBuffer host;
+  kernels::DeviceBuffer device;  // pages, slots, counts
   int32_t lists = 0, selected = 0;
 
   static absl::StatusOr<DiffSet> Create(int32_t lists, int32_t selected);
   size_t entries() const { return size_t(lists) * selected; }
   size_t block_ints() const;
-  // The parts of the block: kernels and host threads use the same pointers (unified
-  // addressing).
+  // What a selection writes: the pinned block's parts (kernels and host threads use the
+  // same pointers, unified addressing) and the device copy.
   kernels::ResidentDiff Diff() const;
-  RecallDiff ReadOnlyDiff() const;
+  // The pinned block's parts, for host threads (the recall driver).
+  RecallDiff HostDiff() const;
+  // The device copy's, for kernels.
+  RecallDiff DeviceDiff() const;
   int32_t* num_flagged() const { return block() + 2 * entries() + lists; }
   absl::Span<uint8_t> flags() const {
     return {reinterpret_cast<uint8_t*>(num_flagged() + 1), size_t(lists)};

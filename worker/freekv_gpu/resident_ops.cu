@@ -46,10 +46,13 @@ absl::Status CheckVectorisable(const kernels::PagedKv<BFloat16>& pool) {
   return absl::OkStatus();
 }
 
-// Opens `gate` to `value` from the device, naming no slot, and makes it visible to
-// the host and to holds on other streams at once.
-__device__ __forceinline__ void OpenGateOnDevice(uint32_t* gate, uint32_t value) {
+// Opens `gate` and its device word `signal` (when non-null) to `value` from the
+// device, naming no slot, and makes both visible to the host and to holds on other
+// streams at once.
+__device__ __forceinline__ void OpenGateOnDevice(uint32_t* gate, uint32_t* signal,
+                                                 uint32_t value) {
   *reinterpret_cast<volatile uint32_t*>(gate) = GateWord(value);
+  if (signal != nullptr) *reinterpret_cast<volatile uint32_t*>(signal) = GateWord(value);
   __threadfence_system();
 }
 
@@ -161,12 +164,13 @@ __device__ void HoldUntil(const GateHold& hold, uint32_t value) {
   const volatile uint32_t* signal = hold.signal;
   const volatile uint32_t* abort = hold.abort;
   auto reached = [&](uint32_t w) { return static_cast<int32_t>(GateValue(w) - value) >= 0; };
-  // The host word when it opened, else the signal word when it did, else the host word.
+  // The signal word when it opened, else the host word (GateHold::signal says why).
   auto read = [&]() {
-    const uint32_t w = *word;
-    if (reached(w) || signal == nullptr) return w;
-    const uint32_t s = *signal;
-    return reached(s) ? s : w;
+    if (signal != nullptr) {
+      const uint32_t s = *signal;
+      if (reached(s)) return s;
+    }
+    return *word;
   };
   auto open = [&](uint32_t w) { return reached(w) || (abort != nullptr && *abort != 0); };
   uint32_t seen = read();
@@ -229,7 +233,7 @@ __global__ void StampKernel(int32_t* stamp, const int32_t* step) {
 
 __global__ void OpenGateIfNoneKernel(GateIfNone open) {
   if (*open.num_flagged == 0) {
-    OpenGateOnDevice(open.gate, static_cast<uint32_t>(*open.step + open.offset));
+    OpenGateOnDevice(open.gate, open.signal, static_cast<uint32_t>(*open.step + open.offset));
   }
 }
 
@@ -248,7 +252,7 @@ __global__ void __launch_bounds__(kCheckThreads)
                             int32_t group, int32_t head_dim, float tau, int32_t rows_per_block,
                             float* similarity, uint8_t* flags, int32_t* num_flagged,
                             uint8_t* masks, int32_t* tally, const int32_t* step,
-                            uint32_t* gate, int32_t offset) {
+                            uint32_t* gate, uint32_t* signal, int32_t offset) {
   __shared__ float cosines[kernels::kSimilarityChunk];
   __shared__ float scratch[32];
   const int32_t first = blockIdx.x * rows_per_block;
@@ -276,7 +280,7 @@ __global__ void __launch_bounds__(kCheckThreads)
   tally[1] = 0;  // the next launch starts from zero (launches on one stream never overlap)
   *num_flagged = total;
   __threadfence_system();
-  if (total == 0) OpenGateOnDevice(gate, static_cast<uint32_t>(*step + offset));
+  if (total == 0) OpenGateOnDevice(gate, signal, static_cast<uint32_t>(*step + offset));
 }
 
 // splitmix64 of (seed, index) -> uniform in [-1, 1).
@@ -432,7 +436,8 @@ absl::Status OpenGateIfNone(const GateIfNone& open, cudaStream_t stream) {
 }
 
 absl::Status PublishCorrectionCuda(const CorrectionCheck& c, const int32_t* step,
-                                   uint32_t* gate, int32_t offset, cudaStream_t stream) {
+                                   uint32_t* gate, uint32_t* signal, int32_t offset,
+                                   cudaStream_t stream) {
   FREEKV_RETURN_IF_ERROR(kernels::CheckSimilarityShapes(
       c.q.size(), c.q_prev.size(), c.num_q_heads, c.num_kv_heads, c.head_dim, c.outputs));
   FREEKV_RETURN_IF_ERROR(kernels::CheckSize("masks", c.masks.size(), 2 * c.outputs.flags.size()));
@@ -446,7 +451,8 @@ absl::Status PublishCorrectionCuda(const CorrectionCheck& c, const int32_t* step
       reinterpret_cast<const __nv_bfloat16*>(c.q.data()),
       reinterpret_cast<const __nv_bfloat16*>(c.q_prev.data()), rows, group, c.head_dim,
       c.tau, per_block, c.outputs.similarity.data(), c.outputs.flags.data(),
-      c.outputs.num_flagged.data(), c.masks.data(), c.tally.data(), step, gate, offset);
+      c.outputs.num_flagged.data(), c.masks.data(), c.tally.data(), step, gate, signal,
+      offset);
   return LaunchStatus("PublishCorrectionKernel");
 }
 

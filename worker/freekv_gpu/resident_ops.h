@@ -101,9 +101,12 @@ struct GateHold {
   int32_t* stamp = nullptr;
   // Device memory, may be null: a second word that opens the same gate, written by the
   // kvservice's copy stream right behind a recall's bytes (RecallOptions::Signal), so
-  // that no host thread stands between the copies and the hold. The hold passes on
-  // whichever word opens first; the host word wins when both do (a far-past open
-  // after an error applies nothing).
+  // that no host thread stands between the copies and the hold, and by the GPU when it
+  // opens the gate itself (GateIfNone::signal). The hold passes on whichever word opens
+  // first, and reads this one first: it stays on the GPU, while each read of the
+  // pinned word crosses PCIe, behind the recalls' copies on the same link. When both
+  // are open this one wins: a slot it names has landed (after an error the host opens
+  // gates far past, to apply nothing; a slot that did land is applied all the same).
   const uint32_t* signal = nullptr;
 };
 struct GateIfNone {
@@ -111,6 +114,7 @@ struct GateIfNone {
   uint32_t* gate = nullptr;
   const int32_t* step = nullptr;
   int32_t offset = 0;
+  uint32_t* signal = nullptr;  // may be null: the gate's device word, opened alongside
 };
 
 // For every (b, h) `heads` covers and j < counts[b][h]: copies slot slice (b, h, j)
@@ -159,7 +163,8 @@ absl::Status AppendKvCuda(absl::Span<const BFloat16> k, absl::Span<const BFloat1
 // word it passed on to *observed (each when non-null); a hold with a `signal` word
 // also passes when that word opens (GateHold). OpenGateIfNone writes
 // *step + offset, with no slot, when *num_flagged == 0 (a layer with no corrected head
-// never waits for the host); the recall driver opens gates from the host (OpenGate).
+// never waits for the host), into the gate and its signal word; the recall driver
+// opens gates from the host (OpenGate).
 //
 // A gate must open on GPU work enqueued before the hold, never after: streams share
 // the GPU's hardware work queues (on the H100 under MPS a client may get very few), and
@@ -238,8 +243,10 @@ struct CorrectionCheck {
   absl::Span<uint8_t> masks;  // [2][num_seqs * num_kv_heads], device memory
   absl::Span<int32_t> tally;  // [2], device memory
 };
+// `signal` (device memory, may be null): the gate's device word, opened alongside.
 absl::Status PublishCorrectionCuda(const CorrectionCheck& check, const int32_t* step,
-                                   uint32_t* gate, int32_t offset, cudaStream_t stream);
+                                   uint32_t* gate, uint32_t* signal, int32_t offset,
+                                   cudaStream_t stream);
 
 // Benchmark inputs: uniform values in [-scale, scale) from (seed, index).
 absl::Status FillUniformCuda(absl::Span<BFloat16> data, uint64_t seed, float scale,

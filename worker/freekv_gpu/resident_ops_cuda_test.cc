@@ -263,7 +263,7 @@ void ExpectHeldUntilOpened(const CudaStream& waiter, const DeviceBuffer& marker,
   EXPECT_TRUE(MarkerWritten(marker));
 }
 
-uint32_t Observed(const DeviceBuffer& observed) {
+uint32_t DeviceWord(const DeviceBuffer& observed) {
   uint32_t word = 0;
   EXPECT_TRUE(observed.CopyToHost(&word, sizeof(word)).ok());
   return word;
@@ -288,18 +288,19 @@ TEST(Gates, AWaitingStreamRunsOnlyOnceTheHostOpensTheGate) {
                   .ok());
   ExpectHeldUntilOpened(waiter, marker, 100, "the waiting stream ran past a closed gate",
                         [&] { OpenGate(gate.word, 5, 0); });
-  EXPECT_EQ(Observed(observed), GateWord(5, 0)) << "the word the hold passed on";
+  EXPECT_EQ(DeviceWord(observed), GateWord(5, 0)) << "the word the hold passed on";
   uint64_t waited_ns = 0;
   ASSERT_TRUE(waited.CopyToHost(&waited_ns, sizeof(waited_ns)).ok());
   EXPECT_GE(waited_ns, 90'000'000u) << "the wait lasted the 100 ms the gate was shut";
 }
 
 // A hold with a signal word also passes once that word opens, and passes it on; with
-// both words open the host's wins (after an error the host opens gates far past, to
-// apply nothing). In the decoder the signal word is device memory the kvservice writes
-// from its own process; here a second pinned word stands in for it, written by this
-// thread: in this test's process every stream shares one work queue (kEager), so a
-// copy into device memory would queue behind the held stream.
+// both words open the signal's wins (it names a slot that landed); with the signal
+// shut, a host word opened far past (after an error) is passed on. In the decoder the
+// signal word is device memory the kvservice (or the GPU) writes; here a second pinned
+// word stands in for it, written by this thread: in this test's process every stream
+// shares one work queue (kEager), so a copy into device memory would queue behind the
+// held stream.
 TEST(Gates, ASignalWordOpensTheGateToo) {
   HostGate gate, signal;
   auto marker = Must(DeviceBuffer::Allocate(4096));
@@ -317,12 +318,18 @@ TEST(Gates, ASignalWordOpensTheGateToo) {
   ASSERT_TRUE(WaitGate(hold, waiter.get()).ok());
   ExpectHeldUntilOpened(waiter, marker, 100, "the waiting stream ran past two shut words",
                         [&] { OpenGate(signal.word, 5, 1); });
-  EXPECT_EQ(Observed(observed), GateWord(5, 1)) << "the signal's word, naming its slot";
+  EXPECT_EQ(DeviceWord(observed), GateWord(5, 1)) << "the signal's word, naming its slot";
 
-  OpenGate(gate.word, 5);  // both open: the host's word, naming no slot, is passed on
+  OpenGate(gate.word, 5);  // both open: the signal's word, naming its slot, is passed on
   ASSERT_TRUE(WaitGate(hold, waiter.get()).ok());
   ASSERT_TRUE(waiter.Synchronize().ok());
-  EXPECT_EQ(Observed(observed), GateWord(5));
+  EXPECT_EQ(DeviceWord(observed), GateWord(5, 1));
+
+  OpenGate(signal.word, 4, 0);  // the recall failed: its signal stays shut
+  OpenGate(gate.word, 5 + kGateFarPast);
+  ASSERT_TRUE(WaitGate(hold, waiter.get()).ok());
+  ASSERT_TRUE(waiter.Synchronize().ok());
+  EXPECT_EQ(DeviceWord(observed), GateWord(5 + kGateFarPast)) << "the host's word, no slot";
 }
 
 // The stall report's way out: the abort word lets a hold pass on a shut gate, and the
@@ -342,7 +349,7 @@ TEST(Gates, TheAbortWordLetsAHoldPassOnAShutGate) {
                   .ok());
   ExpectHeldUntilOpened(waiter, marker, 50, "the waiting stream ran past a closed gate",
                         [&] { __atomic_store_n(gate.abort, 1u, __ATOMIC_RELEASE); });
-  EXPECT_EQ(GateValue(Observed(observed)), 7u);
+  EXPECT_EQ(GateValue(DeviceWord(observed)), 7u);
 }
 
 // The host's bounded wait (CudaEvent::WaitFor, what the decoder waits with): a stream
@@ -365,18 +372,24 @@ TEST(Gates, AHostWaitOnAHeldStreamEndsAtItsLimit) {
   EXPECT_TRUE(done.WaitFor(absl::Seconds(10)).ok());
 }
 
+// Both words, the pinned one and the device one, open; or neither.
 TEST(Gates, OpenGateIfNoneOpensOnlyWhenNothingIsFlagged) {
   HostGate gate;
   auto step = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{6}));
+  auto signal = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
+  ASSERT_TRUE(signal.Zero().ok());
+  Must(kernels::DeviceSynchronize());
   auto stream = Must(CudaStream::Create());
   for (int32_t flagged : {3, 0}) {
     auto count = Must(DeviceBuffer::Upload<int32_t>(std::vector<int32_t>{flagged}));
     ASSERT_TRUE(OpenGateIfNone({count.span<int32_t>().data(), gate.word,
-                                step.span<int32_t>().data(), 1},
+                                step.span<int32_t>().data(), 1, signal.span<uint32_t>().data()},
                                stream.get())
                     .ok());
     ASSERT_TRUE(stream.Synchronize().ok());
-    EXPECT_EQ(*gate.word, flagged == 0 ? GateWord(7) : 0u) << flagged << " flagged";
+    const uint32_t want = flagged == 0 ? GateWord(7) : 0u;
+    EXPECT_EQ(*gate.word, want) << flagged << " flagged";
+    EXPECT_EQ(DeviceWord(signal), want) << flagged << " flagged: the device word";
   }
 }
 
@@ -460,6 +473,7 @@ TEST(PublishCorrectionCuda, FlagsMasksAndGateInOneLaunch) {
     auto host = Must(kernels::PinnedBuffer::Allocate(rows + 64));  // count | flags
     auto tally = Must(DeviceBuffer::Allocate(2 * sizeof(int32_t)));
     ASSERT_TRUE(tally.Zero().ok());
+    auto signal = Must(DeviceBuffer::Allocate(sizeof(uint32_t)));
     auto stream = Must(CudaStream::Create());
     for (bool any_moved : {true, false, true}) {
       const std::vector<BFloat16>& prev = any_moved ? moved : q;
@@ -479,8 +493,10 @@ TEST(PublishCorrectionCuda, FlagsMasksAndGateInOneLaunch) {
                                   {similarity.span<float>(), {flags, size_t(rows)}, {count, 1}},
                                   masks.span<uint8_t>(),
                                   tally.span<int32_t>()};
-      ASSERT_TRUE(PublishCorrectionCuda(check, step.span<int32_t>().data(), gate.word, 1,
-                                        stream.get())
+      ASSERT_TRUE(signal.Zero().ok());
+      Must(kernels::DeviceSynchronize());
+      ASSERT_TRUE(PublishCorrectionCuda(check, step.span<int32_t>().data(), gate.word,
+                                        signal.span<uint32_t>().data(), 1, stream.get())
                       .ok());
       ASSERT_TRUE(stream.Synchronize().ok());
       std::vector<float> want_sim(rows);
@@ -500,6 +516,7 @@ TEST(PublishCorrectionCuda, FlagsMasksAndGateInOneLaunch) {
       ASSERT_TRUE(masks.Download(absl::MakeSpan(got_masks)).ok());
       EXPECT_EQ(got_masks, want_masks);
       EXPECT_EQ(*gate.word, any_moved ? 0u : GateWord(13));
+      EXPECT_EQ(DeviceWord(signal), any_moved ? 0u : GateWord(13)) << "the device word";
       std::vector<int32_t> left(2, -1);
       ASSERT_TRUE(tally.Download(absl::MakeSpan(left)).ok());
       EXPECT_EQ(left, (std::vector<int32_t>{0, 0}));
