@@ -82,14 +82,13 @@ __device__ __forceinline__ const uint4* PickSlot(const SlotPick& pick) {
 }
 
 // One warp per diff entry (list, j): blockIdx.x = list, j = blockIdx.y * kApplyWarps +
-// the warp. Lane 0 alone reads the slot's word and the diff (pinned host memory, where
-// each read crosses PCIe: from every warp of every block those reads cost more than the
-// copy), and tells the warp what to copy, if anything. It issues the diff's four reads
-// together, one PCIe round trip rather than four in a row (under a recall's DMA each
-// trip waits behind the copy engine's traffic). A warp, not a block, per 16 KiB entry:
-// the apply runs beside the decode stream's kernels, and blocks that mostly wait on
-// PCIe would take the SMs' thread slots from them (at batch 4 a block per entry asked
-// for every slot of the H100).
+// the warp. Lane 0 alone reads the slot's word and the diff, and tells the warp what to
+// copy, if anything; it issues the diff's four reads together. The decoder passes the
+// diff's device copy (DiffSet::device): read from pinned host memory, each warp's reads
+// crossed PCIe, behind the recalls' copies on the same link. A warp, not a block, per
+// 16 KiB entry: the apply runs beside the decode stream's kernels, and blocks that
+// mostly wait would take the SMs' thread slots from them (at batch 4 a block per entry
+// asked for every slot of the H100).
 constexpr int kApplyWarps = 8;
 // 16-byte vectors each lane loads before it stores any: one after the other, a warp
 // waited out a device-memory latency per 512 bytes.
