@@ -161,7 +161,7 @@ struct GpuDecoder::Impl {
   void PushLayerItems(int32_t t, int layer, bool selects);
   // Scores and selects the pages of every head (or of the heads `mask` sets: their
   // rows of the outputs alone are written), on `on`; with `diff`, also what the
-  // resident set lacks (the diff's block, in pinned memory).
+  // resident set lacks (the diff's pinned block and its device copy, DiffSet).
   absl::Status Select(int layer, const StepInputs& in, const DiffSet* diff,
                       absl::Span<const uint8_t> mask, cudaStream_t on);
   // The layer's head masks, flagged then unflagged (CorrectionCheck::masks).
