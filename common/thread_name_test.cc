@@ -16,26 +16,25 @@ std::string NameOf(pthread_t thread) {
   return name;
 }
 
-TEST(NameThisThreadTest, NamesTheCallingThreadOnly) {
-  const std::string before = NameOf(pthread_self());
+// The name a new thread reads back after NameThisThread(name).
+std::string NameSeenByAThreadNamed(const std::string& name) {
   std::string seen;
-  std::thread other([&seen] {
-    NameThisThread("kv-packer");
+  std::thread other([&] {
+    NameThisThread(name);
     seen = NameOf(pthread_self());
   });
   other.join();
-  EXPECT_EQ(seen, "kv-packer");
+  return seen;
+}
+
+TEST(NameThisThreadTest, NamesTheCallingThreadOnly) {
+  const std::string before = NameOf(pthread_self());
+  EXPECT_EQ(NameSeenByAThreadNamed("kv-packer"), "kv-packer");
   EXPECT_EQ(NameOf(pthread_self()), before);
 }
 
 TEST(NameThisThreadTest, CutsLongNamesAtFifteenCharacters) {
-  std::string seen;
-  std::thread other([&seen] {
-    NameThisThread("kv-urgent-issue-and-more");
-    seen = NameOf(pthread_self());
-  });
-  other.join();
-  EXPECT_EQ(seen, "kv-urgent-issue");
+  EXPECT_EQ(NameSeenByAThreadNamed("kv-urgent-issue-and-more"), "kv-urgent-issue");
 }
 
 }  // namespace
