@@ -123,9 +123,8 @@ struct StagingTarget {
 // reads and resolves the next request while this one is packed and copied.
 // Each push that lands is reported to the factory's observer (on_push_landed: the
 // kvservice's freekv_recall_push_seconds), and when the lane ends it logs where its
-// pushes spent their time on average: queued
-// for the issuing thread, being issued (packing included), and on the GPU until the
-// completion thread saw them land.
+// pushes spent their time on average: queued for the issuing thread, being issued
+// (packing included), and on the GPU until the completion thread saw them land.
 // Thread-safety: Push, made and AwaitIssued from any thread. Destroying the lane
 // drains it (every push made is issued and its `done` called), then stops the threads.
 class PushLane {
