@@ -10,8 +10,9 @@ absl::StatusOr<CopyMethod> ParseCopyMethod(absl::string_view name) {
   if (name == "per_run") return CopyMethod::kPerRun;
   if (name == "gather") return CopyMethod::kGather;
   if (name == "split") return CopyMethod::kSplit;
+  if (name == "auto") return CopyMethod::kAuto;
   return absl::InvalidArgumentError(absl::StrCat(
-      "copy method is '", name, "'; use 'batch', 'per_run', 'gather' or 'split'"));
+      "copy method is '", name, "'; use 'batch', 'per_run', 'gather', 'split' or 'auto'"));
 }
 
 const char* CopyMethodName(CopyMethod method) {
@@ -24,12 +25,15 @@ const char* CopyMethodName(CopyMethod method) {
       return "gather";
     case CopyMethod::kSplit:
       return "split";
+    case CopyMethod::kAuto:
+      return "auto";
   }
   return "?";
 }
 
 bool UsesBounce(CopyMethod method) {
-  return method == CopyMethod::kGather || method == CopyMethod::kSplit;
+  return method == CopyMethod::kGather || method == CopyMethod::kSplit ||
+         method == CopyMethod::kAuto;
 }
 
 }  // namespace freekv

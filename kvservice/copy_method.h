@@ -15,13 +15,16 @@ enum class CopyMethod {
   kGather,  // host-to-device only: CPU gather into pinned bounce buffers, large copies
   kSplit,   // host-to-device only: kGather, with direct_share of each piece's copies
             // batched straight from their sources meanwhile
+  kAuto,    // host-to-device only: an Enqueue of at most direct_max_copies copies as
+            // kBatch, a larger one as kGather
 };
 
-// "batch", "per_run", "gather" or "split"; INVALID_ARGUMENT naming the value otherwise.
+// "batch", "per_run", "gather", "split" or "auto"; INVALID_ARGUMENT naming the value
+// otherwise.
 absl::StatusOr<CopyMethod> ParseCopyMethod(absl::string_view name);
 const char* CopyMethodName(CopyMethod method);
 
-// True for the methods that pack on the host (a GatherPool) into bounce buffers.
+// True for the methods that may pack on the host (a GatherPool) into bounce buffers.
 bool UsesBounce(CopyMethod method);
 
 }  // namespace freekv

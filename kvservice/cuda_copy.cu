@@ -31,7 +31,7 @@ struct CopyStreams::Impl {
   std::vector<gpu::Stream> streams;  // [0] is main; kSplit's direct copies use [1]
   gpu::Event fork;                   // recorded on main, waited by the others
   std::vector<gpu::Event> joins;     // [i] recorded on streams[i + 1], waited by main
-  // kGather, kSplit: two bounce buffers used in turn, each with the event of its last
+  // kGather, kSplit, kAuto: two bounce buffers used in turn, each with the event of its last
   // copy.
   gpu::PinnedHostBuffer bounce[2];
   gpu::Event bounce_free[2];
@@ -118,7 +118,7 @@ absl::Status CopyStreams::Impl::Spread(absl::Span<const DeviceCopy> copies) {
   return absl::OkStatus();
 }
 
-// kGather, kSplit: pieces of at most piece_bytes (or a bounce buffer); a copy larger
+// kGather, kSplit, kAuto: pieces of at most piece_bytes (or a bounce buffer); a copy larger
 // than a piece goes alone, straight from its source (it is large enough for the copy
 // engine on its own).
 absl::Status CopyStreams::Impl::Gather(absl::Span<const DeviceCopy> copies) {
@@ -235,6 +235,7 @@ absl::StatusOr<std::unique_ptr<CopyStreams>> CopyStreams::Create(int device,
   impl->device = device;
   impl->options = options;
   const int streams = options.method == CopyMethod::kGather  ? 1
+                      : options.method == CopyMethod::kAuto  ? 1
                       : options.method == CopyMethod::kSplit ? 2
                                                              : options.streams;
   for (int i = 0; i < streams; ++i) {
@@ -266,10 +267,16 @@ int CopyStreams::device() const { return impl_->device; }
 const CopyOptions& CopyStreams::options() const { return impl_->options; }
 cudaStream_t CopyStreams::main() const { return impl_->streams[0].get(); }
 
+bool CopyStreams::Packs(size_t copies) const {
+  const CopyOptions& options = impl_->options;
+  if (options.method == CopyMethod::kAuto) return copies > options.direct_max_copies;
+  return UsesBounce(options.method);
+}
+
 absl::Status CopyStreams::Enqueue(absl::Span<const DeviceCopy> copies) {
   if (copies.empty()) return absl::OkStatus();
   gpu::DeviceGuard guard(impl_->device);
-  if (UsesBounce(impl_->options.method)) return impl_->Gather(copies);
+  if (Packs(copies.size())) return impl_->Gather(copies);
   return impl_->Spread(copies);
 }
 

@@ -12,7 +12,9 @@
 // the link on the lent H100 hosts, bench/RESULTS.md GPU recall run 7), so
 // kSplit runs both at once: while the CPU packs most of a piece, one batched call
 // sends the rest straight from the sources on a second stream, which waits only for
-// the caller's events (WaitEvent), not for the previous piece's copy-out.
+// the caller's events (WaitEvent), not for the previous piece's copy-out. kAuto
+// chooses per Enqueue: small ones batched straight from their sources (one pass over
+// host memory, no packing threads woken), large ones gathered.
 // The kvservice pushes recalls and pulls offloads with it, and
 // bench/gpu_recall_bench measures every method in-process with the same code.
 //
@@ -47,12 +49,12 @@ struct CopyOptions {
   // kBatch: sources may be read out of stream order (cudaMemcpySrcAccessOrderAny);
   // otherwise in stream order.
   bool any_source_order = false;
-  // kGather, kSplit: bytes of each of the two pinned bounce buffers, and the threads
-  // that pack them (required; not owned, outlives the CopyStreams).
+  // kGather, kSplit, kAuto: bytes of each of the two pinned bounce buffers, and the
+  // threads that pack them (required; not owned, outlives the CopyStreams).
   size_t bounce_bytes = size_t{8} << 20;
   GatherPool* gather_pool = nullptr;
-  // kGather, kSplit: bytes packed and sent at a time, at most bounce_bytes (0: all of
-  // them). Smaller pieces start the copy engine sooner, which shortens a lone
+  // kGather, kSplit, kAuto: bytes packed and sent at a time, at most bounce_bytes (0:
+  // all of them). Smaller pieces start the copy engine sooner, which shortens a lone
   // request (a correction that the decode waits for); each piece costs a wake-up of
   // the packing threads and a copy call.
   size_t piece_bytes = 0;
@@ -61,6 +63,13 @@ struct CopyOptions {
   // plain gather by about 30%; in-process 1/4 did best and 1/2 worst (the direct
   // copies slow the copy-out beside them), so more is not better.
   double direct_share = 1.0 / 3;
+  // kAuto: an Enqueue of at most this many copies goes as kBatch (the copy engines
+  // read the sources once; no packing threads), a larger one as kGather. Where host
+  // memory is slow, batched copies kept the decode's small recalls moving faster than
+  // packing (each packed byte crosses DRAM three times), while a large recall still
+  // needs the pack (bench/RESULTS.md decode run 24: 52 ms against 15.8 for blocking's
+  // pushes of about 780 blocks, batched against packed).
+  size_t direct_max_copies = 512;
 };
 
 // GPUs this process sees; 0 when the driver reports none or cannot be reached.
@@ -97,8 +106,12 @@ class CopyStreams {
   // Enqueues `copies`. kBatch/kPerRun return at once; kGather returns once the
   // sources are packed (it may wait for a bounce buffer's previous copy), so its
   // sources may change as soon as it returns; kSplit's direct copies still read theirs
-  // until main() passes them. The calling thread's current device is left unchanged.
+  // until main() passes them, as do kAuto's when it does not pack them. The calling
+  // thread's current device is left unchanged.
   absl::Status Enqueue(absl::Span<const DeviceCopy> copies);
+
+  // Whether an Enqueue of `copies` copies packs them (or some of them) on the host.
+  bool Packs(size_t copies) const;
 
   // Waits for everything enqueued on main() so far.
   absl::Status Synchronize();

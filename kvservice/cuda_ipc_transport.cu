@@ -194,6 +194,7 @@ class PushLane {
   struct Pending {
     absl::Status status;   // an enqueue error; `event` is then empty
     gpu::Event event;      // recorded after the push's copies
+    bool packed = false;   // its copies were packed on the host
     absl::AnyInvocable<void(absl::Status) &&> done;
     Times times;
   };
@@ -202,7 +203,8 @@ class PushLane {
   bool NextJob(Job* job);  // false once stopping and drained
   void IssueInOrder();
   absl::StatusOr<gpu::Event> EnqueuePush(absl::Span<const CopyRun> runs,
-                                         const std::optional<PushSignal>& signal);
+                                         const std::optional<PushSignal>& signal,
+                                         bool* packed);
   absl::StatusOr<gpu::Event> TakeEvent();  // a completion event, reused when possible
   // Completion thread only.
   absl::Status WaitFor(const gpu::Event& event) const;
@@ -229,6 +231,7 @@ class PushLane {
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
   // The completion thread's sums over the pushes that landed (LogStages, once it ended).
   uint64_t landed_ = 0;
+  uint64_t packed_ = 0;  // of those, packed on the host
   absl::Duration queued_sum_, issuing_sum_, landing_sum_;
   // Last: started once everything above exists.
   std::thread issuer_;
@@ -260,7 +263,7 @@ void PushLane::IssueInOrder() {
     pending.done = std::move(job.done);
     pending.times.made = job.made;
     pending.times.taken = absl::Now();
-    absl::StatusOr<gpu::Event> event = EnqueuePush(job.runs, job.signal);
+    absl::StatusOr<gpu::Event> event = EnqueuePush(job.runs, job.signal, &pending.packed);
     pending.times.enqueued = absl::Now();
     if (event.ok()) {
       pending.event = *std::move(event);
@@ -277,7 +280,8 @@ void PushLane::IssueInOrder() {
 }
 
 absl::StatusOr<gpu::Event> PushLane::EnqueuePush(absl::Span<const CopyRun> runs,
-                                                  const std::optional<PushSignal>& signal) {
+                                                  const std::optional<PushSignal>& signal,
+                                                  bool* packed) {
   const StagingTarget& t = target_;
   if (absl::Status s = CheckRunsInside(runs, t.staging.bytes(), "staging"); !s.ok()) {
     return s;
@@ -307,6 +311,7 @@ absl::StatusOr<gpu::Event> PushLane::EnqueuePush(absl::Span<const CopyRun> runs,
   for (size_t slot : push_slots_) {
     if (absl::Status s = streams_->WaitEvent(t.slot_free[slot].get()); !s.ok()) return s;
   }
+  *packed = streams_->Packs(push_copies_.size());
   if (absl::Status s = streams_->Enqueue(push_copies_); !s.ok()) return s;
   gpu::DeviceGuard guard(t.device);
   cudaStream_t main = streams_->main();
@@ -371,9 +376,10 @@ void PushLane::CompleteInOrder() {
     const absl::Status status = pending.status.ok() ? WaitFor(pending.event) : pending.status;
     if (status.ok()) {
       const Times& t = pending.times;
-      const PushStages stages{urgent_, t.taken - t.made, t.enqueued - t.taken,
-                              absl::Now() - t.enqueued};
+      const PushStages stages{urgent_, pending.packed, t.taken - t.made,
+                              t.enqueued - t.taken, absl::Now() - t.enqueued};
       ++landed_;
+      packed_ += pending.packed ? 1 : 0;
       queued_sum_ += stages.queued;
       issuing_sum_ += stages.issuing;
       landing_sum_ += stages.landing;
@@ -393,9 +399,10 @@ void PushLane::LogStages() const {
     return absl::ToDoubleMicroseconds(sum) / static_cast<double>(landed_);
   };
   Log(LogLevel::kInfo,
-      "CUDA IPC %s lane closed: %d pushes landed; on average %.0f us queued, %.0f us "
-      "issuing (packing included), %.0f us on the GPU until seen landed",
-      name_, landed_, mean_us(queued_sum_), mean_us(issuing_sum_), mean_us(landing_sum_));
+      "CUDA IPC %s lane closed: %d pushes landed (%d packed, %d direct); on average "
+      "%.0f us queued, %.0f us issuing (packing included), %.0f us on the GPU until "
+      "seen landed",
+      name_, landed_, packed_, landed_ - packed_, mean_us(queued_sum_), mean_us(issuing_sum_), mean_us(landing_sum_));
 }
 
 class CudaIpcSessionTransport : public SessionTransport {

@@ -25,6 +25,7 @@ struct CudaSupportOptions {
   int gather_prefetch_kib = 8;         // how far ahead the packing threads prefetch
   int gather_piece_kib = 0;            // bytes packed and sent at a time (0: 8 MiB)
   double direct_share = 1.0 / 3;       // split: each piece's share sent from the store
+  int direct_max_blocks = 512;         // auto: the largest push sent from the store
   PushStagesObserver on_push_landed;   // told where each push spent its time
 };
 

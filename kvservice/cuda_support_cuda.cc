@@ -27,6 +27,7 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> MakeCudaIpcTransportFactory(
   transport.push.method = *method;
   transport.push.streams = options.copy_streams;
   transport.push.direct_share = options.direct_share;
+  transport.push.direct_max_copies = static_cast<size_t>(options.direct_max_blocks);
   transport.push.piece_bytes = size_t(options.gather_piece_kib) << 10;
   if (options.urgent_copy_method != "off") {
     absl::StatusOr<CopyMethod> urgent = ParseCopyMethod(options.urgent_copy_method);

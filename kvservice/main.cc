@@ -84,8 +84,10 @@ ABSL_FLAG(std::string, cuda_copy_method, "gather",
           "buffers sent as large copies; the fastest while the worker decodes on the "
           "H100), 'split' (a share goes straight from the store in one "
           "cudaMemcpyBatchAsync meanwhile; faster for recalls alone, slower under "
-          "decode), 'batch' (one cudaMemcpyBatchAsync per request) or 'per_run' (one "
-          "cudaMemcpyAsync per run; benchmarks only). bench/RESULTS.md has both.");
+          "decode), 'batch' (one cudaMemcpyBatchAsync per request), 'auto' (batch for "
+          "requests of at most --cuda_direct_max_blocks copies, gather for larger ones) "
+          "or 'per_run' (one cudaMemcpyAsync per run; benchmarks only). "
+          "bench/RESULTS.md has them all.");
 ABSL_FLAG(std::string, cuda_urgent_copy_method, "gather",
           "CUDA IPC: how urgent recalls (a correction the worker's decode waits for) "
           "move, in a lane of their own (threads, streams, bounce buffers) beside the "
@@ -94,6 +96,10 @@ ABSL_FLAG(std::string, cuda_urgent_copy_method, "gather",
           "straight from the store), 'split', or 'off' (they queue behind the others, in "
           "order). Under --cuda_copy_method=split an urgent recall can still wait for an "
           "earlier one held at its slot (bench/RESULTS.md, GPU recall run 9).");
+ABSL_FLAG(int32_t, cuda_direct_max_blocks, 512,
+          "CUDA IPC, --cuda_copy_method=auto (either lane): a push of at most this many "
+          "copies (after adjacent blocks merge) goes straight from the store in one "
+          "cudaMemcpyBatchAsync; a larger one is packed. 0 packs every push.");
 ABSL_FLAG(int32_t, cuda_copy_streams, 1,
           "CUDA IPC: streams a session's batch/per_run recall copies and its offload "
           "copies are spread over.");
@@ -152,6 +158,10 @@ absl::Status CheckFlags() {
   if (piece != 0 && (piece < 64 || piece > 8192)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--cuda_gather_piece_kib is ", piece, "; it must be 0 or within 64 to 8192"));
+  }
+  if (const int32_t direct = absl::GetFlag(FLAGS_cuda_direct_max_blocks); direct < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--cuda_direct_max_blocks is ", direct, "; it must be 0 or more"));
   }
   // Checked here too, so that a kvservice built without CUDA refuses a misspelt method.
   if (absl::StatusOr<CopyMethod> m = ParseCopyMethod(absl::GetFlag(FLAGS_cuda_copy_method));
@@ -260,6 +270,7 @@ absl::StatusOr<std::unique_ptr<TransportFactory>> CudaIpcFactory(ServiceMetrics*
   options.gather_prefetch_kib = absl::GetFlag(FLAGS_cuda_gather_prefetch_kib);
   options.gather_piece_kib = absl::GetFlag(FLAGS_cuda_gather_piece_kib);
   options.direct_share = absl::GetFlag(FLAGS_cuda_direct_share);
+  options.direct_max_blocks = absl::GetFlag(FLAGS_cuda_direct_max_blocks);
   options.on_push_landed = [metrics](const PushStages& stages) {
     metrics->OnPushLanded(stages);
   };

@@ -182,6 +182,12 @@ struct RecallSeries {
                               "its copies), landing (its copies, after any wait for the "
                               "worker's slot).")
                         .Register(r)),
+        pushes_family(prometheus::BuildCounter()
+                          .Name("freekv_recall_pushes_total")
+                          .Help("CUDA IPC pushes that landed, by lane and by how their "
+                                "copies went: packed on the host into bounce buffers, "
+                                "or direct from the store (--cuda_copy_method).")
+                          .Register(r)),
         link_ceiling(AddGauge(r, "freekv_recall_link_ceiling_bytes_per_second",
                               "The link's measured ceiling in bytes/s (0: unknown).")),
         errors(prometheus::BuildCounter()
@@ -195,12 +201,17 @@ struct RecallSeries {
             {{"lane", urgent ? "urgent" : "bulk"}, {"stage", kPushStageNames[stage]}},
             LatencyBuckets());
       }
+      for (int packed : {0, 1}) {
+        pushes[urgent][packed] = &pushes_family.Add(
+            {{"lane", urgent ? "urgent" : "bulk"}, {"copy", packed ? "packed" : "direct"}});
+      }
     }
   }
   static constexpr int kPushStages = 3;
   static constexpr const char* kPushStageNames[kPushStages] = {"queued", "issuing",
                                                                "landing"};
   Histogram* push[2][kPushStages] = {};  // [urgent][stage], in push_family
+  Counter* pushes[2][2] = {};            // [urgent][packed], in pushes_family
   Counter& requests;
   Counter& blocks;
   Counter& bytes;
@@ -209,6 +220,7 @@ struct RecallSeries {
   Histogram& urgent_latency;
   Histogram& request_bytes;
   prometheus::Family<Histogram>& push_family;
+  prometheus::Family<Counter>& pushes_family;
   Gauge& link_ceiling;
   // Series appear with the first error of each (method, code).
   prometheus::Family<Counter>& errors;
@@ -317,6 +329,7 @@ void ServiceMetrics::OnPushLanded(const PushStages& stages) {
   for (int stage = 0; stage < RecallSeries::kPushStages; ++stage) {
     lane[stage]->Observe(absl::ToDoubleSeconds(times[stage]));
   }
+  series_->recall.pushes[stages.urgent ? 1 : 0][stages.packed ? 1 : 0]->Increment();
 }
 
 void ServiceMetrics::OnRecall(uint64_t blocks, uint64_t bytes, uint64_t transfers,

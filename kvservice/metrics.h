@@ -98,7 +98,8 @@ class ServiceMetrics {
   void OnRecall(uint64_t blocks, uint64_t bytes, uint64_t transfers,
                 absl::Duration latency, bool urgent = false);
   // A push landed in a transport with lanes (CUDA IPC): its three stages go to
-  // freekv_recall_push_seconds{lane, stage}. Any thread.
+  // freekv_recall_push_seconds{lane, stage}, and it counts in
+  // freekv_recall_pushes_total{lane, copy}. Any thread.
   void OnPushLanded(const PushStages& stages);
   void OnIntegrityFailures(uint64_t blocks);
   // A request answered with `code`; OK is not an error and is not counted.

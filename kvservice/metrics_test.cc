@@ -244,7 +244,7 @@ TEST(ServiceMetricsTest, OffloadRecallAndHistograms) {
   EXPECT_EQ(page.Bucket(bytes, INFINITY), 3);
 }
 
-TEST(ServiceMetricsTest, PushStagesGoToTheirLaneAndStage) {
+TEST(ServiceMetricsTest, PushesCountByLaneAndCopyWayAndTimeByStage) {
   auto metrics = StartOnAnyPort();
   ASSERT_NE(metrics, nullptr);
   const std::string name = "freekv_recall_push_seconds";
@@ -258,13 +258,17 @@ TEST(ServiceMetricsTest, PushStagesGoToTheirLaneAndStage) {
       for (const char* stage : {"queued", "issuing", "landing"}) {
         EXPECT_EQ(page.Value(name + "_count", series(lane, stage)), 0) << lane << " " << stage;
       }
+      for (const char* copy : {"packed", "direct"}) {
+        EXPECT_EQ(page.Value("freekv_recall_pushes_total", {{"lane", lane}, {"copy", copy}}), 0)
+            << lane << " " << copy;
+      }
     }
   }
-  metrics->OnPushLanded({false, absl::Microseconds(900), absl::Microseconds(300),
+  metrics->OnPushLanded({false, true, absl::Microseconds(900), absl::Microseconds(300),
                          absl::Microseconds(150)});
-  metrics->OnPushLanded({false, absl::Microseconds(100), absl::Microseconds(200),
+  metrics->OnPushLanded({false, false, absl::Microseconds(100), absl::Microseconds(200),
                          absl::Milliseconds(2)});
-  metrics->OnPushLanded({true, absl::Microseconds(5), absl::Microseconds(40),
+  metrics->OnPushLanded({true, true, absl::Microseconds(5), absl::Microseconds(40),
                          absl::Microseconds(60)});
 
   const Page page = Scrape(*metrics);
@@ -284,6 +288,14 @@ TEST(ServiceMetricsTest, PushStagesGoToTheirLaneAndStage) {
   };
   EXPECT_EQ(bucket("0.000977"), 1);
   EXPECT_EQ(bucket("0.00244"), 2);
+  // Each push counts once, in its lane and under the way its copies went.
+  auto pushes = [&](const char* lane, const char* copy) {
+    return page.Value("freekv_recall_pushes_total", {{"lane", lane}, {"copy", copy}});
+  };
+  EXPECT_EQ(pushes("bulk", "packed"), 1);
+  EXPECT_EQ(pushes("bulk", "direct"), 1);
+  EXPECT_EQ(pushes("urgent", "packed"), 1);
+  EXPECT_EQ(pushes("urgent", "direct"), 0);
 }
 
 TEST(ServiceMetricsTest, RequestErrorsAreLabelledByMethodAndCanonicalCode) {

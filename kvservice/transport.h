@@ -74,6 +74,7 @@ struct PushSignal {
 // copies, and any wait for the worker to free the slot first).
 struct PushStages {
   bool urgent = false;  // the urgent lane (corrections), else the bulk lane
+  bool packed = false;  // packed on the host (CopyStreams::Packs), else sent directly
   absl::Duration queued, issuing, landing;
 };
 // Called on the transport's completion thread for every push that landed; must be

@@ -194,7 +194,7 @@ STAY_ZERO = {"freekv_integrity_failures_total", "freekv_store_chunk_allocation_f
 # Series only the CUDA IPC transport moves: this run's sessions use UCX (no GPU here).
 # tests/integration/cuda_ipc_test checks them on the GPU machine.
 CUDA_IPC_ONLY = {"freekv_recall_push_seconds_bucket", "freekv_recall_push_seconds_sum",
-                 "freekv_recall_push_seconds_count"}
+                 "freekv_recall_push_seconds_count", "freekv_recall_pushes_total"}
 
 
 def cmd_moved(url, expected_names):

@@ -6,9 +6,11 @@
 // offload region before the worker's stream wrote it, even when that takes 100 ms.
 // Each test runs against both ways the kvservice packs recalls (`gather`, the default,
 // and `split`, which sends a share straight from the store), with gather in pieces, and
-// with urgent recalls sent straight from the store (their lane packs them by default).
-// An urgent recall must not wait behind an earlier one held at its slot. A recall's
-// signal word lands behind its bytes.
+// with urgent recalls sent straight from the store (their lane packs them by default),
+// and under `auto`, which packs large pushes and sends small ones straight from the
+// store; the kvservice's metrics count which way each push went. An urgent recall
+// must not wait behind an earlier one held at its slot. A recall's signal word lands
+// behind its bytes.
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -17,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "client/cuda_kv_client.h"
 #include "common/integrity.h"
 #include "common/random_bytes.h"
@@ -46,7 +49,10 @@ Geometry SmallGeometry() {
 
 // A copy method; "gather_pieces": gather in pieces of 64 KiB, so that one request is
 // packed and sent in several pieces; "urgent_batch": urgent recalls batched straight
-// from the store.
+// from the store; "auto": pushes of more than kAutoDirectMax copies packed, smaller
+// ones batched straight from the store.
+constexpr int kAutoDirectMax = 20;
+
 std::vector<std::string> ServiceFlags(const std::string& param) {
   std::vector<std::string> flags = {"--capacity=256M", "--chunk_bytes=4M"};
   if (param == "gather_pieces") {
@@ -55,6 +61,9 @@ std::vector<std::string> ServiceFlags(const std::string& param) {
   } else if (param == "urgent_batch") {
     flags.push_back("--cuda_copy_method=gather");
     flags.push_back("--cuda_urgent_copy_method=batch");
+  } else if (param == "auto") {
+    flags.push_back("--cuda_copy_method=auto");
+    flags.push_back(absl::StrCat("--cuda_direct_max_blocks=", kAutoDirectMax));
   } else {
     flags.push_back("--cuda_copy_method=" + param);
   }
@@ -235,6 +244,21 @@ TEST_P(CudaIpcTest, ScatteredSlicesLandBitIdenticalInBothSlots) {
       ASSERT_TRUE(client_->client().Release(t).ok());
     }
   }
+  // Every method but auto packs every push. Auto packed the 24-slice ones (all the
+  // sequence's slices, shuffled: 21 or more copies once the few adjacent runs merge,
+  // above kAutoDirectMax) and sent the 18-slice ones straight from the store; the
+  // bytes above were right either way.
+  absl::StatusOr<std::string> metrics = testing::HttpGet(service_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  auto pushes = [&](const char* copy) {
+    return MetricValue(*metrics, absl::StrCat("freekv_recall_pushes_total{copy=\"", copy,
+                                              "\",lane=\"bulk\"}"));
+  };
+  const absl::StatusOr<double> packed = pushes("packed"), direct = pushes("direct");
+  ASSERT_TRUE(packed.ok() && direct.ok()) << *metrics;
+  const bool auto_method = GetParam() == "auto";
+  EXPECT_EQ(*packed, auto_method ? 3 : 6);
+  EXPECT_EQ(*direct, auto_method ? 3 : 0);
 }
 
 TEST_P(CudaIpcTest, SlotIsWrittenOnlyAfterTheWorkerMarksItFree) {
@@ -437,7 +461,7 @@ TEST_P(CudaIpcTest, TwoWorkersOnOneGpuShareTheServiceAndStayApart) {
 
 INSTANTIATE_TEST_SUITE_P(CopyMethods, CudaIpcTest,
                          ::testing::Values("gather", "split", "gather_pieces",
-                                           "urgent_batch"),
+                                           "urgent_batch", "auto"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });

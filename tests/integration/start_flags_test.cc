@@ -17,7 +17,8 @@ TEST(StartFlags, OutOfRangeValuesStopTheServiceAtStartUp) {
         "--cuda_gather_prefetch_kib=1025", "--cuda_gather_threads=-2",
         "--cuda_gather_piece_kib=32", "--cuda_gather_piece_kib=8193",
         "--cuda_gather_threads=100000", "--cuda_copy_method=scatter",
-        "--cuda_urgent_copy_method=fast", "--cuda_copy_method=off"}) {
+        "--cuda_urgent_copy_method=fast", "--cuda_copy_method=off",
+        "--cuda_direct_max_blocks=-1"}) {
     absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
         KvServiceProcess::Start({flag});
     ASSERT_FALSE(service.ok()) << flag << " was accepted";
@@ -32,7 +33,8 @@ TEST(StartFlags, ValuesInRangeServe) {
   absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
       KvServiceProcess::Start({"--cuda_direct_share=0", "--max_sessions=1",
                                 "--cuda_gather_prefetch_kib=0", "--cuda_gather_piece_kib=64",
-                                "--cuda_urgent_copy_method=off"});
+                                "--cuda_urgent_copy_method=off", "--cuda_copy_method=auto",
+                                "--cuda_direct_max_blocks=0"});
   ASSERT_TRUE(service.ok()) << service.status();
   absl::StatusOr<int> status = (*service)->Stop();
   ASSERT_TRUE(status.ok()) << status.status();
