@@ -65,10 +65,11 @@ struct CopyOptions {
   double direct_share = 1.0 / 3;
   // kAuto: an Enqueue of at most this many copies goes as kBatch (the copy engines
   // read the sources once; no packing threads), a larger one as kGather. Where host
-  // memory is slow, batched copies kept the decode's small recalls moving faster than
-  // packing (each packed byte crosses DRAM three times), while a large recall still
-  // needs the pack (bench/RESULTS.md decode run 24: 52 ms against 15.8 for blocking's
-  // pushes of about 780 blocks, batched against packed).
+  // memory was slow, batched copies kept the decode's recalls (about 300 blocks a
+  // push) moving faster than packing, each packed byte crossing DRAM three times,
+  // while blocking's pushes of about 780 blocks were 3.3 times slower batched
+  // (bench/RESULTS.md decode run 24). On hosts that kept up, auto, gather and batch
+  // gave the decode the same step (run 25).
   size_t direct_max_copies = 512;
 };
 
