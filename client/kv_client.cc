@@ -10,6 +10,33 @@
 #include "common/thread_name.h"
 
 namespace freekv {
+namespace {
+
+// A channel to `target`, connected within `timeout`, or null. A channel whose
+// connection failed (no socket yet, the service restarting) waits out gRPC's reconnect
+// backoff, 1 s and growing 1.6 times, before it tries again: a worker started just
+// before its node's kvservice would connect seconds after the service was up, or give
+// up while it already was. So a channel that failed is replaced by a fresh one, which
+// tries at once.
+std::shared_ptr<grpc::Channel> ConnectWithin(const std::string& target,
+                                             const grpc::ChannelArguments& args,
+                                             absl::Duration timeout) {
+  constexpr absl::Duration kPoll = absl::Milliseconds(50);
+  const absl::Time deadline = absl::Now() + timeout;
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  for (;;) {
+    if (channel->WaitForConnected(absl::ToChronoTime(std::min(deadline, absl::Now() + kPoll)))) {
+      return channel;
+    }
+    if (absl::Now() >= deadline) return nullptr;
+    if (channel->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    }
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<KvClient>> KvClient::Open(const KvClientOptions& options) {
   // The kvservice is the one place that validates a geometry (its error names the
@@ -46,9 +73,8 @@ absl::StatusOr<std::unique_ptr<KvClient>> KvClient::Open(const KvClientOptions& 
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      options.target, grpc::InsecureChannelCredentials(), args);
-  if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.rpc_timeout))) {
+  std::shared_ptr<grpc::Channel> channel = ConnectWithin(options.target, args, options.rpc_timeout);
+  if (channel == nullptr) {
     return absl::UnavailableError(absl::StrCat(
         "could not connect to the kvservice at ", options.target, " within ",
         absl::FormatDuration(options.rpc_timeout), "; is it running?"));

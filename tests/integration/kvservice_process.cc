@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -81,15 +82,20 @@ absl::StatusOr<double> MetricValue(const std::string& exposition,
 
 absl::StatusOr<std::unique_ptr<KvServiceProcess>> KvServiceProcess::Start(
     std::vector<std::string> extra_flags) {
-  std::unique_ptr<KvServiceProcess> process(new KvServiceProcess());
   // Not TEST_TMPDIR: a unix socket path must stay under 108 bytes, and Bazel's
   // sandbox paths are longer than that.
   std::string dir_template = "/tmp/freekv-test-XXXXXX";
   if (mkdtemp(dir_template.data()) == nullptr) {
     return absl::InternalError("mkdtemp failed");
   }
-  process->dir_ = dir_template;
-  process->socket_ = process->dir_ + "/kv.sock";
+  return StartIn(dir_template, std::move(extra_flags));
+}
+
+absl::StatusOr<std::unique_ptr<KvServiceProcess>> KvServiceProcess::StartIn(
+    const std::string& dir, std::vector<std::string> extra_flags) {
+  std::unique_ptr<KvServiceProcess> process(new KvServiceProcess());
+  process->dir_ = dir;
+  process->socket_ = SocketIn(dir);
   process->metrics_port_ = FreePort();
   std::vector<std::string> args = {
       RunfilePath("kvservice/kvservice"),

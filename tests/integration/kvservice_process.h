@@ -23,6 +23,11 @@ class KvServiceProcess {
   // Extra flags are appended to --socket and --metrics_address.
   static absl::StatusOr<std::unique_ptr<KvServiceProcess>> Start(
       std::vector<std::string> extra_flags = {});
+  // As Start, in `dir` (which the caller made; removed with the process) on
+  // SocketIn(dir): a client can be pointed at the socket before the service exists.
+  static absl::StatusOr<std::unique_ptr<KvServiceProcess>> StartIn(
+      const std::string& dir, std::vector<std::string> extra_flags = {});
+  static std::string SocketIn(const std::string& dir) { return dir + "/kv.sock"; }
   ~KvServiceProcess();
 
   // gRPC target for clients: "unix:<socket>".

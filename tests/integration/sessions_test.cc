@@ -1,5 +1,6 @@
 // Many sessions at once against the real kvservice; a worker killed mid-session is
-// reclaimed when its lease lapses; the metrics page follows what happened.
+// reclaimed when its lease lapses; the metrics page follows what happened; a worker
+// started before its kvservice connects as soon as the service is up.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -100,6 +101,38 @@ TEST(SessionsTest, ManyWorkersWithDifferentGeometriesAtOnce) {
   EXPECT_GT(*MetricValue(*metrics, "freekv_recall_bytes_total"), 0);
   EXPECT_EQ(*MetricValue(*metrics, "freekv_sessions_closed_total{reason=\"client\"}"),
             kWorkers);
+}
+
+// The client keeps trying while the socket is missing, and does not sit out a growing
+// reconnect backoff (with gRPC's own, 1 s then 1.6 s, its next try would come 1 to 3 s
+// after the service is up here).
+TEST(SessionsTest, AWorkerStartedBeforeItsServiceConnectsOnceTheServiceIsUp) {
+  std::string dir = "/tmp/freekv-test-XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  KvClientOptions options;
+  options.target = "unix:" + KvServiceProcess::SocketIn(dir);
+  options.client_name = "early";
+  options.geometry = {2, 2, 64, 16, DType::kBFloat16};
+  options.slot_slices = 8;
+  options.offload_blocks = 4;
+  options.rpc_timeout = absl::Seconds(30);
+  absl::StatusOr<std::unique_ptr<KvClient>> opened;
+  absl::Time connected;
+  std::thread worker([&] {
+    opened = KvClient::Open(options);
+    connected = absl::Now();
+  });
+  absl::SleepFor(absl::Seconds(3));  // the client's first tries fail meanwhile
+  absl::StatusOr<std::unique_ptr<KvServiceProcess>> service =
+      KvServiceProcess::StartIn(dir, {"--capacity=64M"});
+  const absl::Time serving = absl::Now();
+  worker.join();
+  ASSERT_TRUE(service.ok()) << service.status();
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_LT(connected - serving, absl::Seconds(1))
+      << "the session opened " << absl::FormatDuration(connected - serving)
+      << " after the service was serving";
+  EXPECT_TRUE((*opened)->Close().ok());
 }
 
 TEST(SessionsTest, KilledWorkerIsReclaimedWhenItsLeaseLapses) {
