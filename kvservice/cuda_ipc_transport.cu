@@ -402,7 +402,8 @@ void PushLane::LogStages() const {
       "CUDA IPC %s lane closed: %d pushes landed (%d packed, %d direct); on average "
       "%.0f us queued, %.0f us issuing (packing included), %.0f us on the GPU until "
       "seen landed",
-      name_, landed_, packed_, landed_ - packed_, mean_us(queued_sum_), mean_us(issuing_sum_), mean_us(landing_sum_));
+      name_, landed_, packed_, landed_ - packed_, mean_us(queued_sum_),
+      mean_us(issuing_sum_), mean_us(landing_sum_));
 }
 
 class CudaIpcSessionTransport : public SessionTransport {
