@@ -52,6 +52,19 @@ struct ResidentDiff {
 };
 // The size `copy` must have when given.
 inline size_t DiffCopyInts(size_t rows, int32_t k) { return 2 * rows * size_t(k) + rows; }
+// The parts of a block laid out as `copy` is (the worker's pinned diff block begins the
+// same way): recall_pages [rows * k], then recall_slots [rows * k], then num_recall
+// [rows].
+template <typename T>
+struct DiffBlockParts {
+  absl::Span<T> pages, slots, counts;
+};
+template <typename T>
+DiffBlockParts<T> SplitDiffBlock(absl::Span<T> block, size_t rows, int32_t k) {
+  const size_t entries = rows * size_t(k);
+  return {block.subspan(0, entries), block.subspan(entries, entries),
+          block.subspan(2 * entries, rows)};
+}
 
 // CPU references.
 absl::Status GroupSoftmaxRef(absl::Span<const float> scores, int32_t num_q_heads,

@@ -170,9 +170,10 @@ absl::Status ResidentDiffRef(absl::Span<const int32_t> selected,
         diff.recall_pages.subspan(row * k, k), diff.recall_slots.subspan(row * k, k),
         diff.attend_slots.empty() ? absl::Span<int32_t>() : diff.attend_slots.subspan(row * k, k));
     if (!diff.copy.empty()) {
-      std::copy_n(diff.recall_pages.begin() + row * k, k, diff.copy.begin() + row * k);
-      std::copy_n(diff.recall_slots.begin() + row * k, k, diff.copy.begin() + (rows + row) * k);
-      diff.copy[2 * rows * k + row] = diff.num_recall[row];
+      const DiffBlockParts<int32_t> copy = SplitDiffBlock(diff.copy, rows, k);
+      std::copy_n(diff.recall_pages.begin() + row * k, k, copy.pages.begin() + row * k);
+      std::copy_n(diff.recall_slots.begin() + row * k, k, copy.slots.begin() + row * k);
+      copy.counts[row] = diff.num_recall[row];
     }
   }
   return absl::OkStatus();

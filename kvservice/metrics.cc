@@ -196,14 +196,14 @@ struct RecallSeries {
                    .Register(r)) {
     // Every (lane, stage) series up front, so that dashboards see zeros, not gaps.
     for (int urgent : {0, 1}) {
+      const char* lane = urgent ? "urgent" : "bulk";
       for (int stage = 0; stage < kPushStages; ++stage) {
         push[urgent][stage] = &push_family.Add(
-            {{"lane", urgent ? "urgent" : "bulk"}, {"stage", kPushStageNames[stage]}},
-            LatencyBuckets());
+            {{"lane", lane}, {"stage", kPushStageNames[stage]}}, LatencyBuckets());
       }
       for (int packed : {0, 1}) {
-        pushes[urgent][packed] = &pushes_family.Add(
-            {{"lane", urgent ? "urgent" : "bulk"}, {"copy", packed ? "packed" : "direct"}});
+        pushes[urgent][packed] =
+            &pushes_family.Add({{"lane", lane}, {"copy", packed ? "packed" : "direct"}});
       }
     }
   }

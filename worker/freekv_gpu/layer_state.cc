@@ -38,9 +38,9 @@ absl::StatusOr<DiffSet> DiffSet::Create(int32_t lists, int32_t selected) {
 }
 
 kernels::ResidentDiff DiffSet::Diff() const {
-  const absl::Span<int32_t> all = host.span<int32_t>();
-  return {all.subspan(0, entries()), all.subspan(entries(), entries()),
-          all.subspan(2 * entries(), lists), {}, device.span<int32_t>()};
+  const kernels::DiffBlockParts<int32_t> parts =
+      kernels::SplitDiffBlock(host.span<int32_t>(), lists, selected);
+  return {parts.pages, parts.slots, parts.counts, {}, device.span<int32_t>()};
 }
 
 RecallDiff DiffSet::HostDiff() const {
@@ -49,9 +49,9 @@ RecallDiff DiffSet::HostDiff() const {
 }
 
 RecallDiff DiffSet::DeviceDiff() const {
-  const absl::Span<const int32_t> all = device.span<const int32_t>();
-  return {all.subspan(0, entries()), all.subspan(entries(), entries()),
-          all.subspan(2 * entries(), lists)};
+  const kernels::DiffBlockParts<const int32_t> parts =
+      kernels::SplitDiffBlock(device.span<const int32_t>(), lists, selected);
+  return {parts.pages, parts.slots, parts.counts};
 }
 
 absl::Status DiffSet::Publish(const int32_t* step, cudaStream_t stream) const {
